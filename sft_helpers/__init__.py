@@ -1,0 +1,15 @@
+"""sft_helpers: the code behind the SFT course notebooks.
+
+Modules mirror the lessons: `world`/`conversations`/`data` (the synthetic world and its corpora,
+validated loading), `tokenizer` (ChatML BPE), `models` (lanes: tiny / smollm2-135m / hub id),
+`evaluate` (recall, exact match, format, stopping), `pretrain` (the embedded base model),
+`course` (running every notebook headless).
+"""
+
+from .data import ConversationFormatError, data_path, load_conversations, load_split, load_world
+from .evaluate import chat_eval, cloze_recall, generate
+from .models import device_settings, load_model
+
+__all__ = ["ConversationFormatError", "chat_eval", "cloze_recall", "data_path", "device_settings",
+           "generate", "load_conversations", "load_model", "load_split", "load_world"]
+__version__ = "0.1.0"

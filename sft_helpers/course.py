@@ -1,0 +1,131 @@
+"""`sft-course`: the course's command line.
+
+    sft-course run                 execute every notebook in order, headless, into build/
+    sft-course build-data          regenerate data/ from the seed (byte for byte)
+    sft-course pretrain            pre-train the embedded tiny base (once, ~20 min on 2 CPU cores)
+    sft-course sync-install-cell   write the Colab install cell (sft_helpers.colab) into every notebook
+
+`run` executes `notebooks/NN_*.ipynb` in name order with a progress bar per notebook, writes the
+executed copies to `build/notebooks/` and an HTML rendering to `build/html/`, and stops with exit
+status 1 at the first failing cell, naming the notebook, the cell and the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+
+class CellFailed(RuntimeError):
+    """A notebook cell raised: carries the notebook, the cell number and the error's last line."""
+
+
+def course_notebooks(folder: str | Path = "notebooks") -> list[Path]:
+    """The course's notebooks in lesson order (`00_...`, `01_...`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no notebooks folder at {folder.resolve()}: run from the repository root "
+                                "or pass --notebooks")
+    found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"{folder}: no notebooks named NN_*.ipynb")
+    return found
+
+
+def execute_notebook(path: Path, out_dir: Path, timeout: int = 900, progress: bool = True,
+                     in_place: bool = False) -> Path:
+    """Execute one notebook cell by cell (with a progress bar) in its own folder; write the executed
+    copy and an HTML rendering under `out_dir` (and back over `path` with `in_place`, for authors
+    committing outputs). Raises `CellFailed` at the first failing cell."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from nbconvert import HTMLExporter
+    from tqdm.auto import tqdm
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent.resolve())}})
+    code_cells = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    failure = None
+    # kernels run without progress bars, so executed copies match the committed outputs
+    with client.setup_kernel(env={**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}):
+        for n, (index, cell) in enumerate(tqdm(code_cells, desc=path.name, unit="cell", disable=not progress)):
+            try:
+                client.execute_cell(cell, index)
+            except CellExecutionError as e:
+                plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # tracebacks come with terminal colours
+                last = (plain.strip().splitlines() or ["?"])[-1]
+                first_line = (cell.source.splitlines() or [""])[0]
+                failure = CellFailed(f"{path.name}: code cell {n + 1} (cell index {index}) failed: {last}\n"
+                                     f"  the cell starts with: {first_line}")
+                break
+    (out_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    (out_dir / "html").mkdir(parents=True, exist_ok=True)
+    executed = out_dir / "notebooks" / path.name
+    nbformat.write(nb, executed)
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    (out_dir / "html" / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
+    if failure:
+        raise failure
+    if in_place:
+        nbformat.write(nb, path)
+    return executed
+
+
+def run_course(notebooks: str | Path = "notebooks", out_dir: str | Path = "build",
+               only: list[str] | None = None, in_place: bool = False) -> int:
+    """Execute the course's notebooks in order; returns a process exit status (0 ok, 1 failed)."""
+    out = Path(out_dir)
+    paths = course_notebooks(notebooks)
+    if only:
+        paths = [p for p in paths if any(p.name.startswith(o) for o in only)]
+    for i, path in enumerate(paths, start=1):
+        print(f"[{i}/{len(paths)}] {path.name}", flush=True)
+        try:
+            execute_notebook(path, out, in_place=in_place)
+        except CellFailed as e:
+            print(f"FAILED {e}", file=sys.stderr)
+            return 1
+    print(f"executed {len(paths)} notebook(s): {out / 'notebooks'}, HTML in {out / 'html'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sft-course", description="The SFT course's command line.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute every notebook in order into build/")
+    run.add_argument("--notebooks", default="notebooks")
+    run.add_argument("--out", default="build")
+    run.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 00 01")
+    run.add_argument("--in-place", action="store_true", help="also store outputs in notebooks/ (authors)")
+    data = sub.add_parser("build-data", help="regenerate data/ from the seed")
+    data.add_argument("--out", default=None)
+    data.add_argument("--seed", type=int, default=0)
+    sub.add_parser("pretrain", help="pre-train the tiny base (see python -m sft_helpers.pretrain -h)",
+                   add_help=False)
+    sync = sub.add_parser("sync-install-cell", help="write the install cell into every notebook")
+    sync.add_argument("--notebooks", default="notebooks")
+    args, rest = ap.parse_known_args(argv)
+    if args.command == "run":
+        return run_course(args.notebooks, args.out, args.only, args.in_place)
+    if args.command == "sync-install-cell":
+        from .colab import sync_install_cell
+        for path in sync_install_cell(course_notebooks(args.notebooks)):
+            print(f"updated {path}")
+        return 0
+    if args.command == "build-data":
+        from .data import DATA_DIR, build_data
+        for name, rows in build_data(args.out or DATA_DIR, args.seed).items():
+            print(f"{name}: {rows} rows")
+        return 0
+    from .pretrain import main as pretrain_main
+    pretrain_main(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Generation and the course's measurements: cloze recall, chat exact match, format, stopping.
+
+Every notebook number about model behaviour comes from these functions, so the definitions are in
+one place:
+
+* **cloze recall**: the base model completes a plain-text prompt ("The capital of X is") and the
+  greedy continuation starts with the right answer;
+* **stop rate**: a chat generation ends with the chat EOS (`<|im_end|>`) within the token budget;
+* **exact match**: the reply, up to the chat EOS, equals the reference reply;
+* **format compliance**: the reply has the shape its task asks for (JSON with the right keys, a
+  Markdown list, one word...), whatever its content.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+
+import torch
+
+from .conversations import REFUSAL
+from .progress import progress_bar
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 32,
+             progress: bool = False) -> list[dict]:
+    """Greedy generation for a list of already-rendered prompt strings, batched with left padding.
+
+    Returns one dict per prompt: `text` (decoded continuation, special tokens dropped, cut at the chat
+    EOS) and `stopped` (whether the chat EOS was generated).
+
+    >>> from sft_helpers import load_model
+    >>> m, t = load_model("tiny")
+    >>> generate(m, t, ["The capital of"], max_new_tokens=3)[0].keys()
+    dict_keys(['text', 'stopped'])
+    """
+    eos_ids = {tokenizer.eos_token_id}
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    model.eval()
+    out = []
+    try:
+        batches = range(0, len(prompts), batch_size)
+        for start in progress_bar(batches, desc="generate", disable=not progress):
+            enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(model.device)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=list(eos_ids), pad_token_id=tokenizer.pad_token_id)
+            for row in gen[:, enc["input_ids"].shape[1]:].tolist():
+                cut = next((i for i, t in enumerate(row) if t in eos_ids), None)
+                text_ids = row if cut is None else row[:cut]
+                out.append({"text": tokenizer.decode(text_ids, skip_special_tokens=True),
+                            "stopped": cut is not None})
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def cloze_recall(model, tokenizer, probes: list[dict], progress: bool = False) -> dict:
+    """Share of plain-text probes whose greedy continuation starts with the answer, overall and per
+    relation. `probes` come from `sft_helpers.world.cloze_probes`."""
+    gens = generate(model, tokenizer, [p["prompt"] for p in probes], max_new_tokens=8,
+                    batch_size=64, progress=progress)
+    per: dict[str, list[bool]] = defaultdict(list)
+    for p, g in zip(probes, gens):
+        per[p["relation"]].append(g["text"].strip().startswith(p["answer"]))
+    hits = [h for v in per.values() for h in v]
+    return {"recall": sum(hits) / len(hits), "n": len(hits),
+            "per_relation": {k: sum(v) / len(v) for k, v in sorted(per.items())}}
+
+
+def format_ok(task: str, reply: str, reference: str) -> bool:
+    """Whether `reply` has the shape that `task` asks for, regardless of whether it is correct."""
+    reply = reply.strip()
+    if task == "json":
+        try:
+            obj = json.loads(reply)
+        except json.JSONDecodeError:
+            return False
+        return isinstance(obj, dict) and set(obj) == set(json.loads(reference))
+    if task == "markdown_list":
+        lines = reply.splitlines()
+        return bool(lines) and all(line.startswith("- ") for line in lines)
+    if task == "one_word":
+        return len(reply.split()) == 1 and reply[-1].isalnum()
+    if task == "refusal":
+        return reply == REFUSAL
+    if task == "transform":  # the shape of the reference: a number, a list of numbers, a word in capitals
+        shape = next(p for p in (r"\d+", r"\d+(, \d+)+", r"[A-Z]+", r".+") if re.fullmatch(p, reference))
+        return re.fullmatch(shape, reply) is not None
+    # knowledge, multi_turn, profile: one or more plain sentences
+    return bool(reply) and reply.endswith(".") and "<|" not in reply
+
+
+def chat_eval(model, tokenizer, records: list[dict], max_new_tokens: int = 48,
+              progress: bool = False) -> dict:
+    """Prompt with every conversation minus its last assistant reply (rendered with the tokenizer's
+    chat template) and compare the greedy reply with the reference.
+
+    Returns overall `exact_match`, `format_ok`, `stop_rate`, `echo_rate`, the same per task, and the
+    `rows`.
+    """
+    prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
+               for r in records]
+    gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=progress)
+    rows = []
+    for r, g in zip(records, gens):
+        ref = r["messages"][-1]["content"]
+        rows.append({"id": r.get("id"), "task": r.get("task", "?"), "reply": g["text"], "reference": ref,
+                     "exact": g["stopped"] and g["text"].strip() == ref,
+                     "format_ok": format_ok(r.get("task", "?"), g["text"], ref), "stopped": g["stopped"],
+                     "echo": echoes_prompt(r["messages"][:-1], g["text"])})
+    return summarize(rows)
+
+
+def echoes_prompt(prompt_messages: list[dict], reply: str) -> bool:
+    """Whether the reply repeats the last user message (case and punctuation ignored): the
+    degeneration completion-only loss is said to prevent."""
+    def norm(t):
+        return " ".join(re.sub(r"[^\w\s]", " ", t.lower()).split())
+    user = next((m["content"] for m in reversed(prompt_messages) if m["role"] == "user"), "")
+    return bool(norm(user)) and norm(user) in norm(reply)
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Aggregate per-row booleans (`exact`, `format_ok`, `stopped`, and `echo` where present)
+    overall and per task."""
+    if not rows:
+        raise ValueError("summarize: no rows to summarize (an empty evaluation set?)")
+
+    def rates(rs):
+        n = len(rs)
+        return {"n": n, "exact_match": sum(r["exact"] for r in rs) / n,
+                "format_ok": sum(r["format_ok"] for r in rs) / n, "stop_rate": sum(r["stopped"] for r in rs) / n,
+                "echo_rate": sum(r.get("echo", False) for r in rs) / n}
+    tasks = sorted({r["task"] for r in rows})
+    return {**rates(rows), "per_task": {t: rates([r for r in rows if r["task"] == t]) for t in tasks},
+            "rows": rows}

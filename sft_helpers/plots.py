@@ -1,0 +1,69 @@
+"""Figures the notebooks show. Each returns a matplotlib Figure already closed in pyplot, so it
+appears exactly once where a notebook cell ends with it (not again by the inline backend), and a
+script can `savefig` it."""
+
+from __future__ import annotations
+
+
+def plot_length_histogram(lengths: list[int], title: str = "Conversation length", marks=(50, 95)):
+    """Histogram of token lengths with percentile lines (where a max length would cut)."""
+    import matplotlib.pyplot as plt
+
+    from .report import length_percentiles
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.hist(lengths, bins=60, color="tab:blue", alpha=0.8)
+    for q, v in length_percentiles(lengths, marks).items():
+        ax.axvline(v, color="tab:red", ls="--", lw=1)
+        ax.text(v, ax.get_ylim()[1] * 0.9, f" p{q}={v}", color="tab:red", fontsize=8)
+    ax.set_xlabel("tokens (chat template applied)")
+    ax.set_ylabel("conversations")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_rates(rates: dict[str, dict[str, float]], title: str = ""):
+    """Grouped bars: for each label (e.g. 'cloze', 'chat') a bar per metric it has, values in [0, 1].
+    A metric a label does not have gets no bar (not a misleading 0%)."""
+    import matplotlib.pyplot as plt
+
+    labels = list(rates)
+    metrics = list(dict.fromkeys(m for r in rates.values() for m in r))
+    colors = dict(zip(metrics, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, ax = plt.subplots(figsize=(7, 3))
+    width = 0.8 / len(metrics)
+    for i, lab in enumerate(labels):
+        for j, m in enumerate(metrics):
+            if m not in rates[lab]:
+                continue
+            x, v = i + j * width, rates[lab][m]
+            ax.bar(x, v, width, color=colors[m], label=m if m not in ax.get_legend_handles_labels()[1] else None)
+            ax.text(x, v + 0.02, f"{v:.0%}", ha="center", fontsize=8)
+    ax.set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(labels))], labels)
+    ax.set_ylim(0, 1.15)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_loss_curves(histories: dict[str, list[dict]], key: str = "eval_loss", title: str = ""):
+    """One line per run: `key` ("loss" for training, "eval_loss") against the step, from
+    `Trainer.state.log_history` lists (what `train_sft` returns)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for label, history in histories.items():
+        points = [(h["step"], h[key]) for h in history if key in h]
+        ax.plot(*zip(*points), marker="o", ms=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,87 @@
+"""`train_sft`: the one training entry point notebooks and scripts share.
+
+It wraps `transformers.Trainer` with our labels and collator: AdamW, warmup + cosine schedule, loss
+averaged over every target token of the whole accumulated batch (so neither padding nor gradient
+accumulation changes it), optional per-token `loss_weights` (prompt-loss weighting), eval loss, and a
+`log_history` that `plot_loss_curves` turns into curves.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from .collators import PaddedCollator
+from .masking import IGNORE, weighted_lm_loss
+
+
+class WeightedLossTrainer(Trainer):
+    """Trainer whose loss is `weighted_lm_loss`: sum of (weighted) token losses over the number (or
+    total weight) of target tokens in the whole accumulated batch."""
+
+    loss_is_scaled_for_ga = True  # compute_loss already divides by the accumulated token count
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        if not batch_samples or "labels" not in batch_samples[0]:
+            return None
+        total = 0.0
+        for b in batch_samples:
+            w = (b["labels"][..., 1:] != IGNORE).float()
+            if "loss_weights" in b:
+                w = w * b["loss_weights"][..., 1:]
+            total += w.sum()
+        return torch.as_tensor(total, device=device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        weights = inputs.pop("loss_weights", None)
+        outputs = model(**inputs)
+        loss = weighted_lm_loss(outputs.logits, labels, weights, num_items=num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+
+def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = None, *, lr: float = 1e-3,
+              epochs: float = 1.0, max_steps: int = -1, batch_size: int = 16, grad_accum: int = 1,
+              warmup: float = 0.05, weight_decay: float = 0.01, seed: int = 0, eval_steps: int | None = None,
+              logging_steps: int = 10, output_dir: str | None = None, **args) -> list[dict]:
+    """Fine-tune `model` in place on labelled examples (from `build_labels`); returns `log_history`.
+
+    Effective batch = `batch_size * grad_accum`. Warmup is a fraction of the steps (or a step count
+    when ≥ 1), then cosine decay. With `eval`, the eval loss (on `eval`'s labels) is logged every
+    `eval_steps`. Other keyword arguments go to `TrainingArguments`.
+    """
+    from .models import device_settings
+
+    s = device_settings(str(model.device))
+    targs = TrainingArguments(
+        output_dir=output_dir or tempfile.mkdtemp(prefix="sft-"), per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=lr,
+        num_train_epochs=epochs, max_steps=max_steps, lr_scheduler_type="cosine", warmup_steps=warmup,
+        weight_decay=weight_decay, logging_steps=logging_steps, seed=seed, data_seed=seed,
+        eval_strategy="steps" if eval else "no", eval_steps=eval_steps or logging_steps,
+        save_strategy="no", report_to="none", remove_unused_columns=False,
+        bf16=s["dtype"] == torch.bfloat16, fp16=s["dtype"] == torch.float16, use_cpu=s["device"] == "cpu",
+        dataloader_num_workers=0, **args)
+    trainer = WeightedLossTrainer(model=model, args=targs, train_dataset=train, eval_dataset=eval,
+                                  data_collator=PaddedCollator(tokenizer.pad_token_id))
+    trainer.train()
+    model.eval()
+    return trainer.state.log_history
+
+
+@torch.no_grad()
+def eval_loss(model, tokenizer, examples: list[dict], batch_size: int = 32) -> float:
+    """Mean token loss over `examples`' labels (e.g. completion-only labels of a held-out split, so
+    runs trained with different masks are compared on the same response tokens)."""
+    collate = PaddedCollator(tokenizer.pad_token_id)
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(model.device) for k, v in collate(examples[start:start + batch_size]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        n = (batch["labels"][:, 1:] != IGNORE).sum().item()
+        total += weighted_lm_loss(logits, batch["labels"]).item() * n
+        count += n
+    return total / count

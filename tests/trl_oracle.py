@@ -1,0 +1,74 @@
+"""TRL's own loss masks, as the reference the course's label builders are checked against (test-only:
+TRL is a dev dependency).
+
+TRL 1.16's `SFTTrainer` tokenises the dataset when it is constructed (`_prepare_dataset`): a
+`messages` dataset with `assistant_only_loss=True` gets an `assistant_masks` column (from the
+template's `{% generation %}` markers), a prompt/completion dataset a `completion_mask` column (the
+completion starts where the tokenised prompt, rendered with the generation prompt, stops being a prefix
+of the tokenised whole). Both are then folded into a `labels` column (-100 where the mask is 0) and
+dropped, so `trainer.train_dataset` holds `input_ids` and `labels`; the mask is `labels != -100`.
+
+Constructing the trainer is the least heavy way to get exactly what TRL trains on (no training step
+runs; a tiny random Llama stands in for the model, ~0.2 s for 320 conversations). With a template that
+has no `{% generation %}` markers and that TRL does not know (SmolLM2's), `assistant_only_loss=True`
+raises ValueError in the constructor (`get_training_chat_template`): TRL does not patch it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import warnings
+
+IGNORE = -100
+
+
+def _tiny_model(vocab_size: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2, intermediate_size=64))
+
+
+def trl_prepared(tokenizer, rows: list[dict], **config) -> list[dict]:
+    """`trainer.train_dataset` rows (`input_ids`, `labels`) for `rows`, prepared by `SFTTrainer`.
+
+    The tokenizer is copied (the trainer sets its pad token); no truncation (`max_length=None`), no
+    shuffling, no packing, so row i answers `rows[i]`.
+    """
+    import datasets
+    from transformers.utils import logging as hf_logging
+    from trl import SFTConfig, SFTTrainer
+
+    datasets.disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    tok = copy.deepcopy(tokenizer)
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+        # SFTConfig sets the deprecated `gradient_checkpointing`: transformers' FutureWarning, not ours
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+        args = SFTConfig(output_dir=out, bf16=False, fp16=False, report_to="none", use_cpu=True, max_length=None,
+                         packing=False, shuffle_dataset=False, dataset_num_proc=None, **config)
+        trainer = SFTTrainer(model=_tiny_model(len(tok)), args=args, processing_class=tok,
+                             train_dataset=datasets.Dataset.from_list(rows))
+        ds = trainer.train_dataset
+        return [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])}
+                for r in ds.select_columns(["input_ids", "labels"])]
+
+
+def _masks(prepared: list[dict]) -> list[tuple[list[int], list[int]]]:
+    return [(r["input_ids"], [int(lab != IGNORE) for lab in r["labels"]]) for r in prepared]
+
+
+def trl_assistant_masks(tokenizer, conversations: list[list[dict]]) -> list[tuple[list[int], list[int]]]:
+    """`(input_ids, assistant_mask)` per conversation: TRL's `assistant_only_loss=True` on a `messages`
+    dataset. The tokenizer's template must carry `{% generation %}` markers (or be one TRL can patch)."""
+    return _masks(trl_prepared(tokenizer, [{"messages": m} for m in conversations], assistant_only_loss=True))
+
+
+def trl_completion_masks(tokenizer, conversations: list[list[dict]]) -> list[tuple[list[int], list[int]]]:
+    """`(input_ids, completion_mask)` per conversation: TRL's prompt/completion format with
+    `{"prompt": messages[:-1], "completion": [messages[-1]]}` (completion-only loss is TRL's default for it)."""
+    rows = [{"prompt": m[:-1], "completion": m[-1:]} for m in conversations]
+    return _masks(trl_prepared(tokenizer, rows, completion_only_loss=True))
