@@ -22,6 +22,8 @@ import html
 import re
 from dataclasses import dataclass, field
 
+from .data import conversation_problems
+
 IGNORE = -100
 MODES = ("full", "completion_only", "assistant_only")
 TRUNCATION = ("keep_start", "keep_end", "drop")
@@ -219,7 +221,9 @@ def build_labels(records: list[dict], tokenizer, mode: str = "completion_only", 
                  truncation: str = "keep_start", on_all_masked: str = "drop",
                  prompt_weight: float | None = None) -> tuple[list[dict], LabelReport]:
     """Label every conversation in `records` with `mode` (or prompt weights), truncate over-long ones
-    by `truncation`, and drop (counted in the report) or raise on examples with no trained token.
+    by `truncation`, and drop (counted in the report) or raise (`on_all_masked="raise"`) on examples
+    with no trained token, and on malformed conversations (no assistant turn, empty content, not
+    ending with an assistant turn: the checks of `load_conversations`).
 
     Returns `(examples, report)`; each example keeps the record's `id` and `task`.
     """
@@ -230,6 +234,13 @@ def build_labels(records: list[dict], tokenizer, mode: str = "completion_only", 
     report, out = LabelReport(), []
     for i, rec in enumerate(records):
         rid = rec.get("id", f"#{i}")
+        problems = conversation_problems(rec)
+        if problems:
+            reason = f"{rid}: bad conversation: " + "; ".join(problems)
+            if on_all_masked == "raise":
+                raise AllMaskedError(reason)
+            report.dropped.append(reason)
+            continue
         if prompt_weight is not None:
             ex = prompt_weighted_labels(tokenizer, rec["messages"], prompt_weight)
         else:

@@ -1,5 +1,5 @@
 """SFT loss masks (`sft_helpers.masking`): what is trained, checked by decoding the trained tokens and
-against TRL's own masks (tests/trl_oracle.py) on the whole test split, for the course tokenizer
+against TRL's own masks (sft_helpers/reference.py) on the whole test split, for the course tokenizer
 (ChatML with `{% generation %}` markers, pad != EOS) and SmolLM2's (no markers, pad == EOS)."""
 
 import copy
@@ -30,7 +30,7 @@ from sft_helpers.masking import (
     weighted_lm_loss,
 )
 from sft_helpers.models import smollm2_folder, smollm2_gguf_path
-from trl_oracle import trl_assistant_masks, trl_completion_masks
+from sft_helpers.reference import trl_assistant_masks, trl_completion_masks
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -504,3 +504,26 @@ def test_same_rendering_raises_on_a_template_that_renders_differently(smol, conv
     changed = add_generation_markers(smol.chat_template).replace("{{ '\n' }}", "{{ '\n\n' }}")
     with pytest.raises(AssertionError, match="conversation 0"):
         same_rendering(smol, changed, conversations[:3])
+
+
+def test_bad_conversations_are_dropped_and_counted_or_raise(tok):
+    good = {"id": "ok", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    no_assistant = {"id": "no-assistant", "messages": [{"role": "user", "content": "Hi"}]}
+    empty_reply = {"id": "empty", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]}
+    for mode in ("completion_only", "assistant_only", "full"):
+        out, report = build_labels([good, no_assistant, empty_reply], tok, mode)
+        assert [e["id"] for e in out] == ["ok"]
+        assert report.kept == 1 and len(report.dropped) == 2
+        assert report.dropped[0].startswith("no-assistant: bad conversation: no assistant turn")
+        assert report.dropped[1].startswith("empty: bad conversation: message 1: empty content")
+    with pytest.raises(AllMaskedError, match="no-assistant"):
+        build_labels([good, no_assistant], tok, "assistant_only", on_all_masked="raise")
+
+
+def test_label_builders_work_inside_datasets_map(tok, test_split):
+    import datasets
+
+    rows = test_split[:6]
+    ds = datasets.Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    mapped = ds.map(lambda r: assistant_only_labels(tok, r["messages"]), remove_columns=["messages"])
+    assert mapped["labels"] == [assistant_only_labels(tok, r["messages"])["labels"] for r in rows]

@@ -1,5 +1,5 @@
-"""TRL's own loss masks, as the reference the course's label builders are checked against (test-only:
-TRL is a dev dependency).
+"""TRL's own loss masks, the reference the course's label builders are checked against (TRL is a
+dev dependency: `pip install trl`; Colab's install cell adds it).
 
 TRL 1.16's `SFTTrainer` tokenises the dataset when it is constructed (`_prepare_dataset`): a
 `messages` dataset with `assistant_only_loss=True` gets an `assistant_masks` column (from the
@@ -24,6 +24,19 @@ import warnings
 IGNORE = -100
 
 
+def trl_sft_config(**kwargs):
+    """`trl.SFTConfig` for CPU: fp32 (TRL turns bf16 on by default, ~17x slower on CPUs without AMX),
+    no reporting. Keyword arguments override, e.g. `completion_only_loss=True`."""
+    from trl import SFTConfig
+
+    kwargs = {"output_dir": tempfile.gettempdir(), "bf16": False, "fp16": False, "report_to": "none",
+              "use_cpu": True, **kwargs}
+    with warnings.catch_warnings():
+        # SFTConfig sets the deprecated `gradient_checkpointing`: transformers' FutureWarning, not ours
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+        return SFTConfig(**kwargs)
+
+
 def _tiny_model(vocab_size: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -39,17 +52,15 @@ def trl_prepared(tokenizer, rows: list[dict], **config) -> list[dict]:
     """
     import datasets
     from transformers.utils import logging as hf_logging
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()
     logging.getLogger("trl").setLevel(logging.ERROR)
     tok = copy.deepcopy(tokenizer)
-    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
-        # SFTConfig sets the deprecated `gradient_checkpointing`: transformers' FutureWarning, not ours
-        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
-        args = SFTConfig(output_dir=out, bf16=False, fp16=False, report_to="none", use_cpu=True, max_length=None,
-                         packing=False, shuffle_dataset=False, dataset_num_proc=None, **config)
+    with tempfile.TemporaryDirectory() as out:
+        args = trl_sft_config(output_dir=out, max_length=None, packing=False, shuffle_dataset=False,
+                              dataset_num_proc=None, **config)
         trainer = SFTTrainer(model=_tiny_model(len(tok)), args=args, processing_class=tok,
                              train_dataset=datasets.Dataset.from_list(rows))
         ds = trainer.train_dataset
@@ -72,3 +83,23 @@ def trl_completion_masks(tokenizer, conversations: list[list[dict]]) -> list[tup
     `{"prompt": messages[:-1], "completion": [messages[-1]]}` (completion-only loss is TRL's default for it)."""
     rows = [{"prompt": m[:-1], "completion": m[-1:]} for m in conversations]
     return _masks(trl_prepared(tokenizer, rows, completion_only_loss=True))
+
+
+def agreement_with_trl(tokenizer, conversations: list[list[dict]], mode: str) -> tuple[int, int]:
+    """How many conversations get exactly TRL's tokens and loss mask from our builders, out of how
+    many. `mode`: "completion_only" or "assistant_only".
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> agreement_with_trl(load_tokenizer("tiny"), [[{"role": "user", "content": "Hi"},
+    ...                                              {"role": "assistant", "content": "Hello."}]], "assistant_only")
+    (1, 1)
+    """
+    from .masking import IGNORE as OURS_IGNORE, LABELLERS
+
+    reference = {"completion_only": trl_completion_masks, "assistant_only": trl_assistant_masks}[mode]
+    theirs = reference(tokenizer, conversations)
+    same = 0
+    for msgs, (ids, mask) in zip(conversations, theirs):
+        ours = LABELLERS[mode](tokenizer, msgs)
+        same += ours["input_ids"] == ids and [int(lab != OURS_IGNORE) for lab in ours["labels"]] == mask
+    return same, len(conversations)

@@ -1,0 +1,64 @@
+"""`train_sft`: learns, normalises the loss per token across gradient accumulation, logs eval loss."""
+
+import pytest
+import torch
+
+from sft_helpers import load_model, load_split
+from sft_helpers.collators import PaddedCollator
+from sft_helpers.masking import build_labels, weighted_lm_loss
+from sft_helpers.training import WeightedLossTrainer, eval_loss, train_sft
+
+
+@pytest.fixture(scope="module")
+def data():
+    _, tok = load_model("tiny")
+    train, _ = build_labels(load_split("train")[:64], tok, "completion_only")
+    val, _ = build_labels(load_split("validation")[:32], tok, "completion_only")
+    return tok, train, val
+
+
+def test_short_run_lowers_the_response_loss(data):
+    tok, train, val = data
+    model, _ = load_model("tiny")
+    history = train_sft(model, tok, train, val, lr=1e-3, max_steps=12, batch_size=8, eval_steps=6)
+    evals = [h for h in history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [0, 6, 12]
+    assert evals[-1]["eval_loss"] < 0.7 * evals[0]["eval_loss"]
+    assert evals[-1]["eval_loss"] == pytest.approx(eval_loss(model, tok, val), rel=1e-5)
+
+
+def test_eval_loss_is_token_weighted(data):
+    tok, _, val = data
+    model, _ = load_model("tiny")
+    batch = PaddedCollator(tok.pad_token_id)(val)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    whole = weighted_lm_loss(logits, batch["labels"]).item()
+    assert eval_loss(model, tok, val, batch_size=5) == pytest.approx(whole, rel=1e-4)
+
+
+def test_gradient_accumulation_does_not_change_the_update(data):
+    """One optimizer step on 8 examples equals 2 accumulated micro-batches of 4: the loss is divided by
+    the target tokens of the whole accumulated batch, not averaged per micro-batch."""
+    tok, train, _ = data
+    params = []
+    for batch_size, accum in ((8, 1), (4, 2)):
+        model, _ = load_model("tiny")
+        # plain SGD, so the update is the gradient itself (Adam's first step is ~sign(grad))
+        train_sft(model, tok, train[:8], lr=1.0, max_steps=1, batch_size=batch_size, grad_accum=accum,
+                  warmup=0, weight_decay=0.0, group_by_length=False, max_grad_norm=1e9, optim="sgd")
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    base, _ = load_model("tiny")
+    moved = (params[0] - torch.cat([p.detach().flatten() for p in base.parameters()])).abs().max()
+    assert moved > 1e-3  # the step did something...
+    assert torch.allclose(params[0], params[1], atol=1e-5, rtol=1e-4)  # ...and the same thing both ways
+
+
+def test_num_items_counts_weights_of_targets():
+    labels = torch.tensor([[5, -100, 7, 8], [1, 2, -100, -100]])
+    weights = torch.tensor([[1.0, 0.1, 0.1, 1.0], [0.5, 0.5, 0.0, 0.0]])
+    trainer = WeightedLossTrainer.__new__(WeightedLossTrainer)
+    got = trainer._get_num_items_in_batch([{"labels": labels, "loss_weights": weights}], "cpu")
+    assert got.item() == pytest.approx(0.1 + 1.0 + 0.5)  # position 0 is never a target
+    got = trainer._get_num_items_in_batch([{"labels": labels}], "cpu")
+    assert got.item() == 3
