@@ -2,8 +2,10 @@
 
 Modules mirror the lessons: `world`/`conversations`/`data` (the synthetic world and its corpora,
 validated loading), `tokenizer` (ChatML BPE), `models` (lanes: tiny / smollm2-135m / hub id),
-`evaluate` (recall, exact match, format, stopping), `pretrain` (the embedded base model),
-`course` (running every notebook headless).
+`evaluate` (recall, exact match, format, stopping, echo), `pretrain` (the embedded base model),
+`masking` (loss labels and their checks, lesson 01), `collators`, `training` (`train_sft`),
+`reference` (TRL's own masks, the oracle), `experiments` (seeded lesson runs), `course` (running
+every notebook headless).
 """
 
 from .data import ConversationFormatError, data_path, load_conversations, load_split, load_world
