@@ -43,3 +43,36 @@ class PaddedCollator:
         if "loss_weights" in features[0]:
             batch["loss_weights"] = torch.tensor(pad("loss_weights", 0.0), dtype=torch.float32)
         return batch
+
+
+class PaddingFreeCollator:
+    """Flatten a whole batch into one row with no padding (lesson 02, in progress): `input_ids`,
+    `labels` and `position_ids` of shape `[1, total]`, positions restarting at 0 for every sample and
+    the first label of each sample set to -100 (it would otherwise be predicted from the previous
+    sample), plus `cu_seq_lens_q/k` and `max_length_q/k` for flash-attn's varlen kernels. No
+    `attention_mask`: transformers then detects the packed samples from the position restarts and
+    keeps attention inside each one (sdpa/eager with `use_cache=False`, or flash-attn via cu_seqlens).
+
+    >>> b = PaddingFreeCollator()([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}])
+    >>> b["labels"].tolist(), b["position_ids"].tolist(), b["cu_seq_lens_q"].tolist()
+    ([[-100, 6, 7, -100, 9]], [[0, 1, 2, 0, 1]], [0, 3, 5])
+    """
+
+    def __call__(self, features: list[dict]) -> dict:
+        ids, labels, positions, weights, cu = [], [], [], [], [0]
+        for f in features:
+            n = len(f["input_ids"])
+            ids += list(f["input_ids"])
+            labels += [IGNORE] + list(f.get("labels", f["input_ids"]))[1:]
+            positions += range(n)
+            if "loss_weights" in f:
+                weights += [0.0] + list(f["loss_weights"])[1:]
+            cu.append(cu[-1] + n)
+        longest = max(b - a for a, b in zip(cu, cu[1:]))
+        batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                 "position_ids": torch.tensor([positions]),
+                 "cu_seq_lens_q": torch.tensor(cu, dtype=torch.int32), "cu_seq_lens_k": torch.tensor(cu, dtype=torch.int32),
+                 "max_length_q": longest, "max_length_k": longest}
+        if weights:
+            batch["loss_weights"] = torch.tensor([weights], dtype=torch.float32)
+        return batch
