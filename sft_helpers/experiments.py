@@ -8,6 +8,10 @@ from .masking import build_labels
 from .models import load_model
 from .training import train_sft
 
+# lesson 01's three loss variants: keyword arguments of run_sft_variant
+MASKING_VARIANTS = {"full": dict(mode="full"), "completion-only": dict(mode="completion_only"),
+                    "prompt weight 0.1": dict(prompt_weight=0.1)}
+
 
 def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", prompt_weight: float | None = None,
                     steps: int = 250, lr: float = 1e-3, batch_size: int = 16, seed: int = 0,
@@ -47,12 +51,10 @@ def variant_table(results: dict[str, dict], tasks: list[str] | None = None) -> s
 def masking_seeds(seeds=(0, 1), steps: int = 250, lr: float = 1e-3, batch_size: int = 8) -> str:
     """Run lesson 01's three loss variants for several seeds; a Markdown table of the results
     (what the notebook's assertions were chosen from)."""
-    variants = {"full": dict(mode="full"), "completion-only": dict(mode="completion_only"),
-                "prompt weight 0.1": dict(prompt_weight=0.1)}
     lines = ["| seed | variant | response val loss | exact | format | stop | echo | knowledge exact |",
              "|---|---|---|---|---|---|---|---|"]
     for seed in seeds:
-        for name, kw in variants.items():
+        for name, kw in MASKING_VARIANTS.items():
             r = run_sft_variant("tiny", steps=steps, lr=lr, batch_size=batch_size, seed=seed, **kw)
             s = r["scores"]
             lines.append(f"| {seed} | {name} | {r['val_response_loss']:.3f} | {s['exact_match']:.1%} | "

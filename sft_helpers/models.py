@@ -103,7 +103,7 @@ def load_model(model_id: str = "tiny", device: str | None = None, **kwargs):
     """
     s = device_settings(device)
     folder = model_folder(model_id)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(model_id)
     kwargs = {"dtype": s["dtype"], "attn_implementation": s["attn_implementation"], **kwargs}
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(s["device"])
     model.eval()

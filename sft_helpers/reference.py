@@ -21,7 +21,7 @@ import logging
 import tempfile
 import warnings
 
-IGNORE = -100
+from .masking import IGNORE, LABELLERS
 
 
 def trl_sft_config(**kwargs):
@@ -94,12 +94,10 @@ def agreement_with_trl(tokenizer, conversations: list[list[dict]], mode: str) ->
     ...                                              {"role": "assistant", "content": "Hello."}]], "assistant_only")
     (1, 1)
     """
-    from .masking import IGNORE as OURS_IGNORE, LABELLERS
-
     reference = {"completion_only": trl_completion_masks, "assistant_only": trl_assistant_masks}[mode]
     theirs = reference(tokenizer, conversations)
     same = 0
     for msgs, (ids, mask) in zip(conversations, theirs):
         ours = LABELLERS[mode](tokenizer, msgs)
-        same += ours["input_ids"] == ids and [int(lab != OURS_IGNORE) for lab in ours["labels"]] == mask
+        same += ours["input_ids"] == ids and [int(lab != IGNORE) for lab in ours["labels"]] == mask
     return same, len(conversations)
