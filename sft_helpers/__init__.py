@@ -8,6 +8,12 @@ validated loading), `tokenizer` (ChatML BPE), `models` (lanes: tiny / smollm2-13
 every notebook headless).
 """
 
+import logging
+
+# bitsandbytes warns, only on CPUs with AVX512-BF16, that an optional kernel package is missing, then
+# uses its own CPU code: noise that would make notebook outputs depend on the CPU model.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 from .data import ConversationFormatError, data_path, load_conversations, load_split, load_world
 from .evaluate import chat_eval, cloze_recall, generate
 from .models import device_settings, load_model

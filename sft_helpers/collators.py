@@ -1,7 +1,14 @@
 """Collators that turn labelled examples into tensors for `transformers.Trainer` (or any loop).
 
-A collator is called on a list of feature dicts (`input_ids`, `labels`, optionally `loss_weights`)
-and returns a dict of tensors. Extra keys such as `id` or `task` are ignored.
+A collator is called on a list of feature dicts (`input_ids`, `labels`, optionally `loss_weights`,
+and `seq_lengths` for packed rows) and returns a dict of tensors. Extra keys such as `id` or `task`
+are ignored. Three ways to batch (lesson 02):
+
+* `PaddedCollator`: right-pad to the longest example, with an `attention_mask`;
+* `PackedCollator`: fixed-length rows of several samples (from `packing.pack_examples`), positions
+  restarting per sample, no `attention_mask`;
+* `PaddingFreeCollator`: the whole batch as one row, positions restarting, plus flash-attn's
+  `cu_seq_lens`.
 """
 
 from __future__ import annotations
@@ -45,13 +52,74 @@ class PaddedCollator:
         return batch
 
 
+def _samples(feature: dict) -> list[tuple[list, list, list | None]]:
+    """The samples in one feature: `(input_ids, labels, loss_weights)` per sample, split by
+    `seq_lengths` for a packed row (from `pack_examples`), else the feature as one sample. The first
+    label (and weight) of every sample is masked: it would be predicted from the previous sample."""
+    ids = list(feature["input_ids"])
+    labels = list(feature.get("labels", ids))
+    weights = list(feature["loss_weights"]) if "loss_weights" in feature else None
+    lengths = list(feature.get("seq_lengths") or [len(ids)])
+    if sum(lengths) != len(ids) or min(lengths) < 1:
+        raise ValueError(f"seq_lengths {lengths} do not add up to the row's {len(ids)} tokens")
+    out, start = [], 0
+    for n in lengths:
+        end = start + n
+        out.append((ids[start:end], [IGNORE] + labels[start + 1:end],
+                    None if weights is None else [0.0] + weights[start + 1:end]))
+        start = end
+    return out
+
+
+class PackedCollator:
+    """Fixed-length packed rows (from `pack_examples`) as a batch with no `attention_mask`:
+    `position_ids` restart at 0 for every sample, the first label of each sample is -100, and each
+    row is filled up to `max_length` (or the longest row) with pad tokens that form a block of their
+    own (positions from 0, labels -100). With sdpa/eager and `use_cache=False`, transformers builds
+    the block-diagonal causal mask from the position restarts, so no sample sees another.
+
+    >>> b = PackedCollator(pad_token_id=0, max_length=6)([{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9],
+    ...                                                    "seq_lengths": [3, 2]}])
+    >>> b["input_ids"].tolist(), b["labels"].tolist(), b["position_ids"].tolist()
+    ([[5, 6, 7, 8, 9, 0]], [[-100, 6, 7, -100, 9, -100]], [[0, 1, 2, 0, 1, 0]])
+    """
+
+    def __init__(self, pad_token_id: int, max_length: int | None = None):
+        self.pad_token_id, self.max_length = pad_token_id, max_length
+
+    def __call__(self, features: list[dict]) -> dict:
+        width = self.max_length or max(len(f["input_ids"]) for f in features)
+        rows = {"input_ids": [], "labels": [], "position_ids": [], "loss_weights": []}
+        for f in features:
+            if len(f["input_ids"]) > width:
+                raise ValueError(f"a packed row has {len(f['input_ids'])} tokens, more than max_length={width}")
+            row = {k: [] for k in rows}
+            for ids, labels, weights in _samples(f):
+                row["input_ids"] += ids
+                row["labels"] += labels
+                row["position_ids"] += range(len(ids))
+                row["loss_weights"] += weights or []
+            pad = width - len(row["input_ids"])
+            row["input_ids"] += [self.pad_token_id] * pad
+            row["labels"] += [IGNORE] * pad
+            row["position_ids"] += range(pad)
+            row["loss_weights"] += [0.0] * pad if "loss_weights" in f else []
+            for k in rows:
+                rows[k].append(row[k])
+        batch = {k: torch.tensor(v) for k, v in rows.items() if k != "loss_weights"}
+        if "loss_weights" in features[0]:
+            batch["loss_weights"] = torch.tensor(rows["loss_weights"], dtype=torch.float32)
+        return batch
+
+
 class PaddingFreeCollator:
-    """Flatten a whole batch into one row with no padding (lesson 02, in progress): `input_ids`,
-    `labels` and `position_ids` of shape `[1, total]`, positions restarting at 0 for every sample and
-    the first label of each sample set to -100 (it would otherwise be predicted from the previous
-    sample), plus `cu_seq_lens_q/k` and `max_length_q/k` for flash-attn's varlen kernels. No
-    `attention_mask`: transformers then detects the packed samples from the position restarts and
-    keeps attention inside each one (sdpa/eager with `use_cache=False`, or flash-attn via cu_seqlens).
+    """Flatten a whole batch into one row with no padding: `input_ids`, `labels` and `position_ids`
+    of shape `[1, total]`, positions restarting at 0 for every sample and the first label of each
+    sample set to -100 (it would otherwise be predicted from the previous sample), plus
+    `cu_seq_lens_q/k` (cumulative sample boundaries, flash-attn's `cu_seqlens`) and `max_length_q/k`
+    for flash-attn's varlen kernels. No `attention_mask`: transformers then detects the samples from
+    the position restarts and keeps attention inside each one (sdpa/eager with `use_cache=False`, or
+    flash-attn via cu_seqlens). Packed rows (with `seq_lengths`) are split back into their samples.
 
     >>> b = PaddingFreeCollator()([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}])
     >>> b["labels"].tolist(), b["position_ids"].tolist(), b["cu_seq_lens_q"].tolist()
@@ -61,13 +129,12 @@ class PaddingFreeCollator:
     def __call__(self, features: list[dict]) -> dict:
         ids, labels, positions, weights, cu = [], [], [], [], [0]
         for f in features:
-            n = len(f["input_ids"])
-            ids += list(f["input_ids"])
-            labels += [IGNORE] + list(f.get("labels", f["input_ids"]))[1:]
-            positions += range(n)
-            if "loss_weights" in f:
-                weights += [0.0] + list(f["loss_weights"])[1:]
-            cu.append(cu[-1] + n)
+            for sample_ids, sample_labels, sample_weights in _samples(f):
+                ids += sample_ids
+                labels += sample_labels
+                positions += range(len(sample_ids))
+                weights += sample_weights or []
+                cu.append(cu[-1] + len(sample_ids))
         longest = max(b - a for a, b in zip(cu, cu[1:]))
         batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
                  "position_ids": torch.tensor([positions]),

@@ -93,9 +93,36 @@ def load_tokenizer(model_id: str = "tiny"):
     return AutoTokenizer.from_pretrained(model_folder(model_id))
 
 
-def load_model(model_id: str = "tiny", device: str | None = None, **kwargs):
+def quantization_config(quantization: str | None, device: str | None = None):
+    """The `BitsAndBytesConfig` for `quantization`: "4bit" is QLoRA's nf4 with double quantisation
+    and the compute dtype of `device_settings()` (fp32 on CPU, bf16 on Ampere+, fp16 on a T4);
+    "8bit" is LLM.int8(); None is no quantisation.
+
+    >>> quantization_config("4bit", "cpu").bnb_4bit_quant_type
+    'nf4'
+    """
+    from transformers import BitsAndBytesConfig
+
+    if quantization is None:
+        return None
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=device_settings(device)["dtype"])
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"quantization must be None, '4bit' or '8bit', not {quantization!r}")
+
+
+def load_model(model_id: str = "tiny", device: str | None = None, quantization: str | None = None,
+               gradient_checkpointing: bool = False, **kwargs):
     """Load `(model, tokenizer)` for a lane (`"tiny"`, `"smollm2-135m"`) or a hub id, with the
     device, dtype and attention chosen by `device_settings()`. Extra kwargs go to `from_pretrained`.
+
+    `quantization="4bit"` (QLoRA) or `"8bit"` loads the linear layers with bitsandbytes
+    (`Linear4bit` / `Linear8bitLt`, also on CPU) and prepares the model for k-bit training with
+    peft's `prepare_model_for_kbit_training`: base weights frozen, the remaining (norm, embedding)
+    weights in fp32, input gradients on. `gradient_checkpointing=True` recomputes each block's
+    activations in the backward pass instead of keeping them (less memory, ~30% more compute).
 
     >>> model, tok = load_model("tiny")
     >>> model.dtype, model.config.model_type
@@ -105,6 +132,24 @@ def load_model(model_id: str = "tiny", device: str | None = None, **kwargs):
     folder = model_folder(model_id)
     tokenizer = load_tokenizer(model_id)
     kwargs = {"dtype": s["dtype"], "attn_implementation": s["attn_implementation"], **kwargs}
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(s["device"])
+    if quantization is None:
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(s["device"])
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        from peft import prepare_model_for_kbit_training
+
+        device_map = "cpu" if s["device"] == "cpu" else {"": torch.device(s["device"]).index or 0}
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, quantization_config=quantization_config(quantization, s["device"]), device_map=device_map,
+            **kwargs)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+        for module in model.modules():
+            # bitsandbytes switches 4-bit layers in eval mode, on CPUs with AVX512-BF16 only, to a bf16
+            # kernel (~1e-2 off the fp32 result): keep fp32 so results do not depend on the CPU model
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     model.eval()
     return model, tokenizer

@@ -71,3 +71,63 @@ def plot_loss_curves(histories: dict[str, list[dict]], key: str = "eval_loss", t
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def plot_batch_layout(rows: list[list[int]], width: int, title: str = ""):
+    """A batch as it sits in memory: one horizontal bar per row, each sample a coloured segment
+    (lengths from `rows`, in order), the rest of the row up to `width` grey padding."""
+    import matplotlib.pyplot as plt
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1))
+    k = 0
+    for r, lengths in enumerate(rows):
+        start = 0
+        for n in lengths:
+            ax.barh(r, n, left=start, color=colors[k % len(colors)], edgecolor="white", height=0.8)
+            start, k = start + n, k + 1
+        if start < width:
+            ax.barh(r, width - start, left=start, color="lightgrey", height=0.8)
+    real = sum(map(sum, rows))
+    ax.set_title(f"{title} ({real / (width * len(rows)):.0%} real tokens, grey = padding)")
+    ax.set_xlabel("token slot")
+    ax.set_ylabel("row")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_attention_mask(mask, title: str = "who attends to whom"):
+    """A boolean `[T, T]` attention mask as a picture: row = query token, column = key token, dark =
+    may attend (e.g. `attention.block_diagonal_mask(position_ids)`)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(mask, cmap="Blues", vmin=0, vmax=1.3)
+    ax.set_xlabel("key token")
+    ax.set_ylabel("query token")
+    ax.set_title(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_throughput(rows: list[dict], title: str = "padded vs packed vs padding-free"):
+    """Two bar charts from `bench.throughput_table` rows: real (non-pad) tokens per second, and peak
+    memory during training."""
+    import matplotlib.pyplot as plt
+
+    names = [r["method"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for ax, key, label in ((axes[0], "tokens_per_s", "real tokens / s"), (axes[1], "peak_mem_mb", "peak memory (MB)")):
+        values = [r[key] for r in rows]
+        ax.bar(names, values, color=["tab:grey", "tab:blue", "tab:cyan", "tab:green"][:len(rows)])
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
+        ax.set_ylabel(label)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

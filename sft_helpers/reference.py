@@ -101,3 +101,29 @@ def agreement_with_trl(tokenizer, conversations: list[list[dict]], mode: str) ->
         ours = LABELLERS[mode](tokenizer, msgs)
         same += ours["input_ids"] == ids and [int(lab != IGNORE) for lab in ours["labels"]] == mask
     return same, len(conversations)
+
+
+def trl_packed(tokenizer, conversations: list[list[dict]], max_length: int, **config) -> tuple[list[dict], object]:
+    """TRL's packed training rows and its collator: `SFTTrainer` with `packing=True` (strategy "bfd",
+    which switches TRL to padding-free batches) on prompt/completion rows built from `conversations`.
+
+    Returns `(rows, collator)`: rows with `input_ids`, `labels` (completion-only) and `seq_lengths`,
+    in TRL's order; `collator(rows[:k])` is the flattened batch TRL trains on.
+    """
+    import datasets
+    from transformers.utils import logging as hf_logging
+    from trl import SFTTrainer
+
+    datasets.disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    tok = copy.deepcopy(tokenizer)
+    rows = [{"prompt": m[:-1], "completion": m[-1:]} for m in conversations]
+    with tempfile.TemporaryDirectory() as out:
+        args = trl_sft_config(output_dir=out, max_length=max_length, packing=True, packing_strategy="bfd",
+                              shuffle_dataset=False, dataset_num_proc=None, completion_only_loss=True, **config)
+        trainer = SFTTrainer(model=_tiny_model(len(tok)), args=args, processing_class=tok,
+                             train_dataset=datasets.Dataset.from_list(rows))
+        ds = trainer.train_dataset.select_columns(["input_ids", "labels", "seq_lengths"])
+        packed = [{k: list(r[k]) for k in ("input_ids", "labels", "seq_lengths")} for r in ds]
+        return packed, trainer.data_collator

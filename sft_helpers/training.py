@@ -38,7 +38,7 @@ class WeightedLossTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         weights = inputs.pop("loss_weights", None)
-        outputs = model(**inputs)
+        outputs = model(**inputs, use_cache=False)  # a cache would disable the packed-sample mask
         loss = weighted_lm_loss(outputs.logits, labels, weights, num_items=num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
@@ -68,6 +68,7 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
               epochs: float = 1.0, max_steps: int = -1, batch_size: int = 16, grad_accum: int = 1,
               warmup: float = 0.05, weight_decay: float = 0.01, seed: int = 0, eval_steps: int | None = None,
               logging_steps: int = 10, group_by_length: bool = False, output_dir: str | None = None,
+              collator=None, save_steps: int | None = None, resume_from_checkpoint: str | bool | None = None,
               **args) -> list[dict]:
     """Fine-tune `model` in place on labelled examples (from `build_labels`); returns `log_history`.
 
@@ -75,9 +76,14 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
     when ≥ 1), then cosine decay. With `eval`, the token-weighted loss on `eval`'s labels is logged
     at the start, every `eval_steps` and at the end. `group_by_length` batches examples of similar
     length together: less padding, but batches of one kind of example (all profiles, all one-word
-answers); on the course data it trained markedly worse per step than random batches (response loss
-1.29 vs 0.79 after 300 steps), so it is off by default. Packing (lesson 02) removes the padding
-without that cost. Other keyword arguments go to `TrainingArguments`.
+    answers); on the course data it trained markedly worse per step than random batches (response
+    loss 1.29 vs 0.79 after 300 steps), so it is off by default. Packing (lesson 02) removes the
+    padding without that cost. `collator` defaults to `PaddedCollator`; pass `PackedCollator` with
+    rows from `pack_examples` (then `batch_size` counts rows) or `PaddingFreeCollator`. With
+    `save_steps`, a checkpoint (weights or adapters, optimizer, scheduler, RNG states) goes to
+    `output_dir/checkpoint-N` every `save_steps` steps; `resume_from_checkpoint` (a checkpoint folder, or
+    True for the latest in `output_dir`) continues a run on the same curve. The model may be a peft
+    model (LoRA / QLoRA): only its adapters train. Other keyword arguments go to `TrainingArguments`.
 
     >>> from sft_helpers import load_model, load_split
     >>> from sft_helpers.masking import build_labels
@@ -96,15 +102,15 @@ without that cost. Other keyword arguments go to `TrainingArguments`.
         per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=lr,
         num_train_epochs=epochs, max_steps=max_steps, lr_scheduler_type="cosine", warmup_steps=warmup,
         weight_decay=weight_decay, logging_steps=logging_steps, seed=seed, data_seed=seed,
-        save_strategy="no", report_to="none", remove_unused_columns=False, disable_tqdm=progress_disabled(),
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, report_to="none", remove_unused_columns=False, disable_tqdm=progress_disabled(),
         bf16=s["dtype"] == torch.bfloat16, fp16=s["dtype"] == torch.float16, use_cpu=s["device"] == "cpu",
         dataloader_num_workers=0, train_sampling_strategy="group_by_length" if group_by_length else "random",
         **args)
     callbacks = [EvalLossCallback(tokenizer, eval, eval_steps or logging_steps)] if eval else []
     trainer = WeightedLossTrainer(model=model, args=targs, train_dataset=train, callbacks=callbacks,
-                                  data_collator=PaddedCollator(tokenizer.pad_token_id))
+                                  data_collator=collator or PaddedCollator(tokenizer.pad_token_id))
     trainer.remove_callback(PrinterCallback)  # without a progress bar Trainer prints raw log dicts instead
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     model.eval()
     return trainer.state.log_history
 

@@ -1,10 +1,11 @@
 """Collators: padding by position, and the padding-free batch matches transformers and is exact."""
 
+import pytest
 import torch
 from transformers import DataCollatorWithFlattening
 
 from sft_helpers import load_model, load_split
-from sft_helpers.collators import PaddedCollator, PaddingFreeCollator
+from sft_helpers.collators import PackedCollator, PaddedCollator, PaddingFreeCollator
 from sft_helpers.masking import build_labels
 
 
@@ -47,3 +48,78 @@ def test_padded_collator_pads_labels_by_position_and_to_a_multiple():
         n = len(f["input_ids"])
         assert batch["labels"][row, :n].tolist() == f["labels"]
         assert (batch["labels"][row, n:] == -100).all() and (batch["attention_mask"][row, n:] == 0).all()
+
+
+def test_packed_rows_give_the_same_logits_and_loss_as_padded_batches():
+    from sft_helpers.masking import weighted_lm_loss
+    from sft_helpers.packing import pack_examples
+
+    tok, feats = examples(8)
+    model, _ = load_model("tiny")
+    rows, stats = pack_examples(feats, max_length=256)
+    assert stats["rows"] < len(feats) and stats["overflow"] == 0
+    packed = PackedCollator(tok.pad_token_id, max_length=256)(rows)
+    padded = PaddedCollator(tok.pad_token_id)(feats)
+    assert "attention_mask" not in packed and packed["input_ids"].shape == (len(rows), 256)
+    with torch.no_grad():
+        lp = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        lq = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], use_cache=False).logits
+    # every token of every sample has the same logits in its packed row as in its padded row
+    by_id = {tuple(f["input_ids"]): i for i, f in enumerate(feats)}
+    for r, row in enumerate(rows):
+        start = 0
+        for n in row["seq_lengths"]:
+            i = by_id[tuple(row["input_ids"][start:start + n])]
+            assert (lp[r, start:start + n] - lq[i, :n]).abs().max() < 1e-4
+            start += n
+    assert abs(weighted_lm_loss(lp, packed["labels"]).item() - weighted_lm_loss(lq, padded["labels"]).item()) < 1e-5
+    # the same number of target tokens: only the (never predicted) first token of each sample is dropped
+    assert (packed["labels"][:, 1:] != -100).sum() == (padded["labels"][:, 1:] != -100).sum()
+
+
+def test_packed_collator_masks_sample_starts_and_pads_and_rejects_long_rows():
+    batch = PackedCollator(pad_token_id=0, max_length=7)(
+        [{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4], "loss_weights": [1.0] * 4, "seq_lengths": [2, 2]}])
+    assert batch["labels"].tolist() == [[-100, 2, -100, 4, -100, -100, -100]]
+    assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 0, 1, 2]]
+    assert batch["loss_weights"].tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="more than max_length=3"):
+        PackedCollator(0, max_length=3)([{"input_ids": [1, 2, 3, 4]}])
+    with pytest.raises(ValueError, match="do not add up"):
+        PackedCollator(0)([{"input_ids": [1, 2, 3], "seq_lengths": [2, 2]}])
+
+
+def test_padding_free_splits_packed_rows_into_their_samples():
+    rows = [{"input_ids": [1, 2, 3, 4, 5], "labels": [1, 2, 3, 4, 5], "seq_lengths": [3, 2]}]
+    plain = [{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}]
+    a, b = PaddingFreeCollator()(rows), PaddingFreeCollator()(plain)
+    for key in ("input_ids", "labels", "position_ids", "cu_seq_lens_q"):
+        assert torch.equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_no_leakage_when_packed_correctly_and_every_naive_variant_leaks(attn):
+    from sft_helpers.attention import check_no_leakage
+
+    tok, feats = examples(4)
+    model, _ = load_model("tiny", attn_implementation=attn)
+    rows = {r["variant"].split(":")[0] + r["variant"].split(":")[1]: r for r in check_no_leakage(model, feats)}
+    correct = rows.pop("correct positions restart, no mask, use_cache=False")
+    assert not correct["leaks"] and correct["later_samples_diff"] < 1e-4 and abs(correct["loss_diff"]) < 1e-5
+    assert len(rows) == 3
+    for name, r in rows.items():
+        assert r["leaks"] and r["later_samples_diff"] > 1e-2, name
+        assert r["first_sample_diff"] < 1e-4, name  # the first sample has nothing before it to leak from
+
+
+def test_block_diagonal_mask_matches_what_transformers_builds():
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    from sft_helpers.attention import block_diagonal_mask
+
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
+    mask = block_diagonal_mask(positions)
+    sample = find_packed_sequence_indices(positions)[0]
+    expected = torch.tensor([[k <= q and sample[k] == sample[q] for k in range(9)] for q in range(9)])
+    assert torch.equal(mask, expected)
+    assert mask.sum() == 6 + 3 + 10  # 3·4/2 + 2·3/2 + 4·5/2

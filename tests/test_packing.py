@@ -4,9 +4,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sft_helpers.packing import pack_bfd, pack_ffd, pack_sequential, packing_stats
+from sft_helpers.packing import (long_tailed_lengths, pack_bfd, pack_examples, pack_ffd, pack_sequential,
+                                 packing_stats, padding_stats)
 
-PACKERS = [pack_sequential, pack_ffd, pack_bfd]
+PACKERS = [pack_sequential, pack_ffd, pack_bfd,
+           lambda lengths, m, overflow: pack_bfd(lengths, m, overflow, decreasing=False),
+           lambda lengths, m, overflow: pack_ffd(lengths, m, overflow, decreasing=False)]
 lengths_st = st.lists(st.integers(min_value=1, max_value=80), min_size=0, max_size=200)
 
 
@@ -63,3 +66,56 @@ def test_bad_arguments_are_clear_errors():
         pack_bfd([3, 0], 8)
     with pytest.raises(ValueError, match="overflow must be"):
         pack_ffd([3], 8, overflow="wrap")
+
+
+def _unpack(rows):
+    """The samples of packed rows, as (input_ids, labels, loss_weights) tuples."""
+    out = []
+    for r in rows:
+        start = 0
+        for n in r["seq_lengths"]:
+            out.append(tuple(tuple(r[k][start:start + n]) for k in ("input_ids", "labels", "loss_weights")))
+            start += n
+    return out
+
+
+@pytest.mark.parametrize("strategy,shuffle_seed", [("bfd", None), ("bfd", 3), ("ffd", None), ("sequential", 3)])
+@given(lengths=st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=60))
+@settings(max_examples=30, deadline=None)
+def test_pack_examples_keeps_every_example_once_with_its_labels(strategy, shuffle_seed, lengths):
+    examples = [{"input_ids": [i] * n, "labels": [-100] + [i] * (n - 1), "loss_weights": [0.5] * n, "task": "x"}
+                for i, n in enumerate(lengths)]
+    rows, stats = pack_examples(examples, 48, strategy=strategy, shuffle_seed=shuffle_seed)
+    assert all(len(r["input_ids"]) == len(r["labels"]) == sum(r["seq_lengths"]) <= 48 for r in rows)
+    assert sorted(_unpack(rows)) == sorted(tuple(tuple(e[k]) for k in ("input_ids", "labels", "loss_weights"))
+                                           for e in examples)
+    assert stats["rows"] == len(rows) and stats["tokens"] == sum(lengths)
+
+
+def test_shuffled_packing_mixes_lengths_and_stays_efficient():
+    lengths = long_tailed_lengths(3000, 512, median=40)
+    examples = [{"input_ids": [1] * n, "labels": [1] * n} for n in lengths]
+    sorted_rows, sorted_stats = pack_examples(examples, 512)
+    mixed_rows, mixed_stats = pack_examples(examples, 512, shuffle_seed=0)
+    assert mixed_stats["efficiency"] > 0.95 and sorted_stats["efficiency"] >= mixed_stats["efficiency"]
+
+    def spread(rows):  # mean over rows of (longest - shortest sample) in the row
+        return sum(max(r["seq_lengths"]) - min(r["seq_lengths"]) for r in rows) / len(rows)
+    assert spread(mixed_rows) > 1.5 * spread(sorted_rows)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        pack_examples(examples, 512, strategy="best")
+
+
+def test_padding_stats_counts_slots_and_grouping_cuts_padding():
+    lengths = long_tailed_lengths(2000, 1024, median=50)
+    plain, grouped = padding_stats(lengths, 16), padding_stats(lengths, 16, group_by_length=True)
+    for s in (plain, grouped):
+        assert s["tokens"] == sum(lengths) and s["slots"] == s["tokens"] + s["padding_tokens"]
+        assert s["batches"] == 125
+    assert plain["efficiency"] < 0.5 < 0.8 < grouped["efficiency"]
+
+
+def test_long_tailed_lengths_are_seeded_and_bounded():
+    a, b = long_tailed_lengths(5000, 2048, seed=4), long_tailed_lengths(5000, 2048, seed=4)
+    assert a == b != long_tailed_lengths(5000, 2048, seed=5)
+    assert 1 <= min(a) and max(a) <= 2048 and max(a) > 8 * sorted(a)[2500]  # a long tail

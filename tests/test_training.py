@@ -62,3 +62,29 @@ def test_num_items_counts_weights_of_targets():
     assert got.item() == pytest.approx(0.1 + 1.0 + 0.5)  # position 0 is never a target
     got = trainer._get_num_items_in_batch([{"labels": labels}], "cpu")
     assert got.item() == 3
+
+
+def test_training_on_packed_rows_and_padding_free_batches_learns(data):
+    from sft_helpers.collators import PackedCollator, PaddingFreeCollator
+    from sft_helpers.packing import pack_examples
+
+    tok, train, val = data
+    rows, _ = pack_examples(train, 512, shuffle_seed=0)
+    before = eval_loss(load_model("tiny")[0], tok, val)
+    for data_, collator, batch in ((rows, PackedCollator(tok.pad_token_id, 512), 2), (train, PaddingFreeCollator(), 8)):
+        model, _ = load_model("tiny")
+        history = train_sft(model, tok, data_, lr=1e-3, max_steps=8, batch_size=batch, collator=collator,
+                            logging_steps=4)
+        assert history[-1]["step"] == 8 and eval_loss(model, tok, val) < 0.8 * before
+
+
+def test_padding_free_training_follows_padded_training_step_for_step(data):
+    from sft_helpers.collators import PaddingFreeCollator
+
+    tok, train, _ = data
+    losses = []
+    for collator in (None, PaddingFreeCollator()):
+        model, _ = load_model("tiny")
+        history = train_sft(model, tok, train, lr=1e-3, max_steps=6, batch_size=8, collator=collator, logging_steps=1)
+        losses.append([h["loss"] for h in history if "loss" in h])
+    assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-4)

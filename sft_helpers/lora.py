@@ -1,0 +1,115 @@
+"""LoRA / QLoRA adapters with peft: add, count, save, reload, merge (lesson 03).
+
+QLoRA = a frozen base whose linear layers are stored in 4-bit nf4 (`load_model(..., quantization="4bit")`)
+plus small trainable LoRA matrices on every linear layer (`add_lora`). Only the adapters are trained
+and saved (megabytes); for deployment they can be merged into a full-precision copy of the base.
+Everything here is plain peft: the models are `PeftModel`s and the folders are what
+`PeftModel.from_pretrained` reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# QLoRA paper (Dettmers et al. 2023): r=64, alpha=16, dropout 0.1 (0.05 above 13B), all linear layers.
+# Current practice (TRL / axolotl examples): r=16, alpha=2r, dropout 0.05, all linear layers.
+LORA_DEFAULTS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """`(trainable, total)` parameter counts (a 4-bit weight counts as the parameters it holds).
+
+    >>> from sft_helpers import load_model
+    >>> trainable_parameters(load_model("tiny")[0])
+    (3898624, 3898624)
+    """
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)  # two 4-bit values per byte
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def add_lora(model, r: int = LORA_DEFAULTS["r"], alpha: int = LORA_DEFAULTS["lora_alpha"],
+             dropout: float = LORA_DEFAULTS["lora_dropout"], target_modules="all-linear", seed: int | None = 0,
+             verbose: bool = True):
+    """Wrap `model` in a peft `PeftModel` with LoRA adapters (rank `r`, scale `alpha / r`, dropout) on
+    `target_modules` (every linear layer but the output head by default); only the adapters train.
+    B starts at zero (the model is unchanged) and A at random, drawn after `torch.manual_seed(seed)`
+    so runs repeat. Prints trainable / total parameters.
+
+    >>> from sft_helpers import load_model
+    >>> model = add_lora(load_model("tiny")[0], r=8, alpha=16)
+    LoRA r=8, alpha=16, dropout 0.05 on all-linear: 163,840 trainable of 4,062,464 parameters (4.03%)
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = get_peft_model(model, config)
+    if verbose:
+        trainable, total = trainable_parameters(model)
+        print(f"LoRA r={r}, alpha={alpha}, dropout {dropout} on {target_modules}: {trainable:,} trainable of "
+              f"{total:,} parameters ({trainable / total:.2%})")
+    return model
+
+
+def footprint_mb(model) -> float:
+    """Memory held by the model's parameters and buffers, in MB (`get_memory_footprint`)."""
+    return model.get_memory_footprint() / 2**20
+
+
+def save_adapter(model, folder) -> Path:
+    """Save only the adapter weights and config of a `PeftModel` to `folder` (what `load_adapter` reads)."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+def load_adapter(model_id: str, folder, quantization: str | None = "4bit", trainable: bool = False):
+    """The base of `model_id` (quantised as when it was trained) with the adapter in `folder`; returns
+    `(model, tokenizer)`."""
+    from peft import PeftModel
+
+    from .models import load_model
+
+    base, tok = load_model(model_id, quantization=quantization)
+    model = PeftModel.from_pretrained(base, str(folder), is_trainable=trainable)
+    model.eval()
+    return model, tok
+
+
+def merge_adapter(model_id: str, folder, dequantize: bool = True):
+    """A plain transformers model with the adapter in `folder` merged into its weights; returns
+    `(model, tokenizer)`.
+
+    With `dequantize=True` the base is the 4-bit base the adapter was trained on, dequantised to the
+    compute dtype: the merged model then computes what the adapter model computed (up to rounding).
+    With `dequantize=False` the adapter is merged into the original full-precision base, whose weights
+    differ from the nf4 ones the adapter was trained against.
+    """
+    from peft import PeftModel
+
+    from .models import device_settings, load_model
+
+    if dequantize:
+        base, tok = load_model(model_id, quantization="4bit")
+        base = base.dequantize(dtype=device_settings()["dtype"])
+    else:
+        base, tok = load_model(model_id)
+    merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    merged.eval()
+    return merged, tok
+
+
+@torch.no_grad()
+def max_logit_difference(a, b, input_ids: torch.Tensor) -> float:
+    """The largest absolute difference between two models' logits on `input_ids`."""
+    la = a(input_ids=input_ids.to(a.device)).logits.float().cpu()
+    lb = b(input_ids=input_ids.to(b.device)).logits.float().cpu()
+    return (la - lb).abs().max().item()
