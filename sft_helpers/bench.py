@@ -1,12 +1,17 @@
 """Benchmarks whose figures go to `docs/benchmarks.md` (commands, never timed tests).
 
     python -m sft_helpers.bench packing [--examples 2520] [--lengths 1000000]
+    python -m sft_helpers.bench qlora [--arch tiny|Llama-1B|Llama-2-7B] [--seq-len 256] [--batch 2]
 
 `packing` measures (lesson 02): packing efficiency of sequential / FFD / BFD at max_length 2048 on
 10k long-tailed lengths; BFD speed on 1M lengths next to TRL's `pack_dataset(strategy="bfd")` in
 the same run; and training throughput (real tokens per second, peak memory, final loss) of padded,
 packed and padding-free batches on the tiny base. `training_throughput` is also what notebook 02
 calls at small scale.
+
+`qlora` (lesson 03) trains a random-initialised model of a given shape a few steps by full
+fine-tuning, LoRA and QLoRA and compares the memory with `memory.estimate_memory`: on a GPU the
+peak allocated memory, on a CPU each part of the estimate.
 """
 
 from __future__ import annotations
@@ -275,6 +280,108 @@ before packing costs {(on_course[-2]["efficiency"] - on_course[-1]["efficiency"]
 """
 
 
+QLORA_ARCHS = {"Llama-1B": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True)}
+
+
+def _random_model_folder(arch: str) -> str:
+    """A folder holding a randomly initialised Llama/Qwen-shaped model named `arch` ("tiny" = the
+    course's base config, a `memory.ARCHITECTURES` name, or one of `QLORA_ARCHS`) in the device's
+    dtype, plus the tiny tokenizer, so `load_model(folder, quantization=...)` can load it."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from .memory import architecture
+    from .models import device_settings, load_tokenizer, model_folder
+
+    if arch == "tiny":
+        config = LlamaConfig.from_pretrained(model_folder("tiny"))
+    elif arch in QLORA_ARCHS:
+        config = LlamaConfig(**QLORA_ARCHS[arch])
+    else:
+        config = architecture(arch)
+    folder = tempfile.mkdtemp(prefix=f"bench-{arch}-")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=device_settings()["dtype"])
+    model.save_pretrained(folder)
+    load_tokenizer("tiny").save_pretrained(folder)
+    return folder
+
+
+def qlora_memory(arch: str = "tiny", methods=("full", "lora", "qlora"), seq_len: int = 256, batch: int = 2,
+                 steps: int = 3, grad_ckpt: bool | None = None) -> list[dict]:
+    """For each method, train a random-initialised `arch` for `steps` AdamW steps on random tokens and
+    compare the memory with `memory.estimate_memory`: on a GPU the peak allocated memory (the
+    estimate without the CUDA-context overhead), on a CPU each part as `measure_training_memory`
+    sees it. Also real tokens per second over the steps after the first."""
+    from .lora import add_lora
+    from .memory import estimate_memory, measure_training_memory
+    from .models import device_settings, load_model
+
+    s = device_settings()
+    cuda = s["device"].startswith("cuda")
+    grad_ckpt = cuda if grad_ckpt is None else grad_ckpt
+    folder = _random_model_folder(arch)
+    rows = []
+    for method in methods:
+        model, _ = load_model(folder, quantization="4bit" if method == "qlora" else None, gradient_checkpointing=grad_ckpt)
+        if method != "full":
+            model = add_lora(model, verbose=False)
+        config = model.config
+        est = estimate_memory(config, method, seq_len, batch, grad_ckpt, dtype_bytes=2 if cuda else 4, overhead_gb=0)
+        ids = torch.randint(0, config.vocab_size, (batch, seq_len), device=s["device"])
+        row = {"arch": arch, "method": method, "estimate_gib": est["total"]}
+        if not cuda:
+            m = measure_training_memory(model, {"input_ids": ids, "labels": ids})
+            for part in ("weights", "gradients", "optimizer", "activations", "logits"):
+                row[f"{part}_measured"] = m[part]
+                row[f"{part}_estimate"] = est[part] + (est["adapters"] if part == "weights" else 0)
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        for step in range(steps + 1):
+            if step == 1:
+                if cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+            row["peak_gib"] = torch.cuda.max_memory_allocated() / 1024**3
+            row["ratio"] = row["peak_gib"] / est["total"]
+        row["tokens_per_s"] = steps * batch * seq_len / (time.perf_counter() - t0)
+        rows.append(row)
+        del model, opt
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
+def bench_qlora(arch: str, seq_len: int, batch: int, steps: int) -> str:
+    rows = qlora_memory(arch, seq_len=seq_len, batch=batch, steps=steps)
+    head = f"## QLoRA memory (`python -m sft_helpers.bench qlora --arch {arch}`, {datetime.date.today()})\n\n"
+    head += f"Machine: {machine()}. Random-initialised {arch}, batch {batch} × {seq_len} tokens, {steps} AdamW steps.\n\n"
+    if "peak_gib" in rows[0]:
+        table = _md_table(rows, {"method": ("method", "{}"), "estimate (GiB)": ("estimate_gib", "{:.2f}"),
+                                 "peak allocated (GiB)": ("peak_gib", "{:.2f}"), "measured / estimate": ("ratio", "{:.2f}"),
+                                 "tokens/s": ("tokens_per_s", "{:,.0f}")})
+        return head + "Target: the estimate within 15% of the measured peak.\n\n" + table + "\n"
+    mib = {f"{p} {k} (MiB)": (f"{p}_{k}", "{:.2f}") for p in ("weights", "gradients", "optimizer", "activations", "logits")
+           for k in ("measured", "estimate")}
+    mib_rows = [{k: v * 1024 if isinstance(v, float) and k.endswith(("measured", "estimate")) else v for k, v in r.items()}
+                for r in rows]
+    table = _md_table(mib_rows, {"method": ("method", "{}"), **mib, "tokens/s": ("tokens_per_s", "{:,.0f}")})
+    return head + ("No GPU: each part of the estimate (fp32, no CUDA overhead) next to what the CPU run holds "
+                   "(`memory.measure_training_memory`: parameter and buffer bytes, gradient and AdamW-state bytes, "
+                   "tensors saved for backward).\n\n") + table + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sft_helpers.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -282,6 +389,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--examples", type=int, default=2520, help="training conversations per throughput run")
     p.add_argument("--lengths", type=int, default=1_000_000, help="lengths for the packer-speed run")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    q = sub.add_parser("qlora", help="training memory of full / LoRA / QLoRA vs the estimator")
+    q.add_argument("--arch", default="tiny", help="tiny, a memory.ARCHITECTURES name, or Llama-1B")
+    q.add_argument("--seq-len", type=int, default=256)
+    q.add_argument("--batch", type=int, default=2)
+    q.add_argument("--steps", type=int, default=3)
+    q.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     one = sub.add_parser("throughput-one", help="(internal) one training_throughput run, JSON in and out")
     one.add_argument("kwargs")
     args = parser.parse_args(argv)
@@ -290,6 +403,11 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(torch.get_num_threads())
         print(json.dumps(training_throughput(**json.loads(args.kwargs))))
+        return
+    if args.command == "qlora":
+        body = bench_qlora(args.arch, args.seq_len, args.batch, args.steps)
+        write_section(f"qlora-{args.arch}", body, args.out)
+        print(body)
         return
     body = bench_packing(args.examples, args.lengths)
     write_section(args.command, body, args.out)

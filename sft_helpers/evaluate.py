@@ -57,6 +57,19 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, bat
     return out
 
 
+def chat_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 64) -> dict:
+    """One greedy assistant reply to `messages` (rendered with the tokenizer's chat template and the
+    generation prompt), stopping at the chat EOS: `{"text", "stopped"}`.
+
+    >>> from sft_helpers import load_model
+    >>> m, t = load_model("tiny")
+    >>> chat_reply(m, t, [{"role": "user", "content": "Hi"}], max_new_tokens=2)["stopped"] in (True, False)
+    True
+    """
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens)[0]
+
+
 def cloze_recall(model, tokenizer, probes: list[dict], progress: bool = False) -> dict:
     """Share of plain-text probes whose greedy continuation starts with the answer, overall and per
     relation. `probes` come from `sft_helpers.world.cloze_probes`."""

@@ -9,6 +9,7 @@ Everything here is plain peft: the models are `PeftModel`s and the folders are w
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,11 +36,14 @@ def trainable_parameters(model) -> tuple[int, int]:
 
 def add_lora(model, r: int = LORA_DEFAULTS["r"], alpha: int = LORA_DEFAULTS["lora_alpha"],
              dropout: float = LORA_DEFAULTS["lora_dropout"], target_modules="all-linear", seed: int | None = 0,
-             verbose: bool = True):
+             train_embeddings: bool = False, verbose: bool = True):
     """Wrap `model` in a peft `PeftModel` with LoRA adapters (rank `r`, scale `alpha / r`, dropout) on
     `target_modules` (every linear layer but the output head by default); only the adapters train.
     B starts at zero (the model is unchanged) and A at random, drawn after `torch.manual_seed(seed)`
-    so runs repeat. Prints trainable / total parameters.
+    so runs repeat. `train_embeddings=True` also trains full copies of the input embeddings and the
+    output head (peft's `modules_to_save`): needed when the fine-tuning data uses tokens the base model
+    never learned (new chat special tokens; on the tiny base also JSON and Markdown symbols), which
+    low-rank updates of the linear layers cannot teach. Prints trainable / total parameters.
 
     >>> from sft_helpers import load_model
     >>> model = add_lora(load_model("tiny")[0], r=8, alpha=16)
@@ -47,16 +51,38 @@ def add_lora(model, r: int = LORA_DEFAULTS["r"], alpha: int = LORA_DEFAULTS["lor
     """
     from peft import LoraConfig, get_peft_model
 
+    names = {id(m): n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
+    to_save = [names[id(model.get_input_embeddings())], names[id(model.get_output_embeddings())]]
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                        task_type="CAUSAL_LM")
+                        modules_to_save=to_save if train_embeddings else None, task_type="CAUSAL_LM",
+                        ensure_weight_tying=tied and train_embeddings)
     if seed is not None:
         torch.manual_seed(seed)
-    model = get_peft_model(model, config)
+    with _quiet():
+        model = get_peft_model(model, config)
     if verbose:
         trainable, total = trainable_parameters(model)
-        print(f"LoRA r={r}, alpha={alpha}, dropout {dropout} on {target_modules}: {trainable:,} trainable of "
+        extra = " + embeddings and output head" if train_embeddings else ""
+        print(f"LoRA r={r}, alpha={alpha}, dropout {dropout} on {target_modules}{extra}: {trainable:,} trainable of "
               f"{total:,} parameters ({trainable / total:.2%})")
     return model
+
+
+def _quiet():
+    """A context that hides peft's use of transformers' deprecated `is_gradient_checkpointing` (their
+    FutureWarning) and transformers' notice that a model was dequantised."""
+    import contextlib
+
+    from transformers.utils import logging as hf_logging
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    stack.callback(hf_logging.set_verbosity, level)
+    return stack
 
 
 def footprint_mb(model) -> float:
@@ -79,7 +105,8 @@ def load_adapter(model_id: str, folder, quantization: str | None = "4bit", train
     from .models import load_model
 
     base, tok = load_model(model_id, quantization=quantization)
-    model = PeftModel.from_pretrained(base, str(folder), is_trainable=trainable)
+    with _quiet():
+        model = PeftModel.from_pretrained(base, str(folder), is_trainable=trainable)
     model.eval()
     return model, tok
 
@@ -97,12 +124,13 @@ def merge_adapter(model_id: str, folder, dequantize: bool = True):
 
     from .models import device_settings, load_model
 
-    if dequantize:
-        base, tok = load_model(model_id, quantization="4bit")
-        base = base.dequantize(dtype=device_settings()["dtype"])
-    else:
-        base, tok = load_model(model_id)
-    merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    with _quiet():
+        if dequantize:
+            base, tok = load_model(model_id, quantization="4bit")
+            base = base.dequantize(dtype=device_settings()["dtype"])
+        else:
+            base, tok = load_model(model_id)
+        merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
     merged.eval()
     return merged, tok
 

@@ -154,6 +154,18 @@ def estimate_memory(config, method: str = "qlora", seq_len: int = 1024, batch: i
     return out
 
 
+def max_tokens_per_step(config, method: str, capacity_gib: float, grad_ckpt: bool = True, **kwargs) -> int:
+    """The most tokens per optimizer micro-step (batch × sequence length) whose estimate stays under
+    90% of `capacity_gib`; 0 when even the weights and optimizer do not fit.
+
+    >>> max_tokens_per_step(architecture("Llama-3.1-8B"), "full", 14.7)
+    0
+    """
+    fixed = estimate_memory(config, method, seq_len=0, batch=0, grad_ckpt=grad_ckpt, **kwargs)["total"]
+    per_token = estimate_memory(config, method, seq_len=1, batch=1, grad_ckpt=grad_ckpt, **kwargs)["total"] - fixed
+    return max(0, int((0.9 * capacity_gib - fixed) / per_token))
+
+
 def memory_table(names=None, methods=("full", "lora", "qlora"), seq_len: int = 1024, batch: int = 1,
                  grad_ckpt: bool = True, optimizer: str = "adamw") -> list[dict]:
     """One row per (architecture, method): the estimated total in GiB and, per GPU in `GPUS`, whether

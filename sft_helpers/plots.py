@@ -131,3 +131,30 @@ def plot_throughput(rows: list[dict], title: str = "padded vs packed vs padding-
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def plot_memory_breakdown(estimates: dict[str, dict], gpus: dict[str, float] | None = None, title: str = ""):
+    """Stacked bars of `memory.estimate_memory` results (one bar per label: weights, adapters,
+    gradients, optimizer, activations, logits, overhead, in GiB), with dashed lines at GPU sizes."""
+    import matplotlib.pyplot as plt
+
+    parts = ["weights", "adapters", "gradients", "optimizer", "activations", "logits", "overhead"]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    labels = list(estimates)
+    bottom = [0.0] * len(labels)
+    for part in parts:
+        values = [estimates[k].get(part, 0.0) for k in labels]
+        ax.bar(labels, values, bottom=bottom, label=part)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    for i, total in enumerate(bottom):
+        ax.text(i, total, f"{total:.1f}", ha="center", va="bottom", fontsize=8)
+    for name, size in (gpus or {}).items():
+        ax.axhline(size, color="grey", ls="--", lw=0.8)
+        ax.text(len(labels) - 0.5, size, f" {name}", va="bottom", ha="right", fontsize=7, color="grey")
+    ax.set_ylabel("GiB")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

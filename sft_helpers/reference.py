@@ -127,3 +127,22 @@ def trl_packed(tokenizer, conversations: list[list[dict]], max_length: int, **co
         ds = trainer.train_dataset.select_columns(["input_ids", "labels", "seq_lengths"])
         packed = [{k: list(r[k]) for k in ("input_ids", "labels", "seq_lengths")} for r in ds]
         return packed, trainer.data_collator
+
+
+def trl_peft_model(model, tokenizer, peft_config):
+    """The model TRL's `SFTTrainer` trains when given `peft_config` (a `peft.LoraConfig`): it wraps
+    `model` (4-bit or not) itself. Two one-message conversations stand in for the dataset."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+    from trl import SFTTrainer
+
+    datasets.disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}] * 2
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        trainer = SFTTrainer(model=model, args=trl_sft_config(output_dir=out, gradient_checkpointing=False),
+                             processing_class=copy.deepcopy(tokenizer), train_dataset=datasets.Dataset.from_list(rows),
+                             peft_config=peft_config)
+        return trainer.model

@@ -23,7 +23,7 @@ def data():
 def trained_qlora(data, tmp_path_factory):
     tok, train, val, _ = data
     model, _ = load_model("tiny", quantization="4bit")
-    model = add_lora(model, verbose=False)
+    model = add_lora(model, train_embeddings=True, verbose=False)  # tied embeddings: one trained copy
     before = eval_loss(model, tok, val)
     train_sft(model, tok, train, lr=3e-3, max_steps=12, batch_size=8)
     folder = save_adapter(model, tmp_path_factory.mktemp("adapter"))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sft_helpers import load_model
-from sft_helpers.memory import (ARCHITECTURES, GPUS, architecture, estimate_memory, lora_parameters,
+from sft_helpers.memory import (ARCHITECTURES, GPUS, architecture, estimate_memory, lora_parameters, max_tokens_per_step,
                                 measure_training_memory, memory_table, parameter_counts)
 
 GIB = 1024**3
@@ -73,3 +73,12 @@ def test_estimate_matches_what_cpu_training_holds(method):
     weights = est["weights"] + est["adapters"]
     assert measured["weights"] == pytest.approx(weights, rel=0.05)  # nf4 constants are not parameters
     assert measured["activations"] == pytest.approx(est["activations"], rel=0.25)
+
+
+def test_max_tokens_per_step_is_where_the_estimate_reaches_90_percent():
+    config = architecture("Qwen2.5-7B")
+    tokens = max_tokens_per_step(config, "qlora", 14.7)
+    assert tokens > 1000
+    assert estimate_memory(config, "qlora", seq_len=tokens, batch=1)["total"] <= 0.9 * 14.7
+    assert estimate_memory(config, "qlora", seq_len=tokens + 50, batch=1)["total"] > 0.9 * 14.7
+    assert max_tokens_per_step(config, "full", 14.7) == 0
