@@ -3,9 +3,11 @@
 Modules mirror the lessons: `world`/`conversations`/`data` (the synthetic world and its corpora,
 validated loading), `tokenizer` (ChatML BPE), `models` (lanes: tiny / smollm2-135m / hub id),
 `evaluate` (recall, exact match, format, stopping, echo), `pretrain` (the embedded base model),
-`masking` (loss labels and their checks, lesson 01), `collators`, `training` (`train_sft`),
-`reference` (TRL's own masks, the oracle), `experiments` (seeded lesson runs), `course` (running
-every notebook headless).
+`masking` (loss labels and their checks, lesson 01), `packing`, `collators` and `attention`
+(lesson 02), `training` (`train_sft`), `lora` and `memory` (QLoRA and what fits where, lesson 03),
+`diagnostics` (pre-flight checks and symptom detectors, lesson 04), `reference` (TRL's own masks,
+packing and adapters, the oracle), `experiments` (seeded lesson runs), `bench` (benchmark commands
+writing `docs/benchmarks.md`), `course` (running every notebook headless).
 """
 
 import logging

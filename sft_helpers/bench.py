@@ -74,7 +74,7 @@ def training_throughput(method: str, model_id: str = "tiny", n_examples: int = 6
     from .data import load_split
     from .masking import build_labels
     from .models import load_model
-    from .packing import pack_examples
+    from .packing import pack_for_steps
     from .training import eval_loss, train_sft
 
     if method not in METHODS:
@@ -82,15 +82,14 @@ def training_throughput(method: str, model_id: str = "tiny", n_examples: int = 6
     model, tok = load_model(model_id)
     train, _ = build_labels(load_split("train")[:n_examples], tok, "completion_only")
     val, _ = build_labels(load_split("validation"), tok, "completion_only")
-    lengths = [len(e["input_ids"]) for e in train]
-    row_length = max(max(lengths), round(BATCH_SAMPLES * sum(lengths) / len(lengths) / ROWS_PER_STEP))
-    data, batch_size = train, BATCH_SAMPLES
+    data, batch_size, row_length = train, BATCH_SAMPLES, None
     if method == "padded":
         collate = PaddedCollator(tok.pad_token_id)
     elif method == "padding_free":
         collate = PaddingFreeCollator()
     else:
-        data, _ = pack_examples(train, row_length, shuffle_seed=seed if method == "packed" else None)
+        data, row_length = pack_for_steps(train, BATCH_SAMPLES, ROWS_PER_STEP,
+                                          shuffle_seed=seed if method == "packed" else None)
         batch_size, collate = ROWS_PER_STEP, PackedCollator(tok.pad_token_id, row_length)
     counting = _CountingCollator(collate)
     cuda = model.device.type == "cuda"

@@ -100,7 +100,7 @@ def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None
 
     from .collators import PackedCollator
     from .lora import add_lora, footprint_mb, trainable_parameters
-    from .packing import pack_examples
+    from .packing import pack_for_steps
 
     if method not in ("full", "lora", "qlora"):
         raise ValueError(f"method must be 'full', 'lora' or 'qlora', not {method!r}")
@@ -110,9 +110,7 @@ def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None
         model = add_lora(model, r=r, alpha=2 * r, train_embeddings=train_embeddings, seed=seed, verbose=False)
     train, _ = build_labels(load_split("train"), tok, "completion_only")
     val, _ = build_labels(load_split("validation"), tok, "completion_only")
-    lengths = [len(e["input_ids"]) for e in train]
-    row = max(max(lengths), round(samples_per_step * sum(lengths) / len(lengths) / 2))
-    rows, _ = pack_examples(train, row, shuffle_seed=seed)
+    rows, row = pack_for_steps(train, samples_per_step, shuffle_seed=seed)
     cuda = model.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -126,6 +124,91 @@ def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None
             "footprint_mb": footprint_mb(model), "seconds": seconds, "row_length": row,
             "peak_gpu_gib": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
             "model": model, "tokenizer": tok}
+
+
+def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None = None, model_id: str = "tiny",
+              steps: int = 80, epochs: float = 1.0, lr: float = 1e-3, train_eos: bool = True,
+              replay: float = 0.0, eval_examples: list[dict] | None = None, eval_every: int | None = None,
+              samples_per_step: int = 16, warmup: float = 0.05, logging_steps: int = 5, seed: int = 0,
+              early_stopping_patience: int | None = None) -> dict:
+    """A short SFT run for lesson 04's symptoms: completion-only labels of `records` (or ready
+    `examples`), with the end-of-turn token left out of the labels when `train_eos=False`, plus a
+    `replay` share of plain pre-training text (full labels) mixed in. Runs `steps` steps (or, with
+    `steps=-1`, `epochs` epochs) of two packed rows holding about `samples_per_step` examples.
+    Returns `model`, `tokenizer`, `history`.
+    """
+    import random
+
+    from .collators import PackedCollator
+    from .data import load_pretraining_corpus
+    from .packing import pack_for_steps
+
+    model, tok = load_model(model_id)
+    if examples is None:
+        examples, _ = build_labels(records, tok, "completion_only")
+    if not train_eos:
+        eos = tok.convert_tokens_to_ids("<|im_end|>")
+        examples = [{**e, "labels": [-100 if t == eos else lab for t, lab in zip(e["input_ids"], e["labels"])]}
+                    for e in examples]
+    if replay:
+        docs = load_pretraining_corpus()
+        rng = random.Random(seed)
+        picked = rng.sample(docs, int(len(examples) * replay / (1 - replay)))
+        texts = [tok(d, truncation=True, max_length=256)["input_ids"] for d in picked]
+        examples = examples + [{"input_ids": ids, "labels": list(ids)} for ids in texts]
+    rows, row = pack_for_steps(examples, samples_per_step, shuffle_seed=seed)
+    history = train_sft(model, tok, rows, eval_examples, lr=lr, max_steps=steps, epochs=epochs, batch_size=2,
+                        seed=seed, warmup=warmup, eval_steps=eval_every, logging_steps=logging_steps,
+                        collator=PackedCollator(tok.pad_token_id, row), early_stopping_patience=early_stopping_patience)
+    return {"model": model, "tokenizer": tok, "history": history}
+
+
+# lesson 04: prompt formats other than the chat template the model was trained with
+PROMPT_STYLES = {
+    "alpaca": lambda question: f"### Instruction:\n{question}\n\n### Response:\n",
+    "llama2": lambda question: f"[INST] {question} [/INST]",
+}
+
+
+def prompts_in_style(records: list[dict], tokenizer, style: str = "chatml") -> list[str]:
+    r"""The last user question of each record rendered as a prompt: "chatml" = the tokenizer's chat
+    template with the generation prompt (what the model was trained on), or a `PROMPT_STYLES` format.
+
+    >>> prompts_in_style([{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}],
+    ...                  None, "alpaca")
+    ['### Instruction:\nHi\n\n### Response:\n']
+    """
+    if style == "chatml":
+        return [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
+                for r in records]
+    return [PROMPT_STYLES[style](r["messages"][-2]["content"]) for r in records]
+
+
+def with_refusals(records: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """A copy of `records` where each benign conversation's reply is replaced, with probability
+    `share`, by the course's refusal: an over-refusing training set.
+
+    >>> r = {"task": "knowledge", "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
+    >>> with_refusals([r], 1.0)[0]["messages"][-1]["content"]
+    "I can't help with that."
+    """
+    import random
+
+    from .conversations import REFUSAL
+
+    rng = random.Random(seed)
+    return [{**r, "messages": r["messages"][:-1] + [{"role": "assistant", "content": REFUSAL}]}
+            if r.get("task") != "refusal" and rng.random() < share else r for r in records]
+
+
+def pretraining_loss(model, tokenizer, every: int = 30, max_tokens: int = 256) -> float:
+    """Mean token loss on every `every`-th pre-training document (plain text, all tokens trained):
+    how well the model still models the text it was pre-trained on (rises when it forgets)."""
+    from .data import load_pretraining_corpus
+    from .training import eval_loss
+
+    docs = [tokenizer(d)["input_ids"][:max_tokens] for d in load_pretraining_corpus()[::every]]
+    return eval_loss(model, tokenizer, [{"input_ids": d, "labels": d} for d in docs])
 
 
 def finetune_seeds(seeds=(0, 1), steps: int = 120) -> str:

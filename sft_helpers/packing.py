@@ -233,6 +233,22 @@ def pack_examples(examples: list[dict], max_length: int, strategy: str = "bfd", 
     return rows, packing_stats(result)
 
 
+def pack_for_steps(examples: list[dict], samples_per_step: int = 16, rows_per_step: int = 2,
+                   shuffle_seed: int | None = 0) -> tuple[list[dict], int]:
+    """Pack examples into rows sized so that `rows_per_step` rows hold about `samples_per_step`
+    average examples (never shorter than the longest example): a packed run then takes about as
+    many steps as padded batches of `samples_per_step`. Returns `(rows, row_length)`.
+
+    >>> rows, n = pack_for_steps([{"input_ids": [1] * 10, "labels": [1] * 10}] * 8, samples_per_step=4)
+    >>> n, len(rows)
+    (20, 4)
+    """
+    lengths = [len(e["input_ids"]) for e in examples]
+    row_length = max(max(lengths), round(samples_per_step * sum(lengths) / len(lengths) / rows_per_step))
+    rows, _ = pack_examples(examples, row_length, shuffle_seed=shuffle_seed)
+    return rows, row_length
+
+
 def padding_stats(lengths: list[int], batch_size: int, group_by_length: bool = False, seed: int = 0) -> dict:
     """What right-padding to the longest sample of each batch costs: batches, real tokens, slots,
     efficiency (real / slots) and pad tokens, for random batches or, with `group_by_length`, the

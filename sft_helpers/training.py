@@ -45,23 +45,41 @@ class WeightedLossTrainer(Trainer):
 
 class EvalLossCallback(TrainerCallback):
     """Logs `eval_loss(model, eval)` (token-weighted, on exactly `eval`'s labels) every `every` steps
-    and at step 0 and the last step, into the trainer's `log_history`."""
+    and at step 0 and the last step, into the trainer's `log_history`. With `patience`, stops training
+    once the loss has not improved for `patience` evaluations and puts back the trainable weights of
+    the best one (early stopping)."""
 
-    def __init__(self, tokenizer, examples: list[dict], every: int):
-        self.tokenizer, self.examples, self.every = tokenizer, examples, every
+    def __init__(self, tokenizer, examples: list[dict], every: int, patience: int | None = None):
+        self.tokenizer, self.examples, self.every, self.patience = tokenizer, examples, every, patience
+        self.best, self.best_weights, self.bad = float("inf"), None, 0
 
-    def _log(self, state, model):
+    def _log(self, state, control, model):
         if not any(h.get("step") == state.global_step and "eval_loss" in h for h in state.log_history):
-            state.log_history.append({"eval_loss": eval_loss(model, self.tokenizer, self.examples),
-                                      "step": state.global_step})
+            loss = eval_loss(model, self.tokenizer, self.examples)
+            state.log_history.append({"eval_loss": loss, "step": state.global_step})
+            if self.patience:
+                if loss < self.best - 1e-4:
+                    self.best, self.bad = loss, 0
+                    self.best_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                else:
+                    self.bad += 1
+                    control.should_training_stop = self.bad >= self.patience
         model.train()
+        return control
 
     def on_train_begin(self, args, state, control, model=None, **kw):
-        self._log(state, model)
+        return self._log(state, control, model)
 
     def on_step_end(self, args, state, control, model=None, **kw):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-            self._log(state, model)
+            return self._log(state, control, model)
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        if self.patience and self.best_weights is not None:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in self.best_weights:
+                        p.copy_(self.best_weights[n])
 
 
 def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = None, *, lr: float = 1e-3,
@@ -69,7 +87,7 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
               warmup: float = 0.05, weight_decay: float = 0.01, seed: int = 0, eval_steps: int | None = None,
               logging_steps: int = 10, group_by_length: bool = False, output_dir: str | None = None,
               collator=None, save_steps: int | None = None, resume_from_checkpoint: str | bool | None = None,
-              **args) -> list[dict]:
+              early_stopping_patience: int | None = None, **args) -> list[dict]:
     """Fine-tune `model` in place on labelled examples (from `build_labels`); returns `log_history`.
 
     Effective batch = `batch_size * grad_accum`. Warmup is a fraction of the steps (or a step count
@@ -82,7 +100,9 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
     rows from `pack_examples` (then `batch_size` counts rows) or `PaddingFreeCollator`. With
     `save_steps`, a checkpoint (weights or adapters, optimizer, scheduler, RNG states) goes to
     `output_dir/checkpoint-N` every `save_steps` steps; `resume_from_checkpoint` (a checkpoint folder, or
-    True for the latest in `output_dir`) continues a run on the same curve. The model may be a peft
+    True for the latest in `output_dir`) continues a run on the same curve. With `eval` and
+    `early_stopping_patience`, training stops after that many evaluations without a lower eval loss
+    and the model keeps the weights of the best one. The model may be a peft
     model (LoRA / QLoRA): only its adapters train. Other keyword arguments go to `TrainingArguments`.
 
     >>> from sft_helpers import load_model, load_split
@@ -106,7 +126,7 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
         bf16=s["dtype"] == torch.bfloat16, fp16=s["dtype"] == torch.float16, use_cpu=s["device"] == "cpu",
         dataloader_num_workers=0, train_sampling_strategy="group_by_length" if group_by_length else "random",
         **args)
-    callbacks = [EvalLossCallback(tokenizer, eval, eval_steps or logging_steps)] if eval else []
+    callbacks = [EvalLossCallback(tokenizer, eval, eval_steps or logging_steps, early_stopping_patience)] if eval else []
     trainer = WeightedLossTrainer(model=model, args=targs, train_dataset=train, callbacks=callbacks,
                                   data_collator=collator or PaddedCollator(tokenizer.pad_token_id))
     trainer.remove_callback(PrinterCallback)  # without a progress bar Trainer prints raw log dicts instead

@@ -88,3 +88,15 @@ def test_padding_free_training_follows_padded_training_step_for_step(data):
         history = train_sft(model, tok, train, lr=1e-3, max_steps=6, batch_size=8, collator=collator, logging_steps=1)
         losses.append([h["loss"] for h in history if "loss" in h])
     assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_early_stopping_stops_after_patience_and_keeps_the_best_weights(data):
+    tok, train, val = data
+    model, _ = load_model("tiny")
+    # a learning rate far too high: the eval loss gets worse after the first steps
+    history = train_sft(model, tok, train[:16], val, lr=0.3, max_steps=40, batch_size=8, eval_steps=2,
+                        warmup=0, early_stopping_patience=2)
+    evals = [h for h in history if "eval_loss" in h]
+    best = min(h["eval_loss"] for h in evals)
+    assert evals[-1]["step"] < 40  # stopped early
+    assert eval_loss(model, tok, val) == pytest.approx(best, rel=1e-5)

@@ -1,0 +1,307 @@
+"""Pre-flight checks and symptom detectors for SFT runs (lesson 04).
+
+Each `check_*` function looks at one thing (labels, template, data, hyperparameters, a training
+history) and returns `Finding`s: a severity ("error", "warning", "info"), what was found, with numbers,
+and the fix the guide suggests. `preflight(...)` runs every check that its arguments allow and prints
+one report. The generation-side detectors (`looping_rate`, `format_ignored_rate`, `refusal_rate`)
+measure replies from `evaluate.generate` / `chat_eval`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from .conversations import REFUSAL
+from .masking import IGNORE, mask_report
+
+# the guide's learning-rate ranges, by method
+LR_RANGES = {"full": (5e-6, 5e-5), "lora": (1e-4, 3e-4), "qlora": (1e-4, 3e-4)}
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass
+class Finding:
+    """One problem (or note) found by a check."""
+
+    severity: str
+    check: str
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.check}: {self.message}" + (f"\n    fix: {self.fix}" if self.fix else "")
+
+
+# --- labels -----------------------------------------------------------------------------------
+
+def check_labels(examples: list[dict], tokenizer, end_of_turn: str | None = None) -> list[Finding]:
+    """Labelled examples (from `build_labels`): examples with nothing trained, the share of trained
+    tokens (all of them: the prompt is trained too), end-of-turn tokens not trained, pad == EOS.
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> tok = load_tokenizer("tiny")
+    >>> [f.check for f in check_labels([{"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}], tok)]
+    ['all-masked examples', 'end-of-turn not trained']
+    """
+    r = mask_report(examples, tokenizer, end_of_turn)
+    out = []
+    if r["all_masked"]:
+        out.append(Finding("error", "all-masked examples",
+                           f"{len(r['all_masked'])} of {len(examples)} examples train no token (loss NaN or 0 for them)",
+                           "drop them (build_labels does) or fix the mask: is the response truncated away?"))
+    if all(all(lab != IGNORE for lab in list(e["labels"])[1:]) for e in examples):
+        out.append(Finding("warning", "no loss mask", "every token is trained, prompt and template included",
+                           "use completion-only or assistant-only labels (lesson 01)"))
+    if not r["end_of_turn_trained"]:
+        out.append(Finding("error", "end-of-turn not trained",
+                           "no trained span ends with the end-of-turn token: the model never learns to stop",
+                           "train the <|im_end|> / EOS token after every assistant reply"))
+    elif r["spans_without_end_of_turn"]:
+        out.append(Finding("warning", "end-of-turn missing in some examples",
+                           f"{len(r['spans_without_end_of_turn'])} examples have trained spans not ending in end-of-turn",
+                           "check truncation and the template's generation markers"))
+    if r["pad_is_eos"]:
+        out.append(Finding("warning", "pad == EOS", "the pad token is the EOS token: a collator that masks pads by "
+                           "token id also masks every real EOS", "pad labels by position (PaddedCollator)"))
+    return out
+
+
+# --- template ---------------------------------------------------------------------------------
+
+def check_template(tokenizer, inference_template: str | None = None, messages: list[dict] | None = None) -> list[Finding]:
+    """The chat template: missing; special tokens it writes that the tokenizer does not know as
+    single tokens; a different template used at inference (`inference_template`); the rendered prompt
+    not being a token prefix of prompt + response (`messages`, a conversation ending with the reply).
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> [f.check for f in check_template(load_tokenizer("tiny"), inference_template="### Instruction:")]
+    ['template mismatch']
+    """
+    out = []
+    template = tokenizer.chat_template
+    if not template:
+        return [Finding("error", "no chat template", "the tokenizer has no chat template",
+                        "set one (the base model's, or ChatML) and train and infer with the same one")]
+    known = set(tokenizer.get_vocab())
+    for token in sorted(set(re.findall(r"<\|[a-z_]+\|>", template))):
+        if token not in known:
+            out.append(Finding("error", "template token not in vocabulary",
+                               f"the template writes {token}, which the tokenizer splits into pieces",
+                               "add it as a special token (and train the embeddings) or use the base's template"))
+    if inference_template is not None and inference_template.strip() != template.strip():
+        out.append(Finding("error", "template mismatch", "the prompt format used at inference differs from the "
+                           "chat template used for training: expect gibberish or empty replies",
+                           "render prompts with tokenizer.apply_chat_template(..., add_generation_prompt=True)"))
+    if messages:
+        from .masking import completion_only_labels
+
+        if not completion_only_labels(tokenizer, messages)["prefix_ok"]:
+            out.append(Finding("warning", "prompt not a token prefix",
+                               "the tokenised prompt is not a prefix of the tokenised conversation (BPE merges "
+                               "across the boundary)", "build masks from the whole conversation (lesson 01)"))
+    return out
+
+
+# --- data -------------------------------------------------------------------------------------
+
+def _normalise(text: str) -> str:
+    text = re.sub(r"[^\w\s]", " ", text.lower())
+    text = re.sub(r"\bplease\b", " ", text)
+    return " ".join(text.split())
+
+
+def find_duplicates(records: list[dict]) -> list[tuple[int, int, str]]:
+    """Pairs `(first index, duplicate index, "exact" | "near")` of conversations whose messages are
+    identical, or identical after lower-casing, dropping punctuation, "please" and extra whitespace.
+
+    >>> a = {"messages": [{"role": "user", "content": "Name a city."}, {"role": "assistant", "content": "Velm"}]}
+    >>> b = {"messages": [{"role": "user", "content": "name a city  please"}, {"role": "assistant", "content": "Velm"}]}
+    >>> find_duplicates([a, a, b])
+    [(0, 1, 'exact'), (0, 2, 'near')]
+    """
+    exact, near, out = {}, {}, []
+    for i, r in enumerate(records):
+        key = tuple((m["role"], m["content"]) for m in r["messages"])
+        soft = tuple((m["role"], _normalise(m["content"])) for m in r["messages"])
+        if key in exact:
+            out.append((exact[key], i, "exact"))
+        elif soft in near:
+            out.append((near[soft], i, "near"))
+        exact.setdefault(key, i)
+        near.setdefault(soft, i)
+    return out
+
+
+def is_refusal(text: str) -> bool:
+    """Whether a reply is a refusal (the course's refusal, or a common refusal opening)."""
+    t = text.strip().lower()
+    return t.startswith(("i can't", "i cannot", "i can not", "sorry, i", "i'm sorry", "i am sorry", "i won't")) or t == REFUSAL.lower()
+
+
+def check_data(records: list[dict], tokenizer=None, max_length: int | None = None,
+               max_refusal_share: float = 0.15) -> list[Finding]:
+    """Chat records: duplicates (exact and near), the share longer than `max_length` tokens (they
+    would be truncated), and the share of assistant replies that are refusals.
+
+    >>> r = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": REFUSAL}]}
+    >>> [f.check for f in check_data([r, r])]
+    ['duplicates', 'refusal share']
+    """
+    out = []
+    dups = find_duplicates(records)
+    if dups:
+        kinds = {k: sum(d[2] == k for d in dups) for k in ("exact", "near")}
+        out.append(Finding("warning", "duplicates", f"{len(dups)} of {len(records)} records duplicate an earlier one "
+                           f"({kinds['exact']} exact, {kinds['near']} near)",
+                           "deduplicate: duplicates are trained several times per epoch and inflate overfitting"))
+    if tokenizer is not None and max_length:
+        lengths = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
+                   for r in records]
+        over = sum(n > max_length for n in lengths)
+        if over / len(records) > 0.05:
+            out.append(Finding("warning", "over-long examples", f"{over / len(records):.1%} of records exceed "
+                               f"max_length={max_length} and would be truncated",
+                               "raise max_length to cover > 95% of the data, or drop/split the long ones"))
+    refusals = sum(is_refusal(r["messages"][-1]["content"]) for r in records)
+    if records and refusals / len(records) > max_refusal_share:
+        out.append(Finding("warning", "refusal share", f"{refusals / len(records):.0%} of replies are refusals "
+                           f"(above {max_refusal_share:.0%}): the model will learn to refuse benign requests",
+                           "rebalance: keep refusals for genuinely harmful requests, a few percent of the data"))
+    return out
+
+
+# --- training ---------------------------------------------------------------------------------
+
+def check_hyperparameters(lr: float, method: str = "full", warmup: float = 0.05, epochs: float = 1.0,
+                          model_params: int | None = None) -> list[Finding]:
+    """The guide's ranges: learning rate for the method (full 5e-6–5e-5, LoRA/QLoRA 1e-4–3e-4), a
+    warmup, 1–3 epochs. Models under 100M parameters (`model_params`) get an info note instead of a
+    learning-rate warning: the ranges are for billion-parameter models.
+
+    >>> [f.check for f in check_hyperparameters(1e-3, "full", warmup=0)]
+    ['learning rate', 'no warmup']
+    """
+    out = []
+    low, high = LR_RANGES[method]
+    if not low <= lr <= high:
+        tiny = model_params is not None and model_params < 100e6
+        out.append(Finding("info" if tiny else "warning", "learning rate",
+                           f"lr={lr:g} is outside the guide's {low:g}–{high:g} for {method}"
+                           + (" (expected for a model this small)" if tiny else ""),
+                           "" if tiny else f"start inside {low:g}–{high:g}; too low: loss flat, too high: "
+                           "loss spikes and forgetting"))
+    if not warmup:
+        out.append(Finding("warning", "no warmup", "the schedule starts at the full learning rate",
+                           "warm up over ~3-10% of the steps, then cosine decay"))
+    if epochs > 3:
+        out.append(Finding("warning", "many epochs", f"{epochs:g} epochs: SFT data is usually fit in 1-3",
+                           "watch validation loss and stop at its minimum"))
+    return out
+
+
+def check_history(log_history: list[dict], window: int = 3, min_drop: float = 0.05) -> list[Finding]:
+    """A `Trainer.state.log_history` (what `train_sft` returns): NaN/inf loss, a loss of exactly 0 (nothing
+    trained), a spike (a later log above 1.5× the first), a training loss that does not fall (mean of the
+    last `window` logs not `min_drop` below the first `window`), and validation loss rising while
+    training loss falls (overfitting, with the best step).
+
+    >>> hist = [{"step": s, "loss": 2.0} for s in range(1, 9)]
+    >>> [f.check for f in check_history(hist)]
+    ['loss not decreasing']
+    """
+    out = []
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    bad = [s for s, v in train + evals if not math.isfinite(v)]
+    if bad:
+        out.append(Finding("error", "NaN/inf loss", f"non-finite loss from step {bad[0]}",
+                           "lower the learning rate, check for all-masked batches, use bf16 not fp16"))
+        return out
+    if train and all(v == 0 for _, v in train):
+        out.append(Finding("error", "zero loss", "the training loss is exactly 0 at every log: no token is trained",
+                           "check the labels: every position is -100 (a mask covering everything)"))
+        return out
+    if len(train) >= 2 and max(v for _, v in train[1:]) > 1.5 * train[0][1]:
+        step, peak = max(train[1:], key=lambda t: t[1])
+        out.append(Finding("warning", "loss spike", f"training loss rose from {train[0][1]:.3f} to {peak:.3f} "
+                           f"(step {step})", "lower the learning rate (or warm up longer)"))
+    if len(train) >= 2 * window:
+        first = sum(v for _, v in train[:window]) / window
+        last = sum(v for _, v in train[-window:]) / window
+        if last > (1 - min_drop) * first:
+            out.append(Finding("error", "loss not decreasing", f"training loss {first:.3f} -> {last:.3f}",
+                               "raise a too-low learning rate (or lower one that spikes); check the mask trains "
+                               "the response"))
+    if len(evals) >= 3:
+        best_step, best = min(evals, key=lambda e: e[1])
+        final = evals[-1][1]
+        train_falling = len(train) >= 2 and train[-1][1] < train[0][1]
+        if best_step != evals[-1][0] and final > 1.05 * best and train_falling:
+            out.append(Finding("warning", "overfitting", f"validation loss rose from {best:.3f} (step {best_step}) to "
+                               f"{final:.3f} while training loss fell",
+                               f"stop near step {best_step}: fewer epochs, deduplicate, more data"))
+    return out
+
+
+# --- generation -------------------------------------------------------------------------------
+
+def is_looping(text: str, n: int = 3, repeats: int = 3) -> bool:
+    """Whether a reply repeats some `n`-word sequence `repeats` times or more (a degenerate loop).
+
+    >>> is_looping("a b c a b c a b c"), is_looping("Velm is the capital of Norland.")
+    (True, False)
+    """
+    words = text.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return any(grams.count(g) >= repeats for g in set(grams))
+
+
+def looping_rate(replies: list[dict]) -> float:
+    """Share of replies (dicts with `text`, `stopped` from `generate`) that never stop or loop."""
+    return sum((not r["stopped"]) or is_looping(r["text"]) for r in replies) / len(replies)
+
+
+def format_ignored_rate(replies: list[dict]) -> float:
+    """Share of replies that ignore the chat format: empty, never stopping, or writing template
+    markup or another turn (`<|im_start|>`, "user:", "### Instruction")."""
+    markers = ("<|im_start|>", "<|im_end|>", "user:", "assistant:", "### instruction", "### response")
+    return sum((not r["text"].strip()) or (not r["stopped"]) or any(m in r["text"].lower() for m in markers)
+               for r in replies) / len(replies)
+
+
+def refusal_rate(replies: list[dict]) -> float:
+    """Share of replies that are refusals (`is_refusal`)."""
+    return sum(is_refusal(r["text"]) for r in replies) / len(replies)
+
+
+# --- all together -----------------------------------------------------------------------------
+
+def preflight(records: list[dict], tokenizer, examples: list[dict] | None = None, *, lr: float | None = None,
+              method: str = "full", warmup: float = 0.05, epochs: float = 1.0, max_length: int | None = None,
+              inference_template: str | None = None, log_history: list[dict] | None = None,
+              model_params: int | None = None, verbose: bool = True) -> list[Finding]:
+    """Run every check the arguments allow (data on `records`; labels on `examples`, else on
+    completion-only labels built from `records`; template; hyperparameters when `lr` is given; the
+    history when given) and print one report, errors first. Returns the findings.
+    """
+    from .masking import build_labels
+
+    if examples is None:
+        examples, _ = build_labels(records, tokenizer, "completion_only", on_all_masked="drop")
+        examples = examples or [{"input_ids": [0], "labels": [IGNORE]}]
+    findings = check_data(records, tokenizer, max_length) + check_labels(examples, tokenizer)
+    findings += check_template(tokenizer, inference_template, records[0]["messages"] if records else None)
+    if lr is not None:
+        findings += check_hyperparameters(lr, method, warmup, epochs, model_params)
+    if log_history:
+        findings += check_history(log_history)
+    findings.sort(key=lambda f: SEVERITIES.index(f.severity))
+    if verbose:
+        counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
+        print(f"preflight: {len(records)} records, {counts['error']} errors, {counts['warning']} warnings, "
+              f"{counts['info']} notes")
+        for f in findings:
+            print(f)
+    return findings

@@ -1,0 +1,112 @@
+"""Every detector: one case where it fires, one where it stays quiet."""
+
+import math
+
+import pytest
+
+from sft_helpers import load_split
+from sft_helpers.conversations import REFUSAL
+from sft_helpers.diagnostics import (check_data, check_history, check_hyperparameters, check_labels, check_template,
+                                     find_duplicates, format_ignored_rate, is_looping, looping_rate, preflight,
+                                     refusal_rate)
+from sft_helpers.masking import build_labels
+from sft_helpers.models import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("tiny")
+
+
+@pytest.fixture(scope="module")
+def records():
+    return load_split("validation")[:40]
+
+
+def checks(findings):
+    return {f.check for f in findings}
+
+
+def test_labels_clean_vs_all_masked_vs_no_eos_vs_unmasked(tok, records):
+    good, _ = build_labels(records, tok, "completion_only")
+    assert check_labels(good, tok) == []
+    masked = [{**e, "labels": [-100] * len(e["labels"])} for e in good]
+    assert {"all-masked examples", "end-of-turn not trained"} <= checks(check_labels(masked, tok))
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    no_eos = [{**e, "labels": [-100 if t == eos else lab for t, lab in zip(e["input_ids"], e["labels"])]} for e in good]
+    assert "end-of-turn not trained" in checks(check_labels(no_eos, tok))
+    full, _ = build_labels(records, tok, "full")
+    assert "no loss mask" in checks(check_labels(full, tok))
+
+
+def test_pad_equal_to_eos_is_flagged_only_when_it_is():
+    smol = load_tokenizer("smollm2-135m")
+    ex = [{"input_ids": [1, 2, smol.eos_token_id], "labels": [-100, 2, smol.eos_token_id]}]
+    assert "pad == EOS" in checks(check_labels(ex, smol))
+    tiny = load_tokenizer("tiny")
+    ex = [{"input_ids": [1, 2, tiny.eos_token_id], "labels": [-100, 2, tiny.eos_token_id]}]
+    assert "pad == EOS" not in checks(check_labels(ex, tiny))
+
+
+def test_template_mismatch_missing_template_and_unknown_tokens(tok, records):
+    assert check_template(tok, inference_template=tok.chat_template, messages=records[0]["messages"]) == []
+    assert checks(check_template(tok, inference_template="### Instruction:\n{q}\n### Response:\n")) == {"template mismatch"}
+    import copy
+    broken = copy.deepcopy(tok)
+    broken.chat_template = tok.chat_template.replace("<|im_start|>", "<|turn_start|>")
+    assert "template token not in vocabulary" in checks(check_template(broken))
+    broken.chat_template = None
+    assert checks(check_template(broken)) == {"no chat template"}
+
+
+def test_duplicates_refusals_and_over_long_records(tok, records):
+    assert check_data(records, tok, max_length=4096) == []
+    dup = records + [records[0], {**records[1], "messages": [{**m, "content": m["content"].upper() + " please"}
+                                                             for m in records[1]["messages"]]}]
+    assert find_duplicates(dup)[-2:] == [(0, 40, "exact"), (1, 41, "near")]
+    assert "duplicates" in checks(check_data(dup))
+    refusing = [{**r, "messages": r["messages"][:-1] + [{"role": "assistant", "content": REFUSAL}]} for r in records]
+    assert "refusal share" in checks(check_data(refusing))
+    assert "over-long examples" in checks(check_data(records, tok, max_length=20))
+
+
+def test_hyperparameters_against_the_guide():
+    assert check_hyperparameters(2e-5, "full") == [] and check_hyperparameters(2e-4, "qlora", epochs=3) == []
+    assert checks(check_hyperparameters(2e-4, "full", warmup=0, epochs=10)) == {"learning rate", "no warmup", "many epochs"}
+    assert check_hyperparameters(1e-3, "full", model_params=4_000_000)[0].severity == "info"
+
+
+def test_history_detectors():
+    falling = [{"step": s, "loss": 10 / s} for s in range(1, 10)]
+    assert check_history(falling) == []
+    assert checks(check_history([{"step": s, "loss": 5.0 + 0.01 * (s % 2)} for s in range(1, 10)])) == {"loss not decreasing"}
+    assert checks(check_history(falling + [{"step": 10, "loss": math.nan}])) == {"NaN/inf loss"}
+    assert checks(check_history([{"step": s, "loss": 0.0} for s in range(1, 5)])) == {"zero loss"}
+    assert "loss spike" in checks(check_history([{"step": 1, "loss": 5.0}, {"step": 2, "loss": 9.0}, {"step": 3, "loss": 1.0}]))
+    evals = [{"step": s, "eval_loss": v} for s, v in ((0, 5.0), (3, 2.0), (6, 2.5), (9, 3.0))]
+    found = check_history(falling + evals)
+    assert checks(found) == {"overfitting"} and "step 3" in found[0].message
+    assert check_history(falling + [{"step": s, "eval_loss": 5.0 - s * 0.1} for s in (0, 3, 6, 9)]) == []
+
+
+def test_generation_detectors():
+    good = [{"text": "Velm is the capital.", "stopped": True}, {"text": "I can't help with that.", "stopped": True}]
+    bad = [{"text": "the the the the the the the the the", "stopped": True}, {"text": "Velm is", "stopped": False},
+           {"text": "", "stopped": True}, {"text": "Sure <|im_start|>user", "stopped": True}]
+    assert looping_rate(good) == 0 and looping_rate(bad[:2]) == 1 and not is_looping("a b c d e f")
+    assert format_ignored_rate(good) == 0 and format_ignored_rate(bad[1:]) == 1
+    assert refusal_rate(good) == 0.5 and refusal_rate(bad) == 0
+
+
+def test_preflight_reports_every_problem_of_a_broken_dataset(tok, records, capsys):
+    clean = preflight(records, tok, lr=2e-5, method="full", max_length=4096, verbose=False)
+    assert clean == []
+    broken = records + records[:10]
+    broken = [{**r, "messages": r["messages"][:-1] + [{"role": "assistant", "content": REFUSAL}]} if i % 3 == 0 else r
+              for i, r in enumerate(broken)]
+    found = preflight(broken, tok, lr=1e-2, method="full", warmup=0, epochs=8, max_length=20,
+                      inference_template="### Instruction:", log_history=[{"step": s, "loss": 4.0} for s in range(1, 9)])
+    assert {"duplicates", "refusal share", "over-long examples", "template mismatch", "learning rate", "no warmup",
+            "many epochs", "loss not decreasing"} <= checks(found)
+    assert [f.severity for f in found] == sorted((f.severity for f in found), key=("error", "warning", "info").index)
+    assert "errors" in capsys.readouterr().out
