@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .data import load_split
 from .evaluate import chat_eval
-from .masking import build_labels
+from .masking import build_labels, drop_end_of_turn
 from .models import load_model
 from .training import train_sft
 
@@ -147,9 +147,7 @@ def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None 
     if examples is None:
         examples, _ = build_labels(records, tok, "completion_only")
     if not train_eos:
-        eos = tok.convert_tokens_to_ids("<|im_end|>")
-        examples = [{**e, "labels": [-100 if t == eos else lab for t, lab in zip(e["input_ids"], e["labels"])]}
-                    for e in examples]
+        examples = drop_end_of_turn(examples, tok)
     if replay:
         docs = load_pretraining_corpus()
         rng = random.Random(seed)

@@ -181,6 +181,21 @@ LABELLERS = {"full": full_labels, "completion_only": completion_only_labels,
              "assistant_only": assistant_only_labels}
 
 
+def drop_end_of_turn(examples: list[dict], tokenizer, end_of_turn: str = "<|im_end|>") -> list[dict]:
+    """Copies of labelled examples with the end-of-turn token no longer trained (its labels -100): the
+    content-only mask that teaches a model never to stop (lessons 01 and 04 show the damage).
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> tok = load_tokenizer("tiny")
+    >>> eot = tok.convert_tokens_to_ids("<|im_end|>")
+    >>> drop_end_of_turn([{"input_ids": [5, eot], "labels": [5, eot]}], tok)[0]["labels"]
+    [5, -100]
+    """
+    eot = tokenizer.convert_tokens_to_ids(end_of_turn)
+    return [{**e, "labels": [IGNORE if t == eot else lab for t, lab in zip(e["input_ids"], e["labels"])]}
+            for e in examples]
+
+
 def truncate(example: dict, max_length: int, policy: str = "keep_start") -> dict | None:
     """Cut an over-long example to `max_length` tokens: keep the start (cut the end), keep the end
     (cut the start of the prompt, so the response survives), or drop it (returns None).

@@ -37,6 +37,16 @@ def trl_sft_config(**kwargs):
         return SFTConfig(**kwargs)
 
 
+def _quiet() -> None:
+    """Silence datasets' progress bars and transformers' / TRL's info logs while TRL prepares data."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+
+
 def _tiny_model(vocab_size: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -51,12 +61,9 @@ def trl_prepared(tokenizer, rows: list[dict], **config) -> list[dict]:
     shuffling, no packing, so row i answers `rows[i]`.
     """
     import datasets
-    from transformers.utils import logging as hf_logging
     from trl import SFTTrainer
 
-    datasets.disable_progress_bars()
-    hf_logging.set_verbosity_error()
-    logging.getLogger("trl").setLevel(logging.ERROR)
+    _quiet()
     tok = copy.deepcopy(tokenizer)
     with tempfile.TemporaryDirectory() as out:
         args = trl_sft_config(output_dir=out, max_length=None, packing=False, shuffle_dataset=False,
@@ -111,12 +118,9 @@ def trl_packed(tokenizer, conversations: list[list[dict]], max_length: int, **co
     in TRL's order; `collator(rows[:k])` is the flattened batch TRL trains on.
     """
     import datasets
-    from transformers.utils import logging as hf_logging
     from trl import SFTTrainer
 
-    datasets.disable_progress_bars()
-    hf_logging.set_verbosity_error()
-    logging.getLogger("trl").setLevel(logging.ERROR)
+    _quiet()
     tok = copy.deepcopy(tokenizer)
     rows = [{"prompt": m[:-1], "completion": m[-1:]} for m in conversations]
     with tempfile.TemporaryDirectory() as out:
@@ -133,12 +137,9 @@ def trl_peft_model(model, tokenizer, peft_config):
     """The model TRL's `SFTTrainer` trains when given `peft_config` (a `peft.LoraConfig`): it wraps
     `model` (4-bit or not) itself. Two one-message conversations stand in for the dataset."""
     import datasets
-    from transformers.utils import logging as hf_logging
     from trl import SFTTrainer
 
-    datasets.disable_progress_bars()
-    hf_logging.set_verbosity_error()
-    logging.getLogger("trl").setLevel(logging.ERROR)
+    _quiet()
     rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}] * 2
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -123,3 +123,14 @@ def test_block_diagonal_mask_matches_what_transformers_builds():
     expected = torch.tensor([[k <= q and sample[k] == sample[q] for k in range(9)] for q in range(9)])
     assert torch.equal(mask, expected)
     assert mask.sum() == 6 + 3 + 10  # 3·4/2 + 2·3/2 + 4·5/2
+
+
+def test_trl_packed_rows_collate_the_same_with_ours():
+    from sft_helpers.reference import trl_packed
+
+    tok, _ = examples(1)
+    rows, collator = trl_packed(tok, [r["messages"] for r in load_split("test")[:40]], max_length=256)
+    assert all(sum(r["seq_lengths"]) == len(r["input_ids"]) <= 256 for r in rows)
+    theirs, ours = collator(rows[:3]), PaddingFreeCollator()(rows[:3])
+    for key in ("input_ids", "labels", "position_ids", "cu_seq_lens_q"):
+        assert torch.equal(ours[key], theirs[key].to(ours[key].dtype)), key

@@ -9,7 +9,7 @@ from sft_helpers.conversations import REFUSAL
 from sft_helpers.diagnostics import (check_data, check_history, check_hyperparameters, check_labels, check_template,
                                      find_duplicates, format_ignored_rate, is_looping, looping_rate, preflight,
                                      refusal_rate)
-from sft_helpers.masking import build_labels
+from sft_helpers.masking import build_labels, drop_end_of_turn
 from sft_helpers.models import load_tokenizer
 
 
@@ -32,8 +32,7 @@ def test_labels_clean_vs_all_masked_vs_no_eos_vs_unmasked(tok, records):
     assert check_labels(good, tok) == []
     masked = [{**e, "labels": [-100] * len(e["labels"])} for e in good]
     assert {"all-masked examples", "end-of-turn not trained"} <= checks(check_labels(masked, tok))
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
-    no_eos = [{**e, "labels": [-100 if t == eos else lab for t, lab in zip(e["input_ids"], e["labels"])]} for e in good]
+    no_eos = drop_end_of_turn(good, tok)
     assert "end-of-turn not trained" in checks(check_labels(no_eos, tok))
     full, _ = build_labels(records, tok, "full")
     assert "no loss mask" in checks(check_labels(full, tok))

@@ -81,3 +81,17 @@ def test_resume_from_checkpoint_continues_the_same_curve(data, tmp_path):
     tail = [h["loss"] for h in resumed if "loss" in h and h["step"] > 4]
     assert len(whole) == 8 and len(tail) == 4
     assert tail == pytest.approx(whole[4:], rel=1e-4)
+
+
+def test_trl_wraps_the_same_adapters_as_add_lora():
+    from peft import LoraConfig
+
+    from sft_helpers.lora import LORA_DEFAULTS
+    from sft_helpers.reference import trl_peft_model
+
+    _, tok = load_model("tiny")
+    theirs = trl_peft_model(load_model("tiny", quantization="4bit")[0], tok, LoraConfig(task_type="CAUSAL_LM", **LORA_DEFAULTS))
+    ours = add_lora(load_model("tiny", quantization="4bit")[0], verbose=False)
+    assert trainable_parameters(theirs) == trainable_parameters(ours)
+    assert sorted(n for n, p in theirs.named_parameters() if p.requires_grad) == \
+        sorted(n for n, p in ours.named_parameters() if p.requires_grad)
