@@ -6,7 +6,7 @@ are ignored. Three ways to batch (lesson 02):
 
 * `PaddedCollator`: right-pad to the longest example, with an `attention_mask`;
 * `PackedCollator`: fixed-length rows of several samples (from `packing.pack_examples`), positions
-  restarting per sample, no `attention_mask`;
+  restarting per sample, no `attention_mask`, plus flash-attn's `cu_seq_lens` over the whole batch;
 * `PaddingFreeCollator`: the whole batch as one row, positions restarting, plus flash-attn's
   `cu_seq_lens`.
 """
@@ -71,17 +71,38 @@ def _samples(feature: dict) -> list[tuple[list, list, list | None]]:
     return out
 
 
+def flash_attn_kwargs(lengths: list[int]) -> dict:
+    """The varlen kwargs transformers hands to flash-attn for blocks of `lengths` tokens laid end to
+    end over the flattened batch: `cu_seq_lens_q/k` (int32 cumulative boundaries, flash-attn's
+    `cu_seqlens`) and `max_length_q/k` (the longest block). With all four, every flash variant
+    (`flash_attention_2/3`, kernels) attends within each block whatever the number of rows;
+    sdpa and eager ignore them.
+
+    >>> kw = flash_attn_kwargs([3, 2, 1])
+    >>> kw["cu_seq_lens_q"].tolist(), kw["max_length_q"]
+    ([0, 3, 5, 6], 3)
+    """
+    cu = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu.clone(), "max_length_q": max(lengths),
+            "max_length_k": max(lengths)}
+
+
 class PackedCollator:
     """Fixed-length packed rows (from `pack_examples`) as a batch with no `attention_mask`:
     `position_ids` restart at 0 for every sample, the first label of each sample is -100, and each
     row is filled up to `max_length` (or the longest row) with pad tokens that form a block of their
     own (positions from 0, labels -100). With sdpa/eager and `use_cache=False`, transformers builds
-    the block-diagonal causal mask from the position restarts, so no sample sees another.
+    the block-diagonal causal mask from the position restarts, so no sample sees another. Flash-attn
+    variants read position restarts only when the batch is one row, so the batch also carries
+    `flash_attn_kwargs` of every sample and pad tail over the flattened rows: exact with any number
+    of rows under every attention (`attention.check_packed_batch` checks a batch).
 
     >>> b = PackedCollator(pad_token_id=0, max_length=6)([{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9],
     ...                                                    "seq_lengths": [3, 2]}])
     >>> b["input_ids"].tolist(), b["labels"].tolist(), b["position_ids"].tolist()
     ([[5, 6, 7, 8, 9, 0]], [[-100, 6, 7, -100, 9, -100]], [[0, 1, 2, 0, 1, 0]])
+    >>> b["cu_seq_lens_q"].tolist(), b["max_length_q"]
+    ([0, 3, 5, 6], 3)
     """
 
     def __init__(self, pad_token_id: int, max_length: int | None = None):
@@ -90,6 +111,7 @@ class PackedCollator:
     def __call__(self, features: list[dict]) -> dict:
         width = self.max_length or max(len(f["input_ids"]) for f in features)
         rows = {"input_ids": [], "labels": [], "position_ids": [], "loss_weights": []}
+        blocks = []  # token count of every sample and pad tail, row after row
         for f in features:
             if len(f["input_ids"]) > width:
                 raise ValueError(f"a packed row has {len(f['input_ids'])} tokens, more than max_length={width}")
@@ -99,7 +121,9 @@ class PackedCollator:
                 row["labels"] += labels
                 row["position_ids"] += range(len(ids))
                 row["loss_weights"] += weights or []
+                blocks.append(len(ids))
             pad = width - len(row["input_ids"])
+            blocks += [pad] if pad else []
             row["input_ids"] += [self.pad_token_id] * pad
             row["labels"] += [IGNORE] * pad
             row["position_ids"] += range(pad)
@@ -109,7 +133,7 @@ class PackedCollator:
         batch = {k: torch.tensor(v) for k, v in rows.items() if k != "loss_weights"}
         if "loss_weights" in features[0]:
             batch["loss_weights"] = torch.tensor(rows["loss_weights"], dtype=torch.float32)
-        return batch
+        return {**batch, **flash_attn_kwargs(blocks)}
 
 
 class PaddingFreeCollator:
@@ -127,19 +151,16 @@ class PaddingFreeCollator:
     """
 
     def __call__(self, features: list[dict]) -> dict:
-        ids, labels, positions, weights, cu = [], [], [], [], [0]
+        ids, labels, positions, weights, lengths = [], [], [], [], []
         for f in features:
             for sample_ids, sample_labels, sample_weights in _samples(f):
                 ids += sample_ids
                 labels += sample_labels
                 positions += range(len(sample_ids))
                 weights += sample_weights or []
-                cu.append(cu[-1] + len(sample_ids))
-        longest = max(b - a for a, b in zip(cu, cu[1:]))
+                lengths.append(len(sample_ids))
         batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                 "position_ids": torch.tensor([positions]),
-                 "cu_seq_lens_q": torch.tensor(cu, dtype=torch.int32), "cu_seq_lens_k": torch.tensor(cu, dtype=torch.int32),
-                 "max_length_q": longest, "max_length_k": longest}
+                 "position_ids": torch.tensor([positions]), **flash_attn_kwargs(lengths)}
         if weights:
             batch["loss_weights"] = torch.tensor([weights], dtype=torch.float32)
         return batch

@@ -97,40 +97,55 @@ def save_adapter(model, folder) -> Path:
     return folder
 
 
-def load_adapter(model_id: str, folder, quantization: str | None = "4bit", trainable: bool = False):
-    """The base of `model_id` (quantised as when it was trained) with the adapter in `folder`; returns
-    `(model, tokenizer)`."""
+def load_adapter(model_id: str, folder, quantization: str | None = "4bit", trainable: bool = False,
+                 precision: str | None = None):
+    """The base of `model_id` (quantised as when it was trained, in the lane's `precision`) with the
+    adapter in `folder`; returns `(model, tokenizer)`. Adapter weights are loaded in fp32."""
     from peft import PeftModel
 
     from .models import load_model
 
-    base, tok = load_model(model_id, quantization=quantization)
+    base, tok = load_model(model_id, quantization=quantization, precision=precision)
     with _quiet():
         model = PeftModel.from_pretrained(base, str(folder), is_trainable=trainable)
     model.eval()
     return model, tok
 
 
-def merge_adapter(model_id: str, folder, dequantize: bool = True):
-    """A plain transformers model with the adapter in `folder` merged into its weights; returns
+def merge_adapter(model_id: str, folder, dequantize: bool = True, precision: str | None = None):
+    """A plain transformers model with the adapter in `folder` merged into its weights, every weight
+    in the lane's dtype (`device_settings(precision)`: fp32 on CPU, bf16/fp16 on a GPU); returns
     `(model, tokenizer)`.
 
     With `dequantize=True` the base is the 4-bit base the adapter was trained on, dequantised to the
     compute dtype: the merged model then computes what the adapter model computed (up to rounding).
     With `dequantize=False` the adapter is merged into the original full-precision base, whose weights
-    differ from the nf4 ones the adapter was trained against.
+    differ from the nf4 ones the adapter was trained against. The merge is done in fp32 and the result
+    cast to one dtype: a k-bit base keeps its norms and embeddings in fp32 (peft's
+    `prepare_model_for_kbit_training`) while `dequantize` gives half-precision linear layers, and a
+    model of mixed dtypes fails in its forward pass.
+
+    >>> import tempfile
+    >>> from sft_helpers import load_model
+    >>> folder = save_adapter(add_lora(load_model("tiny", quantization="4bit")[0], r=2, verbose=False),
+    ...                       tempfile.mkdtemp())
+    >>> merged, _ = merge_adapter("tiny", folder, precision="bf16")
+    >>> sorted({str(p.dtype) for p in merged.parameters()})
+    ['torch.bfloat16']
     """
     from peft import PeftModel
 
     from .models import device_settings, load_model
 
+    dtype = device_settings(precision=precision)["dtype"]
     with _quiet():
         if dequantize:
-            base, tok = load_model(model_id, quantization="4bit")
-            base = base.dequantize(dtype=device_settings()["dtype"])
+            base, tok = load_model(model_id, quantization="4bit", precision=precision)
+            base = base.dequantize(dtype=torch.float32)
         else:
-            base, tok = load_model(model_id)
+            base, tok = load_model(model_id, precision="fp32")
         merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    merged.to(dtype)
     merged.eval()
     return merged, tok
 

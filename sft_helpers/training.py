@@ -14,6 +14,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
+from .attention import check_packed_batch
 from .collators import PaddedCollator
 from .masking import IGNORE, weighted_lm_loss
 
@@ -38,6 +39,8 @@ class WeightedLossTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         weights = inputs.pop("loss_weights", None)
+        # refuse loudly any packed batch the model's attention would let samples see across
+        check_packed_batch(inputs, self.model.config._attn_implementation)
         outputs = model(**inputs, use_cache=False)  # a cache would disable the packed-sample mask
         loss = weighted_lm_loss(outputs.logits, labels, weights, num_items=num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
@@ -87,7 +90,8 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
               warmup: float = 0.05, weight_decay: float = 0.01, seed: int = 0, eval_steps: int | None = None,
               logging_steps: int = 10, group_by_length: bool = False, output_dir: str | None = None,
               collator=None, save_steps: int | None = None, resume_from_checkpoint: str | bool | None = None,
-              early_stopping_patience: int | None = None, **args) -> list[dict]:
+              early_stopping_patience: int | None = None, precision: str | None = None, pure_bf16: bool = False,
+              callbacks: list | None = None, **args) -> list[dict]:
     """Fine-tune `model` in place on labelled examples (from `build_labels`); returns `log_history`.
 
     Effective batch = `batch_size * grad_accum`. Warmup is a fraction of the steps (or a step count
@@ -102,8 +106,15 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
     `output_dir/checkpoint-N` every `save_steps` steps; `resume_from_checkpoint` (a checkpoint folder, or
     True for the latest in `output_dir`) continues a run on the same curve. With `eval` and
     `early_stopping_patience`, training stops after that many evaluations without a lower eval loss
-    and the model keeps the weights of the best one. The model may be a peft
+    and the model keeps the weights of the best one; `callbacks` are extra `TrainerCallback`s. The model may be a peft
     model (LoRA / QLoRA): only its adapters train. Other keyword arguments go to `TrainingArguments`.
+
+    Precision (`sft_helpers.precision`): `precision` is the lane ("fp32", "fp16", "bf16"; by default
+    the half precision the model's weights are in, else the device's, `device_settings`). Whatever
+    trains is cast to fp32 first (full weights, adapters, trained embedding copies) and computes under
+    bf16/fp16 autocast, with a loss scaler on the fp16 lane; `pure_bf16=True` (bf16 lane only) keeps
+    bf16 weights and optimizer states instead (half the memory; small updates round away). On a CPU
+    the fp16 lane runs as on a T4: fp16 autocast and a `torch.amp.GradScaler("cpu")`.
 
     >>> from sft_helpers import load_model, load_split
     >>> from sft_helpers.masking import build_labels
@@ -117,22 +128,61 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
     from .progress import progress_disabled
 
     s = device_settings(str(model.device))
+    precision = training_precision(model, precision, pure_bf16)
     targs = TrainingArguments(
         output_dir=output_dir or tempfile.mkdtemp(prefix="sft-"), per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=lr,
         num_train_epochs=epochs, max_steps=max_steps, lr_scheduler_type="cosine", warmup_steps=warmup,
         weight_decay=weight_decay, logging_steps=logging_steps, seed=seed, data_seed=seed,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, report_to="none", remove_unused_columns=False, disable_tqdm=progress_disabled(),
-        bf16=s["dtype"] == torch.bfloat16, fp16=s["dtype"] == torch.float16, use_cpu=s["device"] == "cpu",
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=s["device"] == "cpu",
         dataloader_num_workers=0, train_sampling_strategy="group_by_length" if group_by_length else "random",
         **args)
-    callbacks = [EvalLossCallback(tokenizer, eval, eval_steps or logging_steps, early_stopping_patience)] if eval else []
+    callbacks = list(callbacks or []) + (
+        [EvalLossCallback(tokenizer, eval, eval_steps or logging_steps, early_stopping_patience)] if eval else [])
     trainer = WeightedLossTrainer(model=model, args=targs, train_dataset=train, callbacks=callbacks,
                                   data_collator=collator or PaddedCollator(tokenizer.pad_token_id))
     trainer.remove_callback(PrinterCallback)  # without a progress bar Trainer prints raw log dicts instead
+    if precision == "fp16" and s["device"] == "cpu":
+        # accelerate skips fp16 autocast and the loss scaler on a CPU; run them as on a T4
+        trainer.accelerator.native_amp = True
+        trainer.accelerator.scaler = torch.amp.GradScaler("cpu")
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     model.eval()
     return trainer.state.log_history
+
+
+def training_precision(model, precision: str | None = None, pure_bf16: bool = False) -> str:
+    """Apply the precision policy to `model` before training and return its lane.
+
+    The lane is `precision`, else the half precision the model's weights are in, else the device's
+    (`device_settings`). Mixed precision (default): every trainable weight is cast to fp32 (frozen
+    weights stay as loaded). `pure_bf16`: the bf16 lane only, every trainable weight bf16. Raises
+    when the model does not reach that state (`check_precision_policy`).
+
+    >>> from sft_helpers import load_model
+    >>> model = load_model("tiny", precision="bf16")[0]
+    >>> training_precision(model), model.lm_head.weight.dtype
+    ('bf16', torch.float32)
+    """
+    from .models import device_settings
+    from .precision import PRECISIONS, cast_trainable_to_fp32, check_precision_policy, model_precision, precision_name
+
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")
+    held = model_precision(model)
+    precision = precision or (held if held != "fp32" else precision_name(device_settings(str(model.device))["dtype"]))
+    if pure_bf16:
+        if precision != "bf16":
+            raise ValueError(f"pure_bf16 needs the bf16 lane, not {precision!r} (fp16 without fp32 master "
+                             "weights overflows and cannot be loss-scaled)")
+        for p in model.parameters():
+            if p.requires_grad and p.is_floating_point():
+                p.data = p.data.to(torch.bfloat16)
+    else:
+        cast_trainable_to_fp32(model)
+    check_precision_policy(model, pure_bf16)
+    return precision
 
 
 @torch.no_grad()

@@ -83,6 +83,11 @@ def test_packed_collator_masks_sample_starts_and_pads_and_rejects_long_rows():
     assert batch["labels"].tolist() == [[-100, 2, -100, 4, -100, -100, -100]]
     assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 0, 1, 2]]
     assert batch["loss_weights"].tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]]
+    two = PackedCollator(pad_token_id=0, max_length=5)([{"input_ids": [1, 2, 3], "seq_lengths": [2, 1]},
+                                                        {"input_ids": [4, 5, 6, 7, 8]}])
+    # flash-attn's boundaries over both rows flattened: every sample, and the pad tail as a block of its own
+    assert two["cu_seq_lens_q"].tolist() == two["cu_seq_lens_k"].tolist() == [0, 2, 3, 5, 10]
+    assert two["max_length_q"] == two["max_length_k"] == 5
     with pytest.raises(ValueError, match="more than max_length=3"):
         PackedCollator(0, max_length=3)([{"input_ids": [1, 2, 3, 4]}])
     with pytest.raises(ValueError, match="do not add up"):

@@ -56,8 +56,10 @@ def test_smollm2_loads_offline_and_answers(smollm2, monkeypatch):
     model, tok = smollm2
     assert model.config.model_type == "llama" and model.dtype == torch.float32
     assert 100e6 < sum(p.numel() for p in model.parameters()) < 200e6
-    # facts the course relies on: no {% generation %} markers, pad == eos
-    assert not has_generation_markers(tok.chat_template) and tok.pad_token_id == tok.eos_token_id
+    # facts the course relies on: no {% generation %} markers; SmolLM2 ships pad == EOS (<|im_end|>),
+    # which ensure_pad_token replaces by its <|endoftext|>
+    assert not has_generation_markers(tok.chat_template)
+    assert tok.pad_token == "<|endoftext|>" and tok.pad_token_id != tok.eos_token_id
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                      tokenize=False, add_generation_prompt=True)
     out = generate(model, tok, [prompt], max_new_tokens=20)[0]
