@@ -7,13 +7,16 @@ where no loss is taken), usable from any script or from `datasets.map`:
 * `completion_only_labels`: only what follows the prompt (the last assistant turn), found the way
   TRL finds it: the prompt rendered with the generation prompt is a token prefix of the whole;
 * `assistant_only_labels`: every assistant turn of a multi-turn chat, including its end-of-turn
-  token, from the template's `{% generation %}` markers or, for templates without them, from the
-  rendered text's character offsets;
+  token(s), as TRL's `assistant_only_loss` trains it: from the template's `{% generation %}` markers,
+  or TRL's `_training` twin of a template it knows, or (any other template) from sentinel spans:
+  each reply located by diffing renders, never by searching its text. Every mask is self-checked
+  (`assistant_mask_problems`); a wrong one raises MaskError naming the turn;
 * `prompt_weighted_labels`: per-token `loss_weights` (prompt tokens weigh `w`, response tokens 1);
   with `w = 0` the loss equals completion-only exactly.
 
 `build_labels` applies one of them to a dataset with a truncation policy and never lets an all-masked
-example through silently. `mask_report` checks a labelled dataset; `show_mask` shows one example.
+or mis-masked example through silently. `mask_report` checks a labelled dataset; `show_mask` shows one
+example.
 """
 
 from __future__ import annotations
@@ -30,9 +33,14 @@ TRUNCATION = ("keep_start", "keep_end", "drop")
 
 
 def render_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False, **kw) -> list[int]:
-    """Token ids of `messages` rendered with the tokenizer's chat template."""
-    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                              add_generation_prompt=add_generation_prompt, **kw)["input_ids"])
+    """Token ids of `messages` rendered with the tokenizer's chat template (MaskError when the template
+    cannot render them)."""
+    try:
+        enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                            add_generation_prompt=add_generation_prompt, **kw)
+    except Exception as e:  # the template's own refusal (TemplateError, UndefinedError, TypeError, ...)
+        raise MaskError(f"the chat template cannot render this conversation ({type(e).__name__}: {e})") from e
+    return list(enc["input_ids"])
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -78,11 +86,209 @@ def completion_only_labels(tokenizer, messages: list[dict]) -> dict:
 
 
 _GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+# a special-token-shaped marker: <|im_end|>, <end_of_turn>, </s>, <turn|>, <｜end▁of▁sentence｜>
+_MARKER = r"<[^<>\s]{1,40}>"
+_SENTINEL_EDGES = "QZXJqzxj§¤¶"
+
+
+class MaskError(ValueError):
+    """An assistant-only mask that cannot be built for a conversation, or that fails the self-check."""
 
 
 def has_generation_markers(template: str | None) -> bool:
     """Whether a chat template marks assistant text with `{% generation %}`."""
     return bool(template) and bool(_GENERATION_TAG.search(template))
+
+
+def _text_of(content) -> str:
+    """The text of a message's content: a string, or the text blocks of a multimodal content list."""
+    if isinstance(content, str):
+        return content
+    return "".join(b.get("text", "") for b in content or []
+                   if isinstance(b, dict) and b.get("type") == "text")
+
+
+def _with_text(message: dict, text: str) -> dict:
+    content = text if isinstance(message.get("content"), str) else [{"type": "text", "text": text}]
+    return {**message, "content": content}
+
+
+def _render(tokenizer, messages: list[dict], template: str | None, add_generation_prompt: bool = False
+            ) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template,
+                                             add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # the template's own refusal (TemplateError, UndefinedError, TypeError, ...)
+        raise MaskError(f"the chat template cannot render this conversation ({type(e).__name__}: {e})") from e
+
+
+def _common_prefix(a: str, b: str) -> int:
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:  # binary search on slice equality: C-speed comparisons, O(log n) of them
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid - 1)
+    return lo
+
+
+def _common_suffix(a: str, b: str, limit: int) -> int:
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if a[len(a) - mid:] == b[len(b) - mid:] else (lo, mid - 1)
+    return lo
+
+
+def _sentinel(n: int, text: str) -> str:
+    """A stand-in reply that no template trims or rewrites, whose first and last characters do not
+    occur in `text` (so a diff cannot run into the real reply)."""
+    free = [c for c in _SENTINEL_EDGES if c not in text] + ["Q", "Z"]
+    return f"{free[0]}sft{n}{free[1]}"
+
+
+def content_spans(tokenizer, messages: list[dict], chat_template: str | None = None
+                  ) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and, for every message, the character span its content occupies in it.
+
+    Found from renders with sentinel contents, never by searching the content's text, so replies equal
+    to template text ("assistant", "think"), replies the template trims, and think blocks it adds are
+    located correctly. Fast path: one render with every content a sentinel gives the template text
+    around each content, which must reappear verbatim in the real render around the content (as given,
+    or whitespace-trimmed). Otherwise each message is diffed alone: its span starts where the real
+    render and one with only its content a sentinel stop agreeing, and ends where they agree again (a
+    content the template does not render gets an empty span).
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> text, spans = content_spans(load_tokenizer("tiny", verbose=False),
+    ...     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "assistant"}])
+    >>> [text[s:e] for s, e in spans]
+    ['Hi', 'assistant']
+    """
+    text = _render(tokenizer, messages, chat_template)
+    stand_ins = [_sentinel(j, _text_of(m["content"])) for j, m in enumerate(messages)]
+    skeleton = _render(tokenizer, [_with_text(m, s) for m, s in zip(messages, stand_ins)], chat_template)
+    spans = _spans_from_skeleton(text, skeleton, stand_ins, [_text_of(m["content"]) for m in messages])
+    if spans is not None:
+        return text, spans
+    spans = []
+    for j, m in enumerate(messages):
+        alone = messages[:j] + [_with_text(m, stand_ins[j])] + messages[j + 1:]
+        other = _render(tokenizer, alone, chat_template)
+        start = _common_prefix(text, other)
+        spans.append((start, len(text) - _common_suffix(text, other, min(len(text), len(other)) - start)))
+    return text, spans
+
+
+def _spans_from_skeleton(text: str, skeleton: str, stand_ins: list[str], contents: list[str]
+                         ) -> list[tuple[int, int]] | None:
+    """Content spans read off `skeleton` (the render with sentinel contents), or None when `text` is not
+    the skeleton with each sentinel replaced by its content, as given or whitespace-trimmed."""
+    starts = [skeleton.find(s) for s in stand_ins]
+    if not starts or -1 in starts or starts != sorted(starts):
+        return None
+    ends = [a + len(s) for a, s in zip(starts, stand_ins)]
+    spans, pos = [], 0
+    for j, content in enumerate(contents):
+        nxt = starts[j + 1] if j + 1 < len(starts) else len(skeleton)
+        before, after = skeleton[ends[j - 1] if j else 0:starts[j]], skeleton[ends[j]:nxt]
+        if not text.startswith(before, pos):
+            return None
+        pos += len(before)
+        shown = next((c for c in (content, content.strip(), content.lstrip(), content.rstrip())
+                      if text.startswith(c, pos) and text.startswith(after, pos + len(c))), None)
+        if shown is None:
+            return None
+        spans.append((pos, pos + len(shown)))
+        pos += len(shown)
+    return spans if text[pos:] == skeleton[ends[-1]:] else None
+
+
+def _markers(tokenizer) -> re.Pattern:
+    special = sorted({t for t in [tokenizer.eos_token, *tokenizer.all_special_tokens] if t},
+                     key=len, reverse=True)
+    return re.compile(r"\s*(?:" + "|".join([re.escape(t) for t in special] + [_MARKER]) + ")")
+
+
+def _leading_markers(text: str, markers: re.Pattern) -> list[int]:
+    """End offsets of the markers `text` starts with (whitespace allowed before each)."""
+    ends = []
+    while m := markers.match(text, ends[-1] if ends else 0):
+        ends.append(m.end())
+    return ends
+
+
+def _end_of_turn_length(after: str, closing: str, markers: re.Pattern) -> int:
+    """How many characters of `after` (what follows a reply) are its end-of-turn: the markers the template
+    emits after the conversation's final reply (`closing`), as far as `after` repeats them; where it
+    does not (GPT-OSS ends the final turn with <|return|>, earlier ones with <|end|>), as many markers."""
+    want, have = _leading_markers(closing, markers), _leading_markers(after, markers)
+    k = 0
+    while k < min(len(want), len(have)) and after[:have[k]] == closing[:want[k]]:
+        k += 1
+    if k:
+        return have[k - 1]
+    n = min(len(want), len(have))
+    return have[n - 1] if n else 0
+
+
+def assistant_char_spans(tokenizer, messages: list[dict], chat_template: str | None = None
+                         ) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and, for each assistant turn, the character span to train: what the model
+    generates after the generation prompt, through the reply's end-of-turn marker(s).
+
+    * start: where the generation prompt (`messages[:i]` rendered with `add_generation_prompt=True`)
+      stops being a prefix of the conversation, as TRL's prompt-completion split does; so template
+      text emitted after the generation prompt (Qwen3's empty `<think>\\n\\n</think>\\n\\n`) is trained,
+      as TRL's twins train it. Where the prompt diverges from the history earlier (the template
+      renders past turns differently), the span starts at the reply.
+    * end: the reply (located by `content_spans`) plus the end-of-turn markers the template emits after
+      it: one or several (`<|END_RESPONSE|><|END_OF_TURN_TOKEN|>`), and the ones of intermediate turns
+      when they differ from the final turn's. Whitespace after the last marker is not trained.
+    """
+    text, spans = content_spans(tokenizer, messages, chat_template)
+    return text, _train_spans(tokenizer, messages, chat_template, text, spans)
+
+
+def _train_spans(tokenizer, messages: list[dict], chat_template: str | None, text: str,
+                 spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns:
+        return []
+    last = turns[-1]
+    if last == len(messages) - 1:
+        closing = text[spans[last][1]:]
+    else:
+        sentinel = _sentinel(last, _text_of(messages[last]["content"]))
+        final = _render(tokenizer, messages[:last] + [_with_text(messages[last], sentinel)], chat_template)
+        closing = final[final.find(sentinel) + len(sentinel):]
+    markers = _markers(tokenizer)
+    if not _leading_markers(closing, markers):
+        raise MaskError(f"the template emits no end-of-turn marker after a final reply (it emits "
+                        f"{closing[:30]!r}): the model could not learn to stop; method='trl' (TRL's twin adds one) or a template "
+                        "that closes assistant turns is needed")
+    out = []
+    for i in turns:
+        cs, ce = spans[i]
+        start = cs
+        if i:
+            prompt = _render(tokenizer, messages[:i], chat_template, add_generation_prompt=True)
+            cut = _common_prefix(prompt, text)
+            start = cut if spans[i - 1][1] <= cut < cs else cs
+        out.append((start, ce + _end_of_turn_length(text[ce:], closing, markers)))
+    return out
+
+
+def assistant_mask_from_offsets(tokenizer, messages: list[dict], chat_template: str | None = None
+                                ) -> tuple[list[int], list[int]]:
+    """`(input_ids, mask)` for templates without generation markers (e.g. SmolLM2's): a token is an
+    assistant token when its characters overlap a span of `assistant_char_spans`."""
+    text, spans = content_spans(tokenizer, messages, chat_template)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return _mask_from_spans(enc, _train_spans(tokenizer, messages, chat_template, text, spans))
+
+
+def _mask_from_spans(enc, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    mask = [int(any(ts < e and te > s for s, e in spans)) for ts, te in enc["offset_mapping"]]
+    return list(enc["input_ids"]), mask
 
 
 def assistant_mask_from_markers(tokenizer, messages: list[dict], chat_template: str | None = None
@@ -93,58 +299,165 @@ def assistant_mask_from_markers(tokenizer, messages: list[dict], chat_template: 
     if not has_generation_markers(template):
         raise ValueError("the chat template has no {% generation %} markers: use assistant_mask_from_offsets "
                          "or add_generation_markers()")
-    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, chat_template=template,
-                                        return_assistant_tokens_mask=True)
+    try:
+        enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, chat_template=template,
+                                            return_assistant_tokens_mask=True)
+    except Exception as e:
+        raise MaskError(f"the chat template cannot render this conversation ({type(e).__name__}: {e})") from e
     return list(enc["input_ids"]), list(enc["assistant_masks"])
 
 
-def assistant_char_spans(tokenizer, messages: list[dict], end_of_turn: str | None = None
-                         ) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered text and, for each assistant turn, the character span of its content plus the
-    end-of-turn string that follows it (default: the tokenizer's EOS)."""
-    end_of_turn = end_of_turn or tokenizer.eos_token
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = []
+def choose_assistant_method(tokenizer, chat_template: str | None = None) -> tuple[str, str | None, str]:
+    """`(method, template, path)` that `assistant_only_labels(method="auto")` uses, as TRL's `SFTTrainer`
+    would: the template's own `{% generation %}` markers; else, when TRL is installed and recognises
+    the template, TRL's `_training` twin (the template TRL trains with; it may render past turns
+    differently from the original, e.g. Qwen3's twin keeps their think blocks); else sentinel spans.
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> choose_assistant_method(load_tokenizer("tiny", verbose=False))[2]
+    "the template's own {% generation %} markers"
+    """
+    from .templates import trl_twin
+
+    template = chat_template or tokenizer.chat_template
+    if has_generation_markers(template):
+        return "markers", template, "the template's own {% generation %} markers"
+    if twin := trl_twin(template):
+        return "markers", twin[1], f"TRL's twin {twin[0]}_training.jinja"
+    return "offsets", template, "sentinel spans (no markers, no TRL twin)"
+
+
+def assistant_mask_problems(tokenizer, messages: list[dict], example: dict, chat_template: str | None = None
+                            ) -> list[str]:
+    """What is wrong with an assistant-only mask (`example` with `input_ids` and `labels`), one line per
+    problem, naming the turn (its index in `messages`); empty when it is right.
+
+    The trained text of each assistant turn must be: optional template text the turn opens with (a
+    think block, or the role header TRL's GPT-OSS/DeepSeek twins train), the reply exactly as given
+    (whitespace at its two ends aside: templates trim), then at least one end-of-turn marker (and
+    whitespace). Nothing of another message may be trained, nor any non-whitespace text outside
+    assistant turns. Replies the template drops or rewrites fail, because their trained text cannot
+    equal them. `chat_template` is the template the example was rendered with (default: the one
+    `choose_assistant_method` picks, then the tokenizer's own).
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> tok = load_tokenizer("tiny", verbose=False)
+    >>> msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    >>> ex = assistant_only_labels(tok, msgs)
+    >>> assistant_mask_problems(tok, msgs, ex)
+    []
+    >>> assistant_mask_problems(tok, msgs, drop_end_of_turn([ex], tok)[0])
+    ["turn 1: the end-of-turn is not trained: after the reply the trained text is '', then '<|im_end|>\\\\n'"]
+    """
+    ids = list(example["input_ids"])
+    candidates = ([chat_template] if chat_template
+                  else [choose_assistant_method(tokenizer)[1], tokenizer.chat_template])
+    for template in candidates:
+        text, spans = content_spans(tokenizer, messages, template)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if list(enc["input_ids"]) == ids:
+            return _problems(tokenizer, messages, list(example["labels"]), text, spans, enc)
+    return ["the input_ids are not the tokenised render of the chat template"]
+
+
+def _problems(tokenizer, messages: list[dict], labels: list[int], text: str, spans: list[tuple[int, int]],
+              enc) -> list[str]:
+    # trained character runs, merged across untrained whitespace: [start, end, end of the first token,
+    # start of the last token]. A token may straddle a boundary (BPE merges "><" of two markers, or a
+    # user's "." with the header after it): a run's first and last token may overhang it.
+    runs = []
+    for (s, e), lab in zip(enc["offset_mapping"], labels):
+        if lab == IGNORE or s == e:
+            continue
+        if runs and (s <= runs[-1][1] or not text[runs[-1][1]:s].strip()):
+            runs[-1][1], runs[-1][3] = max(runs[-1][1], e), s
+        else:
+            runs.append([s, e, e, s])
+    problems, used, markers = [], [], _markers(tokenizer)
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-        if not text.startswith(prefix):
-            raise ValueError(f"turn {i}: the template renders the conversation so far differently on its own; "
-                             "cannot locate the assistant turn by offsets")
-        start = text.index(m["content"], len(prefix))
-        end = start + len(m["content"])
-        if text.startswith(end_of_turn, end):
-            end += len(end_of_turn)
-        spans.append((start, end))
-    return text, spans
+        cs, ce = spans[i]
+        shown, reply = text[cs:ce], _text_of(m["content"])
+        if not shown.strip():
+            problems.append(f"turn {i}: the template does not render this reply")
+            continue
+        if shown.strip() != reply.strip():
+            problems.append(f"turn {i}: the template rewrites this reply as {shown[:60]!r}")
+            continue
+        lo, hi = cs + len(shown) - len(shown.lstrip()), ce - (len(shown) - len(shown.rstrip()))
+        run = next((r for r in runs if r[0] <= lo and hi <= r[1]), None)
+        if run is None:
+            trained = "".join(text[max(a, cs):min(b, ce)] for a, b in runs if a < ce and b > cs)
+            problems.append(f"turn {i}: the reply is not fully trained (trained of it: {trained[:60]!r})")
+            continue
+        used.append(run)
+        before = spans[i - 1][1] if i else 0
+        after = spans[i + 1][0] if i + 1 < len(messages) else len(text)
+        if (run[0] < before and run[2] <= before) or (run[1] > after and run[3] >= after):
+            problems.append(f"turn {i}: the mask also trains a neighbouring message: "
+                            f"{text[run[0]:run[1]][:80]!r}")
+            continue
+        tail = text[hi:run[1]]
+        ends = _leading_markers(tail, markers)
+        if not ends or (tail[ends[-1]:].strip() and run[3] >= hi + ends[-1]):
+            problems.append(f"turn {i}: the end-of-turn is not trained: after the reply the trained text is "
+                            f"{tail[:40]!r}, then {text[run[1]:run[1] + 20]!r}")
+    stray = [text[r[0]:r[1]] for r in runs if r not in used and text[r[0]:r[1]].strip()]
+    if stray:
+        problems.append(f"text outside assistant turns is trained: {stray[0][:60]!r}")
+    return problems
 
 
-def assistant_mask_from_offsets(tokenizer, messages: list[dict], end_of_turn: str | None = None
-                                ) -> tuple[list[int], list[int]]:
-    """`(input_ids, mask)` for templates without generation markers (e.g. SmolLM2's): a token is an
-    assistant token when its characters overlap an assistant span (content + end-of-turn)."""
-    text, spans = assistant_char_spans(tokenizer, messages, end_of_turn)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = [int(any(ts < e and te > s for s, e in spans)) for ts, te in enc["offset_mapping"]]
-    return list(enc["input_ids"]), mask
+def assistant_only_labels(tokenizer, messages: list[dict], method: str = "auto",
+                          chat_template: str | None = None, check: bool = True) -> dict:
+    """Labels on every assistant turn (its reply and end-of-turn token); system and user turns -100.
 
+    `method`: "markers" (the template's `{% generation %}` markers), "trl" (the markers of TRL's
+    `_training` twin of the template), "offsets" (sentinel spans, `assistant_char_spans`: any
+    template) or "auto" (the path `choose_assistant_method` names, TRL's: own markers, else TRL's twin,
+    else offsets). So by default the masks are TRL's `assistant_only_loss` masks, including what TRL
+    trains besides reply and end-of-turn: template text emitted after the generation prompt (Qwen3's
+    empty think block), for some twins the role header (GPT-OSS, DeepSeek) or the newline after the
+    end-of-turn. With `check` (default), `assistant_mask_problems` must find nothing, else MaskError
+    names the turn; MaskError also when the template cannot render the conversation.
 
-def assistant_only_labels(tokenizer, messages: list[dict], method: str = "auto") -> dict:
-    """Labels on every assistant turn (content and end-of-turn token); system and user turns -100.
-
-    `method`: "markers" (the template's `{% generation %}` markers), "offsets" (character offsets of
-    the rendered text; works for any template) or "auto" (markers when the template has them).
+    >>> from sft_helpers.models import load_tokenizer
+    >>> tok = load_tokenizer("tiny", verbose=False)
+    >>> msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes."}]
+    >>> ex = assistant_only_labels(tok, msgs)
+    >>> tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100])
+    'Yes.<|im_end|>'
     """
+    template = chat_template or tokenizer.chat_template
     if method == "auto":
-        method = "markers" if has_generation_markers(tokenizer.chat_template) else "offsets"
+        method, template, _ = choose_assistant_method(tokenizer, template)
+    elif method == "trl":
+        from .templates import trl_family, trl_twin
+
+        twin = trl_twin(template)
+        if twin is None:
+            name = trl_family(template)
+            known = f"family {name!r}" if name else "not one of the families in trl/chat_templates"
+            raise MaskError(f"TRL ships no training twin for this template ({known}): TRL's SFTTrainer "
+                            "refuses assistant_only_loss for it; use method='offsets'")
+        method, template = "markers", twin[1]
+    if method not in ("markers", "offsets"):
+        raise ValueError(f"method must be 'auto', 'markers', 'trl' or 'offsets', not {method!r}")
     if method == "markers":
-        ids, mask = assistant_mask_from_markers(tokenizer, messages)
-    elif method == "offsets":
-        ids, mask = assistant_mask_from_offsets(tokenizer, messages)
-    else:
-        raise ValueError(f"method must be 'auto', 'markers' or 'offsets', not {method!r}")
-    return {"input_ids": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]}
+        ids, mask = assistant_mask_from_markers(tokenizer, messages, template)
+    if check or method == "offsets":
+        text, spans = content_spans(tokenizer, messages, template)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if method == "offsets":
+        ids, mask = _mask_from_spans(enc, _train_spans(tokenizer, messages, template, text, spans))
+    labels = [t if m else IGNORE for t, m in zip(ids, mask)]
+    if check:
+        problems = (_problems(tokenizer, messages, labels, text, spans, enc) if list(enc["input_ids"]) == ids
+                    else ["the input_ids are not the tokenised render of the chat template"])
+        if problems:
+            raise MaskError("; ".join(problems))
+    return {"input_ids": ids, "labels": labels}
 
 
 def prompt_weighted_labels(tokenizer, messages: list[dict], prompt_weight: float) -> dict:
@@ -234,11 +547,18 @@ class AllMaskedError(ValueError):
 
 def build_labels(records: list[dict], tokenizer, mode: str = "completion_only", max_length: int | None = None,
                  truncation: str = "keep_start", on_all_masked: str = "drop",
-                 prompt_weight: float | None = None) -> tuple[list[dict], LabelReport]:
+                 prompt_weight: float | None = None, on_error: str = "raise"
+                 ) -> tuple[list[dict], LabelReport]:
     """Label every conversation in `records` with `mode` (or prompt weights), truncate over-long ones
     by `truncation`, and drop (counted in the report) or raise (`on_all_masked="raise"`) on examples
     with no trained token, and on malformed conversations (no assistant turn, empty content, not
     ending with an assistant turn: the checks of `load_conversations`).
+
+    In "assistant_only" mode every mask is self-checked (`assistant_mask_problems`: each assistant
+    turn's trained text is its reply plus end-of-turn, whitespace and leading template text aside);
+    a failing conversation, or one the chat template cannot render, raises MaskError naming the
+    conversation id and the turn (`on_error="raise"`, default) or is dropped and counted in the report
+    (`on_error="skip"`). Never a silently wrong mask.
 
     Returns `(examples, report)`; each example keeps the record's `id` and `task`.
     """
@@ -246,6 +566,8 @@ def build_labels(records: list[dict], tokenizer, mode: str = "completion_only", 
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if on_all_masked not in ("drop", "raise"):
         raise ValueError(f"on_all_masked must be 'drop' or 'raise', not {on_all_masked!r}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     report, out = LabelReport(), []
     for i, rec in enumerate(records):
         rid = rec.get("id", f"#{i}")
@@ -256,10 +578,16 @@ def build_labels(records: list[dict], tokenizer, mode: str = "completion_only", 
                 raise AllMaskedError(reason)
             report.dropped.append(reason)
             continue
-        if prompt_weight is not None:
-            ex = prompt_weighted_labels(tokenizer, rec["messages"], prompt_weight)
-        else:
-            ex = LABELLERS[mode](tokenizer, rec["messages"])
+        try:
+            if prompt_weight is not None:
+                ex = prompt_weighted_labels(tokenizer, rec["messages"], prompt_weight)
+            else:
+                ex = LABELLERS[mode](tokenizer, rec["messages"])
+        except MaskError as e:
+            if on_error == "raise":
+                raise MaskError(f"{rid}: {e}") from e
+            report.dropped.append(f"{rid}: {e}")
+            continue
         ex = {k: v for k, v in ex.items() if k != "prefix_ok"}
         cut = max_length is not None and len(ex["input_ids"]) > max_length
         if cut:
@@ -361,32 +689,110 @@ def show_mask(tokenizer, example: dict) -> MaskView:
     return MaskView(tokenizer, list(example["input_ids"]), list(example["labels"]), example.get("loss_weights"))
 
 
-GENERATION_PATCH = (  # no whitespace control: it must not change what the rest of the template renders
-    "{% if message['role'] == 'assistant' %}"
+# its whitespace control mirrors the replaced expression's, so nothing else renders differently
+GENERATION_PATCH = (
+    "{%{LEAD} if message['role'] == 'assistant' %}"
     "{{ '<|im_start|>assistant\n' }}"
     "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
     "{{ '\n' }}"
-    "{% else %}{ORIGINAL}{% endif %}"
+    "{% else %}{ORIGINAL}{% endif {TRAIL}%}"
 )
-# the ChatML turn expression most templates use: '<|im_start|>' + role + '\n' + content + '<|im_end|>' + '\n'
+# the ChatML turn expression most templates use: '<|im_start|>' + role + '\n' + content + '<|im_end|>' + '\n',
+# with message['role'] or message.role (Qwen2.5)
+_ROLE, _CONTENT = r"""message(?:\[['"]role['"]\]|\.role)""", r"""message(?:\[['"]content['"]\]|\.content)"""
 _CHATML_TURN = re.compile(
-    r"""\{\{-?\s*['"]<\|im_start\|>['"]\s*\+\s*message\[['"]role['"]\]\s*\+\s*['"](?:\n|\\n)['"]\s*\+\s*"""
-    r"""message\[['"]content['"]\]\s*\+\s*['"]<\|im_end\|>['"]\s*\+\s*['"](?:\n|\\n)['"]\s*-?\}\}""")
+    r"""\{\{-?\s*['"]<\|im_start\|>['"]\s*\+\s*""" + _ROLE + r"""\s*\+\s*['"](?:\n|\\n)['"]\s*\+\s*"""
+    + _CONTENT + r"""\s*\+\s*['"]<\|im_end\|>['"]\s*\+\s*['"](?:\n|\\n)['"]\s*-?\}\}""")
+
+
+def _probe_difference(template: str, patched: str) -> str | None:
+    """None when `patched` renders the probe conversations (`templates.PROBE_CONVERSATIONS`, with and
+    without system prompt, string or text-block content; whole, and their prompt with the generation
+    prompt) byte-identically to `template` and marks every assistant reply; else what differs."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from .templates import PROBE_CONVERSATIONS
+
+    def render(t, msgs, **kw):
+        (text,), gen = render_jinja_template([msgs], chat_template=t, bos_token="<s>", eos_token="</s>", **kw)
+        return text, gen[0] if gen else []
+
+    compared = 0
+    for conv in PROBE_CONVERSATIONS:
+        for msgs in (conv, [m for m in conv if m["role"] != "system"])[:1 + (conv[0]["role"] == "system")]:
+            for form in (msgs, [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in msgs]):
+                for part, gen_prompt in ((form, False), (form[:-1], True)):
+                    try:
+                        expected, _ = render(template, part, add_generation_prompt=gen_prompt)
+                    except Exception:  # the original refuses this conversation: nothing to compare
+                        continue
+                    try:
+                        got, spans = render(patched, part, add_generation_prompt=gen_prompt,
+                                            return_assistant_tokens_mask=not gen_prompt)
+                    except Exception as e:
+                        return f"it fails where the original renders: {type(e).__name__}: {e}"
+                    if got != expected:
+                        at = _common_prefix(got, expected)
+                        return f"from character {at}: {expected[at:at + 30]!r} becomes {got[at:at + 30]!r}"
+                    compared += 1
+                    if gen_prompt:
+                        continue
+                    stand_ins = [_with_text(m, _sentinel(j, "")) if m["role"] == "assistant" else m
+                                 for j, m in enumerate(part)]
+                    got, spans = render(patched, stand_ins, return_assistant_tokens_mask=True)
+                    marked = "".join(got[s:e] for s, e in spans)
+                    for j, m in enumerate(part):  # every reply the template renders must be marked
+                        stand_in = _sentinel(j, "")
+                        if m["role"] == "assistant" and stand_in in got and stand_in not in marked:
+                            return f"it does not mark the reply {_text_of(m['content'])!r}"
+    return None if compared else "the original renders none of the probe conversations"
+
+
+def generation_template(template: str) -> tuple[str, str]:
+    """`(patched, path)`: `template` with `{% generation %}` markers around each assistant reply and its
+    end-of-turn, rendering byte-identically, and the path that gave it: the template's own markers;
+    TRL's `_training` twin, when TRL is installed, recognises the template and its twin renders
+    identically (Qwen2.5, Llama 3, Gemma 3, Phi-3, GPT-OSS...; not Qwen3's, which keeps past think blocks);
+    else a patch of the one ChatML turn expression (SmolLM2; `message['role']` or `message.role`).
+    Both are checked on probe conversations (identical render, every reply marked). Raises ValueError
+    saying why when no path applies: `assistant_only_labels(method="auto")` still masks such templates.
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> generation_template(load_tokenizer("tiny", verbose=False).chat_template)[1]
+    'own markers'
+    """
+    if has_generation_markers(template):
+        return template, "own markers"
+    from .templates import trl_twin
+
+    refusals = []
+    if twin := trl_twin(template):
+        diff = _probe_difference(template, twin[1])
+        if diff is None:
+            return twin[1], f"TRL's twin {twin[0]}_training.jinja"
+        refusals.append(f"TRL's twin {twin[0]}_training.jinja renders differently ({diff})")
+    matches = list(_CHATML_TURN.finditer(template))
+    if len(matches) == 1:
+        m = matches[0]
+        turn = m.group(0)
+        patch = GENERATION_PATCH.replace("{LEAD}", "-" if turn.startswith("{{-") else "")
+        patch = patch.replace("{TRAIL}", "-" if turn.endswith("-}}") else "").replace("{ORIGINAL}", turn)
+        patched = template[:m.start()] + patch + template[m.end():]
+        diff = _probe_difference(template, patched)
+        if diff is None:
+            return patched, "ChatML patch"
+        refusals.append(f"the ChatML patch renders differently ({diff})")
+    else:
+        refusals.append(f"expected one ChatML turn expression in the template, found {len(matches)}")
+    raise ValueError("no byte-identical {% generation %} version of this template: " + "; ".join(refusals)
+                     + ". assistant_only_labels(method='auto') still masks it (TRL's twin or sentinel spans)")
 
 
 def add_generation_markers(template: str) -> str:
-    """Wrap assistant content and its `<|im_end|>` in `{% generation %}` markers in a ChatML-style
-    template that renders every turn with one expression (SmolLM2, Qwen2-like). Raises ValueError
-    when the template is not of that shape. Check the result with `same_rendering`.
+    """`template` with `{% generation %}` markers, rendering byte-identically: `generation_template`'s
+    result (which also says which path it took). Check the result on your data with `same_rendering`.
     """
-    if has_generation_markers(template):
-        return template
-    matches = list(_CHATML_TURN.finditer(template))
-    if len(matches) != 1:
-        raise ValueError(f"expected one ChatML turn expression in the template, found {len(matches)}; "
-                         "patch this template by hand")
-    m = matches[0]
-    return template[:m.start()] + GENERATION_PATCH.replace("{ORIGINAL}", m.group(0)) + template[m.end():]
+    return generation_template(template)[0]
 
 
 def same_rendering(tokenizer, template: str, conversations: list[list[dict]]) -> int:

@@ -85,10 +85,20 @@ def smollm2_folder() -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                      dtype=torch.float32)
         model.hf_quantizer.remove_quantization_config(model)
-        tmp = folder.with_name(folder.name + ".partial")
+        import tempfile
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process converted it first: keep theirs
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (folder / "model.safetensors").exists():
+                raise
     return folder
 
 

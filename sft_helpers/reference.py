@@ -11,7 +11,9 @@ dropped, so `trainer.train_dataset` holds `input_ids` and `labels`; the mask is 
 Constructing the trainer is the least heavy way to get exactly what TRL trains on (no training step
 runs; a tiny random Llama stands in for the model, ~0.2 s for 320 conversations). With a template that
 has no `{% generation %}` markers and that TRL does not know (SmolLM2's), `assistant_only_loss=True`
-raises ValueError in the constructor (`get_training_chat_template`): TRL does not patch it.
+raises ValueError in the constructor (`get_training_chat_template`): TRL does not patch it. For a
+template it knows (`trl/chat_templates/*.jinja`) it swaps in the `_training` twin; `trl_training_masks`
+replays just that step (TRL's own functions, no trainer), fast enough to check every family.
 """
 
 from __future__ import annotations
@@ -83,6 +85,31 @@ def trl_assistant_masks(tokenizer, conversations: list[list[dict]]) -> list[tupl
     """`(input_ids, assistant_mask)` per conversation: TRL's `assistant_only_loss=True` on a `messages`
     dataset. The tokenizer's template must carry `{% generation %}` markers (or be one TRL can patch)."""
     return _masks(trl_prepared(tokenizer, [{"messages": m} for m in conversations], assistant_only_loss=True))
+
+
+def trl_training_template(tokenizer) -> str | None:
+    """The chat template `SFTTrainer(assistant_only_loss=True)` tokenises with: None (the tokenizer's
+    own, which has `{% generation %}` markers) or TRL's `_training` twin from
+    `get_training_chat_template`; TRL's ValueError when it cannot patch the template."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    return None if has_generation_markers(tokenizer.chat_template) else get_training_chat_template(tokenizer)
+
+
+def trl_training_masks(tokenizer, conversations: list[list[dict]]) -> list[tuple[list[int], list[int]]]:
+    """`(input_ids, assistant_mask)` per conversation, tokenised exactly as `SFTTrainer` does with
+    `assistant_only_loss=True` (`trl_training_template`, then TRL's own `_tokenize`), without building
+    a trainer: ~1 ms a conversation, so every family of `trl/chat_templates` can be checked in a test.
+    `trl_assistant_masks` (a real trainer) is the slower, end-to-end version; tests check they agree."""
+    from trl.data_utils import _tokenize
+
+    template = trl_training_template(tokenizer)
+    out = []
+    for msgs in conversations:
+        enc = _tokenize(tokenizer, msgs, chat_template=template, tools=None,
+                        return_assistant_tokens_mask=True)
+        out.append((list(enc["input_ids"]), list(enc["assistant_masks"])))
+    return out
 
 
 def trl_completion_masks(tokenizer, conversations: list[list[dict]]) -> list[tuple[list[int], list[int]]]:

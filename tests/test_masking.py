@@ -14,11 +14,14 @@ from sft_helpers.collators import PaddedCollator
 from sft_helpers.masking import (
     IGNORE,
     AllMaskedError,
+    MaskError,
     add_generation_markers,
+    assistant_mask_problems,
     assistant_mask_from_markers,
     assistant_only_labels,
     build_labels,
     completion_only_labels,
+    drop_end_of_turn,
     full_labels,
     has_generation_markers,
     mask_report,
@@ -527,3 +530,77 @@ def test_label_builders_work_inside_datasets_map(tok, test_split):
     ds = datasets.Dataset.from_list([{"messages": r["messages"]} for r in rows])
     mapped = ds.map(lambda r: assistant_only_labels(tok, r["messages"]), remove_columns=["messages"])
     assert mapped["labels"] == [assistant_only_labels(tok, r["messages"])["labels"] for r in rows]
+
+
+# ---------------------------------------------------------------- the self-check (issue 11)
+
+def with_chat_template(t, template):
+    t = copy.deepcopy(t)
+    t.chat_template = template
+    return t
+
+
+def test_self_check_rejects_markers_that_leave_the_end_of_turn_out(tok, test_split):
+    # the same render, but {% generation %} stops before <|im_end|>: the model would never learn to stop
+    no_eot = with_chat_template(tok, tok.chat_template.replace(
+        "{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}",
+        "{{- message['content'] }}{%- endgeneration %}{{- '<|im_end|>' }}"))
+    assert no_eot.chat_template != tok.chat_template
+    rec = record_with_roles(test_split, ["system", "user", "assistant", "user", "assistant"])
+    assert same_rendering(tok, no_eot.chat_template, [rec["messages"]]) == 1
+    with pytest.raises(MaskError, match=rf"^{rec['id']}: turn 2: the end-of-turn is not trained.*turn 4: "):
+        build_labels([rec], no_eot, "assistant_only")
+    out, report = build_labels([rec], no_eot, "assistant_only", on_error="skip")
+    assert out == [] and report.kept == 0 and len(report.dropped) == 1
+    assert report.dropped[0].startswith(f"{rec['id']}: turn 2: the end-of-turn is not trained")
+    # unchecked, the same mask comes out silently: content only (what drop_end_of_turn builds on purpose)
+    ex = assistant_only_labels(no_eot, rec["messages"], check=False)
+    assert ex == drop_end_of_turn([assistant_only_labels(tok, rec["messages"])], tok)[0]
+    assert len(assistant_mask_problems(tok, rec["messages"], ex)) == 2
+    with pytest.raises(ValueError, match="on_error"):
+        build_labels([rec], tok, "assistant_only", on_error="ignore")
+
+
+def test_self_check_rejects_masks_that_train_other_messages(tok, test_split):
+    rec = record_with_roles(test_split, ["system", "user", "assistant"])
+    user_too = with_chat_template(tok, tok.chat_template.replace(
+        "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}",
+        "{%- else %}{%- generation %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+        "'<|im_end|>\\n' }}{%- endgeneration %}"))
+    assert user_too.chat_template != tok.chat_template
+    with pytest.raises(MaskError, match="text outside assistant turns is trained: '<|im_start|>system"):
+        assistant_only_labels(user_too, rec["messages"])
+    full = full_labels(tok, rec["messages"])
+    problems = assistant_mask_problems(tok, rec["messages"], full)
+    assert problems == ["turn 2: the mask also trains a neighbouring message: " + repr(
+        tok.apply_chat_template(rec["messages"], tokenize=False)[:80])]
+
+
+def test_replies_a_template_rewrites_are_refused_per_conversation(tok):
+    import trl.chat_template_utils as ctu
+
+    qwen3 = with_chat_template(tok, ctu.qwen3_chat_template)
+    plain = {"id": "plain", "messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+                                         {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]}
+    # Qwen3's templates re-render a reply that carries its own think block: its trained text cannot equal it
+    thought = {"id": "thought", "messages": [*plain["messages"][:1],
+                                             {"role": "assistant", "content": "<think>easy</think>4"},
+                                             *plain["messages"][2:]]}
+    with pytest.raises(MaskError, match=r"^thought: turn 1: the template rewrites this reply"):
+        build_labels([plain, thought], qwen3, "assistant_only")
+    out, report = build_labels([plain, thought], qwen3, "assistant_only", on_error="skip")
+    assert [e["id"] for e in out] == ["plain"] and report.kept == 1
+    assert report.dropped[0].startswith("thought: turn 1: the template rewrites this reply")
+
+
+def test_templates_that_cannot_render_a_conversation_give_a_clear_error(tok, test_split):
+    import trl.chat_template_utils as ctu
+
+    gemma = with_chat_template(tok, ctu.gemma_chat_template)
+    rec = record_with_roles(test_split, ["system", "user", "assistant"])
+    for mode in ("assistant_only", "completion_only", "full"):
+        with pytest.raises(MaskError, match=rf"^{rec['id']}: the chat template cannot render this conversation "
+                                            r"\(TemplateError: System role not supported\)"):
+            build_labels([rec], gemma, mode)
+    out, report = build_labels([rec], gemma, "assistant_only", on_error="skip")
+    assert out == [] and "System role not supported" in report.dropped[0]
