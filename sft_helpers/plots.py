@@ -138,7 +138,7 @@ def plot_memory_breakdown(estimates: dict[str, dict], gpus: dict[str, float] | N
     gradients, optimizer, activations, logits, overhead, in GiB), with dashed lines at GPU sizes."""
     import matplotlib.pyplot as plt
 
-    parts = ["weights", "adapters", "gradients", "optimizer", "activations", "logits", "overhead"]
+    parts = ["weights", "weight_copies", "adapters", "gradients", "optimizer", "activations", "logits", "overhead"]
     fig, ax = plt.subplots(figsize=(8, 3.5))
     labels = list(estimates)
     bottom = [0.0] * len(labels)
