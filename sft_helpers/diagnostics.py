@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from .conversations import REFUSAL
+from .data import conversation_problems
 from .masking import IGNORE, mask_report
 
 # the guide's learning-rate ranges, by method
@@ -45,13 +46,16 @@ def check_labels(examples: list[dict], tokenizer, end_of_turn: str | None = None
     >>> [f.check for f in check_labels([{"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}], tok)]
     ['all-masked examples', 'end-of-turn not trained']
     """
+    if not examples:
+        return [Finding("error", "no examples", "there are no labelled examples to check",
+                        "check the data and the labelling step (build_labels reports what it dropped)")]
     r = mask_report(examples, tokenizer, end_of_turn)
     out = []
     if r["all_masked"]:
         out.append(Finding("error", "all-masked examples",
                            f"{len(r['all_masked'])} of {len(examples)} examples train no token (loss NaN or 0 for them)",
                            "drop them (build_labels does) or fix the mask: is the response truncated away?"))
-    if all(all(lab != IGNORE for lab in list(e["labels"])[1:]) for e in examples):
+    if all(_unmasked(e) for e in examples):
         out.append(Finding("warning", "no loss mask", "every token is trained, prompt and template included",
                            "use completion-only or assistant-only labels (lesson 01)"))
     if not r["end_of_turn_trained"]:
@@ -66,6 +70,15 @@ def check_labels(examples: list[dict], tokenizer, end_of_turn: str | None = None
         out.append(Finding("warning", "pad == EOS", "the pad token is the EOS token: a collator that masks pads by "
                            "token id also masks every real EOS", "pad labels by position (PaddedCollator)"))
     return out
+
+
+def _unmasked(example: dict) -> bool:
+    """Whether every predicted token is trained at full weight (prompt-weighted examples label every
+    token but weigh the prompt less: that is a loss mask too)."""
+    labels = list(example["labels"])
+    weights = example.get("loss_weights")
+    weights = [1.0] * len(labels) if weights is None else list(weights)
+    return all(lab != IGNORE and w >= 1 for lab, w in zip(labels[1:], weights[1:]))
 
 
 # --- template ---------------------------------------------------------------------------------
@@ -140,16 +153,47 @@ def is_refusal(text: str) -> bool:
     return t.startswith(("i can't", "i cannot", "i can not", "sorry, i", "i'm sorry", "i am sorry", "i won't")) or t == REFUSAL.lower()
 
 
+def split_malformed(records: list) -> tuple[list[dict], list[str]]:
+    """`(good, bad)`: the records that are valid chat conversations (`conversation_problems`, the checks
+    of `load_conversations`), and for each other one `record #index (id ...): reason`.
+
+    >>> split_malformed([{"messages": [{"role": "user"}]}])[1]
+    ["record #0: message 0: missing 'content'; no assistant turn"]
+    """
+    good, bad = [], []
+    for i, r in enumerate(records):
+        problems = conversation_problems(r)
+        if not problems:
+            good.append(r)
+            continue
+        rid = f" (id {r['id']!r})" if isinstance(r, dict) and "id" in r else ""
+        bad.append(f"record #{i}{rid}: " + "; ".join(problems))
+    return good, bad
+
+
 def check_data(records: list[dict], tokenizer=None, max_length: int | None = None,
                max_refusal_share: float = 0.15) -> list[Finding]:
-    """Chat records: duplicates (exact and near), the share longer than `max_length` tokens (they
-    would be truncated), and the share of assistant replies that are refusals.
+    """Chat records: malformed records (reported, then left out of the other checks), no records at
+    all, duplicates (exact and near), the share longer than `max_length` tokens (they would be
+    truncated), and the share of assistant replies that are refusals.
 
     >>> r = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": REFUSAL}]}
-    >>> [f.check for f in check_data([r, r])]
-    ['duplicates', 'refusal share']
+    >>> [f.check for f in check_data([r, r, {"messages": []}])]
+    ['malformed records', 'duplicates', 'refusal share']
     """
+    if not records:
+        return [Finding("error", "no records", "there are no records to check",
+                        "check the file path and any filtering that ran before")]
     out = []
+    good, bad = split_malformed(records)
+    if bad:
+        shown = bad[:5] + ([f"... and {len(bad) - 5} more"] if len(bad) > 5 else [])
+        listed = "".join(f"\n      {b}" for b in shown)
+        out.append(Finding("error", "malformed records", f"{len(bad)} of {len(records)} records are not "
+                           f"valid chat conversations (left out of the other checks):{listed}",
+                           "fix or drop them: load_conversations(path, on_error='skip') drops them and names "
+                           "each one's file:line: reason"))
+    records = good
     dups = find_duplicates(records)
     if dups:
         kinds = {k: sum(d[2] == k for d in dups) for k in ("exact", "near")}
@@ -160,7 +204,7 @@ def check_data(records: list[dict], tokenizer=None, max_length: int | None = Non
         lengths = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
                    for r in records]
         over = sum(n > max_length for n in lengths)
-        if over / len(records) > 0.05:
+        if records and over / len(records) > 0.05:
             out.append(Finding("warning", "over-long examples", f"{over / len(records):.1%} of records exceed "
                                f"max_length={max_length} and would be truncated",
                                "raise max_length to cover > 95% of the data, or drop/split the long ones"))
@@ -284,15 +328,19 @@ def preflight(records: list[dict], tokenizer, examples: list[dict] | None = None
               model_params: int | None = None, verbose: bool = True) -> list[Finding]:
     """Run every check the arguments allow (data on `records`; labels on `examples`, else on
     completion-only labels built from `records`; template; hyperparameters when `lr` is given; the
-    history when given) and print one report, errors first. Returns the findings.
+    history when given) and print one report, errors first. Returns the findings. Malformed records
+    (or none at all) are findings too, never an exception: the other checks run on the valid records.
     """
     from .masking import build_labels
 
-    if examples is None:
-        examples, _ = build_labels(records, tokenizer, "completion_only", on_all_masked="drop")
+    good, _ = split_malformed(records)  # check_data reports the others
+    if examples is None and good:
+        examples, _ = build_labels(good, tokenizer, "completion_only", on_all_masked="drop")
         examples = examples or [{"input_ids": [0], "labels": [IGNORE]}]
-    findings = check_data(records, tokenizer, max_length) + check_labels(examples, tokenizer)
-    findings += check_template(tokenizer, inference_template, records[0]["messages"] if records else None)
+    findings = check_data(records, tokenizer, max_length)
+    if examples is not None:
+        findings += check_labels(examples, tokenizer)
+    findings += check_template(tokenizer, inference_template, good[0]["messages"] if good else None)
     if lr is not None:
         findings += check_hyperparameters(lr, method, warmup, epochs, model_params)
     if log_history:

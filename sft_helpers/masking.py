@@ -570,7 +570,7 @@ def build_labels(records: list[dict], tokenizer, mode: str = "completion_only", 
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     report, out = LabelReport(), []
     for i, rec in enumerate(records):
-        rid = rec.get("id", f"#{i}")
+        rid = rec.get("id", f"#{i}") if isinstance(rec, dict) else f"#{i}"  # a non-dict: bad, reported below
         problems = conversation_problems(rec)
         if problems:
             reason = f"{rid}: bad conversation: " + "; ".join(problems)

@@ -110,3 +110,61 @@ def test_preflight_reports_every_problem_of_a_broken_dataset(tok, records, capsy
             "many epochs", "loss not decreasing"} <= checks(found)
     assert [f.severity for f in found] == sorted((f.severity for f in found), key=("error", "warning", "info").index)
     assert "errors" in capsys.readouterr().out
+
+
+# --- bad input: findings, never a crash -------------------------------------------------------
+
+def _bad_records(records):
+    """Four malformed records around good ones; the first ends with a user turn."""
+    user = {"role": "user", "content": "And?"}
+    ends_with_user = {"id": "ends-user", "messages": records[0]["messages"] + [user]}
+    no_content = {"id": "no-content", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant"}]}
+    return [ends_with_user] + records[:20] + [no_content, ["not", "a", "dict"]] + records[20:] + [7]
+
+
+def test_preflight_reports_malformed_records_as_findings(tok, records, capsys):
+    bad = _bad_records(records)
+    found = preflight(bad, tok, lr=2e-5, method="full", max_length=4096)
+    assert checks(found) == {"malformed records"}, "the valid records alone are clean (see the test above)"
+    (f,) = found
+    assert f.severity == "error" and f.message.startswith(f"4 of {len(bad)} records are not valid")
+    for expected in ("record #0 (id 'ends-user'): conversation ends with a 'user' turn",
+                     "record #21 (id 'no-content'): message 1: missing 'content'",
+                     "record #22: record is a list, not an object",
+                     f"record #{len(bad) - 1}: record is a int"):
+        assert expected in f.message
+    out = capsys.readouterr().out
+    assert f"preflight: {len(bad)} records, 1 errors" in out and "record #21 (id 'no-content')" in out
+    # the other checks still run on the valid records
+    dup = preflight(bad + records[:3], tok, max_length=20, inference_template="### Instruction:",
+                    verbose=False)
+    assert {"malformed records", "duplicates", "over-long examples", "template mismatch"} <= checks(dup)
+
+
+def test_check_data_on_no_records_and_records_without_content(tok, records):
+    assert checks(check_data([], tok, max_length=10)) == {"no records"}
+    assert checks(preflight([], tok, max_length=10, verbose=False)) == {"no records"}
+    no_content = [{"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant"}]}
+                  for i in range(7)]
+    many = records + no_content
+    found = check_data(many, tok, max_length=4096)
+    assert checks(found) == {"malformed records"}
+    assert found[0].message.count("missing 'content'") == 5 and "... and 2 more" in found[0].message
+    assert check_data(records, tok, max_length=4096) == []
+
+
+def test_build_labels_counts_non_dict_records_as_bad(tok, records):
+    out, report = build_labels(records[:3] + [["a", "list"], "text", None], tok)
+    assert len(out) == 3 and report.kept == 3
+    assert report.dropped == ["#3: bad conversation: record is a list, not an object",
+                              "#4: bad conversation: record is a str, not an object",
+                              "#5: bad conversation: record is a NoneType, not an object"]
+
+
+def test_prompt_weighted_labels_are_a_loss_mask(tok, records):
+    weighted, _ = build_labels(records, tok, prompt_weight=0.1)
+    assert all(lab != -100 for e in weighted for lab in e["labels"]), "every token labelled"
+    assert "no loss mask" not in checks(check_labels(weighted, tok))
+    unweighted, _ = build_labels(records, tok, prompt_weight=1.0)  # weight 1: the full loss, no mask at all
+    assert "no loss mask" in checks(check_labels(unweighted, tok))
+    assert checks(check_labels([], tok)) == {"no examples"}

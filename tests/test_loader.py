@@ -1,12 +1,13 @@
 """`load_conversations`: every bad record is reported as `file:line: reason`; skip mode keeps the rest."""
 
+import codecs
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from sft_helpers.data import ConversationFormatError, SkipReport, load_conversations
+from sft_helpers.data import ConversationFormatError, SkipReport, conversation_problems, load_conversations
 from sft_helpers.world import SPLITS
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -125,3 +126,81 @@ def test_committed_split_loads_without_error(split):
     assert len(records) == n_lines > 0
     _, report = load_conversations(path, on_error="skip")
     assert report.skipped == []
+
+
+# --- encodings: files as editors and exporters write them ---------------------------------------
+
+def _accented(i: int) -> dict:  # non-ASCII text, so a wrong decoding cannot go unnoticed
+    return {"id": f"enc-{i}", "messages": [{"role": "user", "content": f"Où est Velm, n° {i}? 日本"},
+                                           {"role": "assistant", "content": f"Velm est à l'est. — {i} ✓"}]}
+
+
+ACCENTED = [_accented(i) for i in range(3)]
+# (codec, byte order mark, newline, label); Windows Notepad writes "UTF-16 LE" with BOM and CRLF
+ENCODINGS = [("utf-8", b"", "\n", "UTF-8"), ("utf-8", codecs.BOM_UTF8, "\r\n", "UTF-8 with BOM"),
+             ("utf-16-le", codecs.BOM_UTF16_LE, "\r\n", "UTF-16 LE with BOM"),
+             ("utf-16-be", codecs.BOM_UTF16_BE, "\n", "UTF-16 BE with BOM"),
+             ("utf-32-le", codecs.BOM_UTF32_LE, "\n", "UTF-32 LE with BOM"),
+             ("utf-16-le", b"", "\n", "UTF-16 LE without BOM")]
+
+
+@pytest.mark.parametrize("codec,bom,newline,label", ENCODINGS, ids=[e[3] for e in ENCODINGS])
+def test_reads_utf8_with_or_without_bom_and_utf16_with_bom(tmp_path, codec, bom, newline, label):
+    path = tmp_path / "exported.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False) for r in ACCENTED]
+    path.write_bytes(bom + newline.join(lines[:2] + ["", lines[2], ""]).encode(codec))
+    assert load_conversations(path) == ACCENTED
+    records, report = load_conversations(path, on_error="skip")
+    assert records == ACCENTED and report.skipped == [] and report.encoding == label
+    plain = label == "UTF-8"  # the report of a plain UTF-8 file reads as before; others say what was detected
+    assert str(report) == f"{path}: loaded 3, skipped 0" + ("" if plain else f" (read as {label})")
+    # a bad record in such a file is still reported at its line (the blank line 3 counts)
+    path.write_bytes(bom + newline.join(lines[:2] + ["", "{oops", lines[2]]).encode(codec))
+    with pytest.raises(ConversationFormatError) as exc:
+        load_conversations(path)
+    assert exc.value.problems == [f"{path}:4: invalid JSON (Expecting property name enclosed in double "
+                                  "quotes at column 2)"]
+    assert (label in str(exc.value)) != plain
+
+
+def test_undecodable_bytes_are_file_line_reason_not_unicode_error(tmp_path):
+    path = tmp_path / "latin1_line.jsonl"
+    good = [json.dumps(r, ensure_ascii=False).encode() for r in ACCENTED]
+    latin1 = json.dumps(_accented(9), ensure_ascii=False).encode("latin-1", errors="replace")  # é as 0xe9
+    path.write_bytes(b"\n".join([good[0], latin1, good[1], b'{"messages": "\xff\xfe"}', good[2]]) + b"\n")
+    with pytest.raises(ConversationFormatError) as exc:
+        load_conversations(path)
+    problems = exc.value.problems
+    assert [int(PROBLEM_LINE.match(p)["line"]) for p in problems] == [2, 4]
+    col = latin1.decode("latin-1").index("ù") + 1
+    assert problems[0].startswith(f"{path}:2: cannot decode as UTF-8 at column {col}: "
+                                  "bytes f9 (invalid start byte)")
+    assert "and 2 more undecodable run(s)" in problems[0] and "Latin-1" in problems[0]
+    assert problems[1].startswith(f"{path}:4: cannot decode as UTF-8 at column 15: "
+                                  "bytes ff (invalid start byte)")
+    records, report = load_conversations(path, on_error="skip")
+    assert records == ACCENTED and report.skipped == problems and report.loaded == 3
+
+
+def test_undecodable_utf16_is_reported_at_its_line(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False).encode("utf-16-le") for r in ACCENTED]
+    lone_surrogate = '{"id": "'.encode("utf-16-le") + b"\x00\xd8" + '"}'.encode("utf-16-le")
+    nl = "\n".encode("utf-16-le")
+    path.write_bytes(codecs.BOM_UTF16_LE + nl.join([lines[0], lone_surrogate, lines[1], lines[2]]) + b"\n")
+    records, report = load_conversations(path, on_error="skip")  # the last byte is half a character
+    assert records == ACCENTED[:2] and report.encoding == "UTF-16 LE with BOM"
+    assert [s.split(": ")[0] for s in report.skipped] == [f"{path}:2", f"{path}:4"]
+    assert report.skipped[0].endswith("cannot decode as UTF-16 LE with BOM at column 9: bytes 00 d8 "
+                                      "(illegal UTF-16 surrogate)")
+    assert "truncated data" in report.skipped[1]
+
+
+def test_missing_fields_and_odd_roles_are_reasons_not_crashes():
+    msgs = [{"role": ["user"], "content": "Hi"}, {"content": "Hi"}, {"role": "user"},
+            {"role": "assistant", "content": "Hello."}]
+    assert conversation_problems({"messages": msgs}) == [
+        "message 0: unknown role ['user'] (expected one of ['assistant', 'system', 'user'])",
+        "message 1: missing 'role'", "message 2: missing 'content'"]
+    odd = conversation_problems({"messages": [{"role": {"r": 1}, "content": "x"}]})
+    assert odd[0].startswith("message 0: unknown role {'r': 1}")
