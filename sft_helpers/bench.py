@@ -2,6 +2,8 @@
 
     python -m sft_helpers.bench packing [--examples 2520] [--lengths 1000000]
     python -m sft_helpers.bench qlora [--arch tiny|Llama-1B|Llama-2-7B] [--seq-len 256] [--batch 2]
+    python -m sft_helpers.bench gpu [--model tiny|smollm2-135m|Llama-0.2B|<hub id or folder>] [--steps 5]
+    python -m sft_helpers.bench gpu --device cpu --smoke
 
 `packing` measures (lesson 02): packing efficiency of sequential / FFD / BFD at max_length 2048 on
 10k long-tailed lengths; BFD speed on 1M lengths next to TRL's `pack_dataset(strategy="bfd")` in
@@ -12,19 +14,30 @@ calls at small scale.
 `qlora` (lesson 03) trains a random-initialised model of a given shape a few steps by full
 fine-tuning, LoRA and QLoRA and compares the memory with `memory.estimate_memory`: on a GPU the
 peak allocated memory, on a CPU each part of the estimate.
+
+`gpu` (issue 10; sized for under 8 minutes on one GPU, capped by `--budget-s`) trains every lane a
+few steps: fp32 / fp16 / bf16 (where the card has bf16), sdpa and flash-attn when installed, full /
+LoRA / LoRA + embeddings / QLoRA, on packed rows (several per batch), and records the device, the
+dtypes of what trains and of AdamW's states, the loss scaler, the peak memory against the estimate,
+packed against padded logits and the merged model's forward. A random ~0.22B Llama is built offline
+(no hub). `--device cpu --smoke` runs the same code on the tiny base, the half-precision lanes
+emulated on the CPU (slowly: about 5 s of CPU per half-precision run).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 BATCH_SAMPLES = 16  # samples per padded / padding-free step
 ROWS_PER_STEP = 2  # packed rows per step, each long enough to hold BATCH_SAMPLES / 2 average samples
@@ -281,13 +294,17 @@ before packing costs {(on_course[-2]["efficiency"] - on_course[-1]["efficiency"]
 
 
 QLORA_ARCHS = {"Llama-1B": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True)}
+                                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+               # ~0.22B parameters, the `gpu` bench's random model (SmolLM2-360M-like widths, 32k vocab)
+               "Llama-0.2B": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=16,
+                                  num_attention_heads=16, num_key_value_heads=8, vocab_size=32000,
+                                  tie_word_embeddings=True)}
 
 
-def _random_model_folder(arch: str) -> str:
+def _random_model_folder(arch: str, dtype: torch.dtype | None = None) -> str:
     """A folder holding a randomly initialised Llama/Qwen-shaped model named `arch` ("tiny" = the
-    course's base config, a `memory.ARCHITECTURES` name, or one of `QLORA_ARCHS`) in the device's
-    dtype, plus the tiny tokenizer, so `load_model(folder, quantization=...)` can load it."""
+    course's base config, a `memory.ARCHITECTURES` name, or one of `QLORA_ARCHS`) in `dtype` (by
+    default the device's), plus the tiny tokenizer, so `load_model(folder, quantization=...)` can load it."""
     import tempfile
 
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -303,7 +320,7 @@ def _random_model_folder(arch: str) -> str:
         config = architecture(arch)
     folder = tempfile.mkdtemp(prefix=f"bench-{arch}-")
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=device_settings()["dtype"])
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype or device_settings()["dtype"])
     model.save_pretrained(folder)
     load_tokenizer("tiny").save_pretrained(folder)
     return folder
@@ -382,6 +399,479 @@ def bench_qlora(arch: str, seq_len: int, batch: int, steps: int) -> str:
                    "tensors saved for backward).\n\n") + table + "\n"
 
 
+GPU_METHODS = ("full", "lora", "lora_emb", "qlora")  # lora_emb: LoRA + trained embedding and head copies
+GPU_MODELS = ("Llama-0.2B", "tiny")  # a random ~0.22B Llama built offline, and the course's tiny base
+# A packed forward keeps its samples apart when it is this much closer to the padded forward than a
+# deliberately leaky one is (half-precision rounding sits orders of magnitude below a leak).
+LEAK_SHARE = 0.1
+
+
+def _ampere(device: str) -> bool:
+    return device.startswith("cuda") and torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+
+
+def gpu_lanes(device: str) -> list[str]:
+    """The precision lanes the `gpu` bench trains on `device`: fp32 and fp16 everywhere (a CPU runs
+    fp16 as `train_sft` does on a T4: autocast and a GradScaler), bf16 on CPUs and on CUDA GPUs of
+    compute capability 8 or more (Ampere and newer; older cards emulate bf16, `device_settings`
+    never picks it there).
+
+    >>> gpu_lanes("cpu")
+    ['fp32', 'fp16', 'bf16']
+    """
+    if device.startswith("cuda") and not _ampere(device):
+        return ["fp32", "fp16"]
+    return ["fp32", "fp16", "bf16"]
+
+
+def gpu_attentions(device: str) -> list[str]:
+    """sdpa, plus one flash variant on a CUDA GPU of compute capability 8 or more when installed:
+    `flash_attention_2` with the `flash_attn` package, else the `kernels` package's
+    `kernels-community/flash-attn2` (offline it must already be in the hub cache, else its runs
+    record the error).
+
+    >>> gpu_attentions("cpu")
+    ['sdpa']
+    """
+    import importlib.util
+
+    if not _ampere(device):
+        return ["sdpa"]
+    if importlib.util.find_spec("flash_attn") is not None:
+        return ["sdpa", "flash_attention_2"]
+    if importlib.util.find_spec("kernels") is not None:
+        return ["sdpa", "kernels-community/flash-attn2"]
+    return ["sdpa"]
+
+
+def bench_rows(tokenizer, n_rows: int, row_length: int) -> list[dict]:
+    """`n_rows` packed rows of at most `row_length` tokens for the `gpu` bench: the course's training
+    conversations with completion-only labels (truncated to `row_length`), packed by BFD in shuffled
+    order (`pack_examples`).
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> rows = bench_rows(load_tokenizer("tiny"), 2, 256)
+    >>> len(rows), all(len(r["input_ids"]) <= 256 and len(r["seq_lengths"]) > 1 for r in rows)
+    (2, True)
+    """
+    from .data import load_split
+    from .masking import build_labels
+    from .packing import pack_examples
+
+    records, examples, tokens = load_split("train"), [], 0
+    for start in range(0, len(records), 200):  # label only as many conversations as the rows need
+        chunk, _ = build_labels(records[start:start + 200], tokenizer, "completion_only",
+                                max_length=row_length)
+        examples += chunk
+        tokens += sum(len(e["input_ids"]) for e in chunk)
+        if tokens >= 1.2 * n_rows * row_length:
+            break
+    rows, _ = pack_examples(examples, row_length, shuffle_seed=0)
+    if len(rows) < n_rows:
+        raise ValueError(f"the training split fills {len(rows)} rows of {row_length} tokens, not {n_rows}")
+    return rows[:n_rows]
+
+
+def _samples_of(rows: list[dict]) -> list[tuple[int, int, list, list]]:
+    """`(row, offset, input_ids, labels)` of every sample in packed rows, in order."""
+    out = []
+    for r, row in enumerate(rows):
+        offset = 0
+        for n in row["seq_lengths"]:
+            out.append((r, offset, row["input_ids"][offset:offset + n], row["labels"][offset:offset + n]))
+            offset += n
+    return out
+
+
+def _autocast(model, lane: str):
+    """The lane's autocast on the model's device (none for fp32): how `train_sft` computes."""
+    from .precision import PRECISIONS
+
+    return torch.autocast(model.device.type, dtype=PRECISIONS[lane], enabled=lane != "fp32")
+
+
+@torch.no_grad()
+def packed_vs_padded(model, tokenizer, rows: list[dict], lane: str = "fp32") -> dict:
+    """The samples of packed `rows` run as one padded batch (`PaddedCollator`) and as the packed rows
+    (`PackedCollator`: restarting `position_ids` and flash-attn's `cu_seq_lens`), in eval mode under
+    the lane's autocast, compared sample by sample: `logit_diff` (largest absolute logit difference),
+    `loss_diff` (packed minus padded token-weighted loss), and `leak_diff`, the logit difference of a
+    deliberately leaky forward of the same rows (an all-ones `attention_mask`: plain causal attention
+    along each row), the size a leak shows at. Also returns the padded `batch` and its `logits` at the
+    real (unpadded) tokens, `[tokens, vocab]`.
+
+    >>> from sft_helpers.models import load_model
+    >>> model, tok = load_model("tiny")
+    >>> r = packed_vs_padded(model, tok, bench_rows(tok, 2, 64))
+    >>> r["logit_diff"] < 1e-3 < r["leak_diff"]
+    True
+    """
+    import torch.nn.functional as F
+
+    from .attention import check_packed_batch
+    from .collators import PackedCollator, PaddedCollator
+    from .masking import IGNORE
+
+    model.eval()
+    device, samples = model.device, _samples_of(rows)
+    padded = PaddedCollator(tokenizer.pad_token_id)([{"input_ids": i, "labels": y} for _, _, i, y in samples])
+    packed = PackedCollator(tokenizer.pad_token_id)(rows)
+    check_packed_batch(packed, model.config._attn_implementation)
+    packed = {k: v.to(device) if torch.is_tensor(v) else v for k, v in packed.items() if k != "labels"}
+    ids, mask = packed["input_ids"], padded["attention_mask"].to(device)
+    with _autocast(model, lane):
+        a = model(input_ids=padded["input_ids"].to(device), attention_mask=mask, use_cache=False).logits
+        a = a.float()
+        b = model(**packed, use_cache=False).logits.float()
+        c = model(input_ids=ids, position_ids=packed["position_ids"], attention_mask=torch.ones_like(ids),
+                  use_cache=False).logits.float()
+    diff = leak = 0.0
+    sums, count = [0.0, 0.0], 0
+    for i, (r, offset, sample, labels) in enumerate(samples):
+        n = len(sample)
+        mine, theirs, leaky = a[i, :n], b[r, offset:offset + n], c[r, offset:offset + n]
+        diff = max(diff, (theirs - mine).abs().max().item())
+        leak = max(leak, (leaky - mine).abs().max().item())
+        target = torch.tensor(labels[1:], device=device)
+        for j, logits in enumerate((mine, theirs)):
+            sums[j] += F.cross_entropy(logits[:-1], target, ignore_index=IGNORE, reduction="sum").item()
+        count += int((target != IGNORE).sum())
+    return {"logit_diff": diff, "loss_diff": (sums[1] - sums[0]) / max(count, 1), "leak_diff": leak,
+            "batch": padded, "logits": a[mask.bool()]}
+
+
+def _dtype_names(tensors) -> list[str]:
+    from .precision import PRECISIONS, precision_name
+
+    return sorted({precision_name(t.dtype) if t.dtype in PRECISIONS.values() else str(t.dtype)[6:]
+                   for t in tensors})
+
+
+@torch.no_grad()
+def merged_forward(model, model_id: str, method: str, lane: str, batch: dict, logits: torch.Tensor) -> dict:
+    """Save the adapters of the trained peft `model`, merge them with `lora.merge_adapter` in the lane's
+    dtype (dequantising the 4-bit base for QLoRA) and run the merged model on the padded `batch`:
+    `merged_dtypes` (of its parameters), `merged_finite` (its logits at the real tokens) and
+    `merged_diff`, their largest difference from `logits`, the adapter model's at the same tokens
+    (from `packed_vs_padded`)."""
+    import tempfile
+
+    from .lora import merge_adapter, save_adapter
+
+    with tempfile.TemporaryDirectory(prefix="bench-adapter-") as folder:
+        save_adapter(model, folder)
+        merged, _ = merge_adapter(model_id, folder, dequantize=method == "qlora", precision=lane)
+    ids, mask = batch["input_ids"].to(merged.device), batch["attention_mask"].to(merged.device)
+    out = merged(input_ids=ids, attention_mask=mask).logits[mask.bool()].float()
+    return {"merged_dtypes": _dtype_names(merged.parameters()), "merged_finite": bool(out.isfinite().all()),
+            "merged_diff": (out - logits.to(out.device)).abs().max().item()}
+
+
+class _TrainingState(TrainerCallback):
+    """Keeps, after every optimizer step, `precision_report` of the model and its (accelerate-wrapped)
+    optimizer and scaler, the scaler's scale, and how many steps the scaler skipped (its scale went
+    down: an inf or nan gradient; accelerate's `step_was_skipped` misses it with fused AdamW, which
+    always runs and skips inside its kernel)."""
+
+    def __init__(self):
+        self.report, self.scale, self.skipped = None, None, 0
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kw):
+        scaler = getattr(optimizer, "scaler", None)
+        self.scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
+
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kw):
+        from .precision import precision_report
+
+        scaler = getattr(optimizer, "scaler", None)
+        self.report = precision_report(model, optimizer, scaler)
+        if self.report["scaler"]:
+            before, self.scale = self.scale, scaler.get_scale()
+            self.skipped += before is not None and self.scale < before
+
+
+def lane_run(model_id: str, lane: str, attention: str, method: str, rows: list[dict], steps: int = 5,
+             rows_per_step: int = 4, device: str | None = None, merge: bool = True) -> dict:
+    """Train `model_id` on one lane for `steps` steps of `rows_per_step` packed `rows` (`train_sft`,
+    LR 1e-4, no warmup) and record what the lane must hold: `losses` and `finite`; `trainable`,
+    `frozen`, `grads` and `optimizer_states` dtypes (`precision_report`, elements per dtype, after
+    the last optimizer step); `scaler` (a loss scaler active), `scale`, `skipped_steps`; `updated`
+    (share of the small trained tensors that changed); on CUDA `peak_gib` (peak allocated during
+    loading and training, `torch.cuda.max_memory_allocated`) next to `estimate_gib`
+    (`memory.estimate_memory` for the same rows, no checkpointing, no CUDA overhead); then
+    `packed_vs_padded` in eval mode, and for adapters, with `merge`, `merged_forward`.
+    `method`: "full", "lora", "lora_emb" (LoRA + trained embedding and head copies) or "qlora"."""
+    from .collators import PackedCollator
+    from .lora import add_lora
+    from .memory import estimate_memory
+    from .models import load_model
+    from .training import train_sft
+
+    if method not in GPU_METHODS:
+        raise ValueError(f"method must be one of {GPU_METHODS}, not {method!r}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+    model, tok = load_model(model_id, device=device, quantization="4bit" if method == "qlora" else None,
+                            precision=lane, attn_implementation=attention)
+    config = model.config
+    if method != "full":
+        model = add_lora(model, train_embeddings=method == "lora_emb", verbose=False)
+    before = {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()
+              if p.requires_grad and p.numel() <= 2**16}  # norms, LoRA matrices, the tiny model's layers
+    state, row_length = _TrainingState(), max(len(r["input_ids"]) for r in rows)
+    history = train_sft(model, tok, rows[:steps * rows_per_step], lr=1e-4, max_steps=steps,
+                        batch_size=rows_per_step, warmup=0, logging_steps=1, precision=lane,
+                        collator=PackedCollator(tok.pad_token_id, row_length), callbacks=[state])
+    out = {"losses": [h["loss"] for h in history if "loss" in h]}
+    if cuda:
+        torch.cuda.synchronize(device)
+        out["peak_gib"] = (torch.cuda.max_memory_allocated(device) - start) / 2**30
+    out["finite"] = bool(out["losses"]) and all(map(math.isfinite, out["losses"]))
+    out.update({k: state.report[k] for k in ("trainable", "frozen", "grads", "optimizer_states", "scaler")})
+    out.update(scale=state.scale, skipped_steps=state.skipped)
+    changed = [not torch.equal(p.detach().float().cpu(), before[n]) for n, p in model.named_parameters()
+               if n in before]
+    out["updated"] = sum(changed) / max(len(changed), 1)
+    out["estimate_gib"] = estimate_memory(
+        config, method if method in ("full", "qlora") else "lora", seq_len=row_length, batch=rows_per_step,
+        grad_ckpt=False, dtype_bytes=4 if lane == "fp32" else 2, overhead_gb=0,
+        train_embeddings=method == "lora_emb")["total"]
+    compared = packed_vs_padded(model, tok, rows[:rows_per_step], lane)
+    out.update({f"packed_{k}": compared[k] for k in ("logit_diff", "loss_diff", "leak_diff")})
+    if merge and method != "full":
+        out.update(merged_forward(model, model_id, method, lane, compared["batch"], compared["logits"]))
+    return out
+
+
+def lane_problems(row: dict) -> list[str]:
+    """What a `lane_run` row breaks of the precision policy and packing (empty: every check holds):
+    losses finite, trainable weights and optimizer states fp32, a scaler on the fp16 lane only, some
+    trained weight updated, packed rows within `LEAK_SHARE` of a leak's difference from the padded
+    batch, a merged model finite and in one dtype. A failed run's problem is its error line.
+
+    >>> lane_problems({"lane": "fp16", "finite": True, "trainable": {"fp32": 8}, "scaler": True,
+    ...                "optimizer_states": {"fp16": 16}, "updated": 1.0, "packed_logit_diff": 0.5,
+    ...                "packed_leak_diff": 2.0})
+    ['optimizer states fp16', 'packed rows differ from the padded batch (0.5 vs leak 2)']
+    """
+    if row.get("error"):
+        return [row["error"]]
+    problems = [] if row["finite"] else ["loss not finite"]
+    for key, what in (("trainable", "trainable weights"), ("optimizer_states", "optimizer states")):
+        if set(row[key]) - {"fp32"}:
+            problems.append(f"{what} {', '.join(sorted(set(row[key]) - {'fp32'}))}")
+    if row["scaler"] != (row["lane"] == "fp16"):
+        problems.append("a loss scaler outside the fp16 lane" if row["scaler"] else "no loss scaler on fp16")
+    if not row["updated"]:
+        problems.append("no trained weight changed")
+    if not row["packed_logit_diff"] < LEAK_SHARE * row["packed_leak_diff"]:
+        problems.append(f"packed rows differ from the padded batch ({row['packed_logit_diff']:.3g} vs leak "
+                        f"{row['packed_leak_diff']:.3g})")
+    if "merged_dtypes" in row and (not row["merged_finite"] or len(row["merged_dtypes"]) != 1):
+        problems.append(f"merged model: finite {row['merged_finite']}, dtypes {row['merged_dtypes']}")
+    return problems
+
+
+def _model_source(name: str) -> tuple[str, str | None]:
+    """What `load_model` loads for a bench model name, and the folder to remove afterwards: a random
+    model built offline in fp32 for a `QLORA_ARCHS` / `memory.ARCHITECTURES` name, else the name."""
+    from .memory import ARCHITECTURES
+
+    if name in QLORA_ARCHS or name in ARCHITECTURES:
+        folder = _random_model_folder(name, torch.float32)
+        return folder, folder
+    return name, None
+
+
+def gpu_bench(models=GPU_MODELS, device: str | None = None, lanes=None, attentions=None, methods=GPU_METHODS,
+              steps: int = 5, rows_per_step: int = 4, row_length: int = 1024, budget_s: float = 420.0,
+              log=print) -> list[dict]:
+    """`lane_run` for every model × lane × attention × method (flash variants skip fp32), each in its
+    own try/except: a failure is a row with its `error` line, never the end of the bench; runs due
+    after `budget_s` seconds are recorded as skipped. Every row also holds `device` (the GPU's name),
+    `seconds` and `problems` (`lane_problems`); `log` gets one line per run. Lanes and attentions
+    default to what the device runs (`gpu_lanes`, `gpu_attentions`); merged forwards run with the
+    first attention only. Models: "tiny", "smollm2-135m", a `QLORA_ARCHS` or `memory.ARCHITECTURES`
+    name (random, built offline), a hub id or a folder."""
+    import gc
+    import shutil
+
+    from .attention import is_flash
+    from .models import load_tokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.startswith("cuda")
+    name = torch.cuda.get_device_name(torch.device(device)) if cuda else f"CPU ({platform.machine()}, no GPU)"
+    lanes, attentions = list(lanes or gpu_lanes(device)), list(attentions or gpu_attentions(device))
+    plan = [(m, lane, attn, method) for m in models for lane in lanes for attn in attentions
+            if not (lane == "fp32" and is_flash(attn)) for method in methods]
+    sources, results, t0 = {}, [], time.perf_counter()
+    for i, (m, lane, attn, method) in enumerate(plan, 1):
+        row = {"device": name, "model": m, "lane": lane, "attention": attn, "method": method}
+        t = time.perf_counter()
+        try:
+            if t - t0 > budget_s:
+                raise TimeoutError(f"skipped: the {budget_s:.0f} s budget was spent")
+            if m not in sources:  # build (random models) and pack once per model; a failure fails its runs
+                try:
+                    source, folder = _model_source(m)
+                    tok = load_tokenizer(source, verbose=False)
+                    sources[m] = (source, folder, bench_rows(tok, steps * rows_per_step, row_length))
+                except Exception as e:
+                    sources[m] = e
+            if isinstance(sources[m], Exception):
+                raise sources[m]
+            source, _, rows = sources[m]
+            row.update(lane_run(source, lane, attn, method, rows, steps, rows_per_step, device,
+                                merge=attn == attentions[0]))
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+        finally:
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+        row["seconds"] = time.perf_counter() - t
+        row["problems"] = lane_problems(row)
+        results.append(row)
+        losses = row.get("losses") or [math.nan]
+        log(f"[{i}/{len(plan)}] {m} {lane} {attn} {method}: {'; '.join(row['problems']) or 'ok'} "
+            f"(loss {losses[0]:.3f} → {losses[-1]:.3f}, {row['seconds']:.1f} s)")
+    for entry in sources.values():
+        if not isinstance(entry, Exception) and entry[1]:
+            shutil.rmtree(entry[1], ignore_errors=True)
+    return results
+
+
+def _versions() -> str:
+    import importlib.metadata
+
+    found = []
+    for dist in ("peft", "accelerate", "bitsandbytes", "flash-attn", "kernels"):
+        try:
+            found.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"no {dist}")
+    return ", ".join(found)
+
+
+def _cell(row: dict, key: str, fmt: str = "{:.3g}") -> str:
+    value = row.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, dict):  # dtypes: elements per dtype
+        return ", ".join("uint8 (nf4)" if k == "uint8" else k for k in sorted(value)) or "none"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return fmt.format(value)
+
+
+GPU_COLUMNS = {"model": "model", "lane": "lane", "attention": "attention", "method": "method",
+               "loss first → last": "loss", "trained / frozen": "dtypes", "AdamW states": "states",
+               "loss scaler": "scaler", "peak / estimate GiB (ratio)": "memory",
+               "packed vs padded Δlogit": "diff", "Δloss": "loss_diff", "leaky Δlogit": "leak",
+               "merged model": "merged", "s": "s", "checks": "checks"}
+
+
+def _gpu_cells(r: dict) -> dict:
+    """One `gpu_bench` row as the table's cells (`GPU_COLUMNS`)."""
+    losses, est, peak = r.get("losses") or [], r.get("estimate_gib"), r.get("peak_gib")
+    memory = "" if est is None else f"unmeasured / {est:.3f}"
+    if peak and est:
+        memory = f"{peak:.2f} / {est:.2f} ({peak / est:.2f})"
+    scaler = "" if "scaler" not in r else f"yes, {r['skipped_steps']} skipped" if r["scaler"] else "no"
+    merged = ""
+    if "merged_dtypes" in r:
+        merged = (f"{_cell(r, 'merged_dtypes')}, {'finite' if r['merged_finite'] else 'NOT finite'}, "
+                  f"Δ {r['merged_diff']:.1e}")
+    return {**{k: r[k] for k in ("model", "lane", "attention", "method")},
+            "loss": f"{losses[0]:.3f} → {losses[-1]:.3f}" if losses else "",
+            "dtypes": f"{_cell(r, 'trainable')} / {_cell(r, 'frozen')}" if "trainable" in r else "",
+            "states": _cell(r, "optimizer_states"),
+            "scaler": scaler, "memory": memory, "diff": _cell(r, "packed_logit_diff", "{:.1e}"),
+            "loss_diff": _cell(r, "packed_loss_diff", "{:+.1e}"),
+            "leak": _cell(r, "packed_leak_diff", "{:.2f}"), "merged": merged, "s": f"{r['seconds']:.0f}",
+            "checks": "; ".join(r["problems"]).replace("|", "/") or "ok"}
+
+
+def gpu_section(rows: list[dict], command: str, on_gpu: bool, steps: int, rows_per_step: int,
+                row_length: int) -> str:
+    """The `docs/benchmarks.md` section for `gpu_bench` rows: machine, versions, date, what is measured,
+    one table row per run and a verdict. Run on a CPU (`on_gpu=False`) it says the GPU figures are
+    unmeasured."""
+    table = _md_table([_gpu_cells(r) for r in rows], {title: (k, "{}") for title, k in GPU_COLUMNS.items()})
+    measured = [r for r in rows if "packed_logit_diff" in r]
+    worst = ", ".join(f"{lane} {max(r['packed_logit_diff'] for r in measured if r['lane'] == lane):.1e}"
+                      for lane in dict.fromkeys(r["lane"] for r in measured))
+    leak = min((r["packed_leak_diff"] for r in measured), default=math.nan)
+    ok, errors = sum(not r["problems"] for r in rows), sum(bool(r.get("error")) for r in rows)
+    head = f"## Every lane on a GPU (`{command}`, {datetime.date.today()})\n\n"
+    if not on_gpu:
+        head = (f"## Every lane, CPU smoke run (`{command}`, {datetime.date.today()})\n\n"
+                "**GPU figures: unmeasured.** No GPU ran this section: the fp16 and bf16 lanes\n"
+                "are emulated on the CPU (autocast, and on fp16 a `GradScaler`, as `train_sft` runs\n"
+                "them there), flash-attn is not run, and peak GPU memory is not measured (the estimate\n"
+                "stands alone). On a GPU, `python -m sft_helpers.bench gpu` writes the `gpu` section.\n\n")
+    return head + f"""Machine: {machine()}; {_versions()}. Device: {rows[0]['device'] if rows else '-'}.
+
+Each run loads the model on one lane (`load_model(precision=...)`: the frozen base in the lane's dtype,
+QLoRA's in nf4), trains {steps} steps of {rows_per_step} packed rows of up to {row_length} tokens
+(`PackedCollator`, course conversations, completion-only labels, `train_sft`, LR 1e-4) and records:
+the first and last step's loss; the dtypes of the trained and frozen weights and of AdamW's states
+after the last step (`precision.precision_report`; the policy: whatever trains is fp32); whether a
+loss scaler ran (fp16 only) and how many steps it skipped; on a GPU the peak allocated memory from
+loading through training (`torch.cuda.max_memory_allocated`) next to `memory.estimate_memory` for
+the same rows (no checkpointing, no CUDA overhead). Then, in eval mode under the lane's autocast, the
+first step's samples as one padded batch and as the packed rows: the largest logit difference and
+the loss difference (packed − padded), next to the logit difference of a deliberately leaky forward
+of the same rows (all-ones attention mask: the size of a leak); and for adapters (first attention
+only) the model merged by `lora.merge_adapter` in the lane's dtype: its dtypes, finite logits and
+largest difference from the adapter model. "checks" lists what breaks the policy
+(`bench.lane_problems`), or the error line of a run that failed.
+
+{table}
+
+**{ok} of {len(rows)} runs pass every check; {errors} failed with an error.** Largest packed-vs-padded
+logit difference by lane: {worst or '-'} (a leak shows as ≥ {leak:.1f}).
+"""
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def bench_gpu(args) -> list[dict]:
+    """The `gpu` command: `gpu_bench` with the command line's settings; writes the `gpu` section of
+    `args.out` (`gpu-cpu` when run on a CPU, whose text says the GPU figures are unmeasured) and
+    the rows as JSON next to it (`benchmarks-gpu.json` / `benchmarks-gpu-cpu.json`)."""
+    import json
+
+    from transformers.utils import logging as hf_logging
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.startswith("cuda")
+    steps = args.steps or (3 if args.smoke else 5)
+    rows_per_step = args.rows or (2 if args.smoke else 4)
+    row_length = args.row_length or (64 if args.smoke else 1024)
+    models = args.model or (["tiny"] if args.smoke or not cuda else list(GPU_MODELS))
+    os.environ.setdefault("TQDM_DISABLE", "1")  # one progress line per run instead of bars
+    hf_logging.disable_progress_bar()
+    rows = gpu_bench(models, device, _csv(args.lanes), _csv(args.attn), _csv(args.methods), steps,
+                     rows_per_step, row_length, args.budget_s)
+    shown = [a for i, a in enumerate(args.argv)  # the command as run, without --out
+             if "--out" not in (a.split("=")[0], args.argv[i - 1] if i else "")]
+    section = "gpu" if cuda else "gpu-cpu"
+    body = gpu_section(rows, "python -m sft_helpers.bench " + " ".join(shown), cuda, steps, rows_per_step,
+                       row_length)
+    write_section(section, body, args.out)
+    args.out.with_name(f"benchmarks-{section}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(body)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sft_helpers.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -395,14 +885,33 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--batch", type=int, default=2)
     q.add_argument("--steps", type=int, default=3)
     q.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    g = sub.add_parser("gpu", help="train every lane a few steps: fp16/bf16, sdpa/flash, full/LoRA/QLoRA")
+    g.add_argument("--model", action="append", help="tiny, smollm2-135m, Llama-0.2B or a memory.ARCHITECTURES"
+                   " name (random, built offline), a hub id or a folder; repeat for several (default: "
+                   f"{' and '.join(GPU_MODELS)} on a GPU, tiny on a CPU)")
+    g.add_argument("--steps", type=int, help="training steps per run (default 5; smoke 3: fp16's loss "
+                   "scaler may skip the first ones)")
+    g.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
+    g.add_argument("--smoke", action="store_true", help="tiny model, 3 steps of 2 rows of 64 tokens")
+    g.add_argument("--lanes", help="comma-separated, e.g. fp16,bf16 (default: what the device runs)")
+    g.add_argument("--attn", help="comma-separated attentions (default: sdpa, and flash-attn if installed)")
+    g.add_argument("--methods", default=",".join(GPU_METHODS), help="comma-separated subset of %(default)s")
+    g.add_argument("--rows", type=int, help="packed rows per step (default 4; smoke 2)")
+    g.add_argument("--row-length", type=int, help="tokens per packed row (default 1024; smoke 64)")
+    g.add_argument("--budget-s", type=float, default=420.0, help="runs due after this many seconds: skipped")
+    g.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     one = sub.add_parser("throughput-one", help="(internal) one training_throughput run, JSON in and out")
     one.add_argument("kwargs")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, for the doc
     if args.command == "throughput-one":
         import json
 
         torch.set_num_threads(torch.get_num_threads())
         print(json.dumps(training_throughput(**json.loads(args.kwargs))))
+        return
+    if args.command == "gpu":
+        bench_gpu(args)
         return
     if args.command == "qlora":
         body = bench_qlora(args.arch, args.seq_len, args.batch, args.steps)
