@@ -74,7 +74,8 @@ def training_throughput(method: str, model_id: str = "tiny", n_examples: int = 6
     """Train one epoch over the first `n_examples` training conversations (completion-only labels)
     with `method` in `METHODS` and measure it: real (non-pad) tokens per second, the share of tensor
     slots that were real tokens, steps, peak memory above the start (GPU: allocated; CPU: the peak
-    resident set since a reset just before training) and the validation loss after the epoch.
+    resident set since a reset just before training) and the validation loss after the epoch (on the
+    lane's evaluation items, `sft_helpers.lanes`: the whole split on the tiny lane).
 
     * `padded`: `PaddedCollator`, `BATCH_SAMPLES` random samples per step;
     * `padding_free`: `PaddingFreeCollator`, the same batches flattened (so the same loss);
@@ -85,6 +86,7 @@ def training_throughput(method: str, model_id: str = "tiny", n_examples: int = 6
     """
     from .collators import PackedCollator, PaddedCollator, PaddingFreeCollator
     from .data import load_split
+    from .lanes import lane
     from .masking import build_labels
     from .models import load_model
     from .packing import pack_for_steps
@@ -94,7 +96,7 @@ def training_throughput(method: str, model_id: str = "tiny", n_examples: int = 6
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     model, tok = load_model(model_id)
     train, _ = build_labels(load_split("train")[:n_examples], tok, "completion_only")
-    val, _ = build_labels(load_split("validation"), tok, "completion_only")
+    val, _ = build_labels(lane(model_id).items(load_split("validation")), tok, "completion_only")
     data, batch_size, row_length = train, BATCH_SAMPLES, None
     if method == "padded":
         collate = PaddedCollator(tok.pad_token_id)

@@ -1,13 +1,16 @@
 """`sft-course`: the course's command line.
 
     sft-course run                 execute every notebook in order, headless, into build/
+    sft-course run --model smollm2-135m   the same on another lane, into build/lane-smollm2-135m/
     sft-course build-data          regenerate data/ from the seed (byte for byte)
     sft-course pretrain            pre-train the embedded tiny base (once, ~20 min on 2 CPU cores)
     sft-course sync-install-cell   write the Colab install cell (sft_helpers.colab) into every notebook
 
 `run` executes `notebooks/NN_*.ipynb` in name order with a progress bar per notebook, writes the
 executed copies to `build/notebooks/` and an HTML rendering to `build/html/`, and stops with exit
-status 1 at the first failing cell, naming the notebook, the cell and the error.
+status 1 at the first failing cell, naming the notebook, the cell and the error. With `--model`,
+the notebooks' `MODEL_ID = "tiny"` cell is set to that lane first (`sft_helpers.lanes` gives each
+lane its budget and assertions), and the executed copies go to `build/lane-<model>/`.
 """
 
 from __future__ import annotations
@@ -35,11 +38,34 @@ def course_notebooks(folder: str | Path = "notebooks") -> list[Path]:
     return found
 
 
+MODEL_ID_CELL = re.compile(r'^MODEL_ID = "[^"]*"', re.M)
+
+
+def set_model_id(nb, model_id: str) -> int:
+    """Point a notebook at another lane: rewrite its `MODEL_ID = "..."` cell; returns how many cells
+    changed. A notebook that has no such cell cannot run on another lane: raises ValueError.
+
+    >>> import nbformat
+    >>> nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('MODEL_ID = "tiny"')])
+    >>> set_model_id(nb, "smollm2-135m"), nb.cells[0].source
+    (1, 'MODEL_ID = "smollm2-135m"')
+    """
+    n = 0
+    for cell in nb.cells:
+        if cell.cell_type == "code" and MODEL_ID_CELL.search(cell.source):
+            cell.source = MODEL_ID_CELL.sub(f"MODEL_ID = {model_id!r}".replace("'", '"'), cell.source)
+            n += 1
+    if not n:
+        raise ValueError('no `MODEL_ID = "..."` cell to set')
+    return n
+
+
 def execute_notebook(path: Path, out_dir: Path, timeout: int = 900, progress: bool = True,
-                     in_place: bool = False) -> Path:
+                     in_place: bool = False, model_id: str | None = None) -> Path:
     """Execute one notebook cell by cell (with a progress bar) in its own folder; write the executed
     copy and an HTML rendering under `out_dir` (and back over `path` with `in_place`, for authors
-    committing outputs). Raises `CellFailed` at the first failing cell."""
+    committing outputs). `model_id` runs it on another lane (`set_model_id`). Raises `CellFailed` at
+    the first failing cell."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -47,6 +73,8 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 900, progress: bo
     from tqdm.auto import tqdm
 
     nb = nbformat.read(path, as_version=4)
+    if model_id is not None:
+        set_model_id(nb, model_id)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent.resolve())}})
     code_cells = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
@@ -76,17 +104,22 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 900, progress: bo
     return executed
 
 
-def run_course(notebooks: str | Path = "notebooks", out_dir: str | Path = "build",
-               only: list[str] | None = None, in_place: bool = False) -> int:
-    """Execute the course's notebooks in order; returns a process exit status (0 ok, 1 failed)."""
-    out = Path(out_dir)
+def run_course(notebooks: str | Path = "notebooks", out_dir: str | Path | None = None,
+               only: list[str] | None = None, in_place: bool = False, model_id: str | None = None,
+               timeout: int = 900) -> int:
+    """Execute the course's notebooks in order (on the lane `model_id`, default the notebooks' own);
+    returns a process exit status (0 ok, 1 failed)."""
+    if in_place and model_id not in (None, "tiny"):
+        print("--in-place stores the tiny lane's outputs only (strict nbval compares them)", file=sys.stderr)
+        return 2
+    out = Path(out_dir or ("build" if model_id in (None, "tiny") else f"build/lane-{model_id.replace('/', '--')}"))
     paths = course_notebooks(notebooks)
     if only:
         paths = [p for p in paths if any(p.name.startswith(o) for o in only)]
     for i, path in enumerate(paths, start=1):
         print(f"[{i}/{len(paths)}] {path.name}", flush=True)
         try:
-            execute_notebook(path, out, in_place=in_place)
+            execute_notebook(path, out, timeout=timeout, in_place=in_place, model_id=model_id)
         except CellFailed as e:
             print(f"FAILED {e}", file=sys.stderr)
             return 1
@@ -99,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute every notebook in order into build/")
     run.add_argument("--notebooks", default="notebooks")
-    run.add_argument("--out", default="build")
+    run.add_argument("--out", default=None, help="default build/, or build/lane-MODEL with --model")
+    run.add_argument("--timeout", type=int, default=900, help="seconds a cell may run (default 900)")
+    run.add_argument("--model", default=None, help='a lane: "tiny" (default), "smollm2-135m" or a hub id')
     run.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 00 01")
     run.add_argument("--in-place", action="store_true", help="also store outputs in notebooks/ (authors)")
     data = sub.add_parser("build-data", help="regenerate data/ from the seed")
@@ -111,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     sync.add_argument("--notebooks", default="notebooks")
     args, rest = ap.parse_known_args(argv)
     if args.command == "run":
-        return run_course(args.notebooks, args.out, args.only, args.in_place)
+        return run_course(args.notebooks, args.out, args.only, args.in_place, args.model, args.timeout)
     if args.command == "sync-install-cell":
         from .colab import sync_install_cell
         for path in sync_install_cell(course_notebooks(args.notebooks)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .data import load_split
 from .evaluate import chat_eval
+from .lanes import lane
 from .masking import build_labels, drop_end_of_turn
 from .models import load_model
 from .training import train_sft
@@ -22,14 +23,19 @@ def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", promp
     validation split's *response tokens only* (completion-only labels), the same tokens for every
     variant, so the curves are comparable. The test split is then answered greedily (`chat_eval`).
     Returns `{"history", "val_response_loss", "scores", "label_report"}` (and the trained `model`).
+    Steps and evaluation sets are capped by the lane's budget (`sft_helpers.lanes`).
     """
+    budget = lane(model_id)
+    steps = budget.steps(steps)
+    eval_every = max(1, min(eval_every, steps))
     model, tok = load_model(model_id)
     train, report = build_labels(train_records or load_split("train"), tok, mode, prompt_weight=prompt_weight)
-    val, _ = build_labels(load_split("validation"), tok, "completion_only")
-    history = train_sft(model, tok, train, val, lr=lr, max_steps=steps, batch_size=batch_size, seed=seed,
-                        eval_steps=eval_every, logging_steps=eval_every)
+    val, _ = build_labels(budget.items(load_split("validation")), tok, "completion_only")
+    history = train_sft(model, tok, train, val, lr=lr, max_steps=steps, batch_size=budget.batch(batch_size),
+                        seed=seed, eval_steps=eval_every, logging_steps=eval_every)
     return {"history": history, "val_response_loss": [h for h in history if "eval_loss" in h][-1]["eval_loss"],
-            "scores": chat_eval(model, tok, load_split("test")), "label_report": report, "model": model}
+            "scores": chat_eval(model, tok, budget.items(load_split("test"))), "label_report": report,
+            "model": model}
 
 
 def variant_table(results: dict[str, dict], tasks: list[str] | None = None) -> str:
@@ -78,9 +84,7 @@ def learning_rate(model_id: str, method: str) -> float:
     >>> learning_rate("tiny", "qlora"), learning_rate("Qwen/Qwen2.5-0.5B", "full")
     (0.003, 2e-05)
     """
-    if model_id == "tiny":
-        return 1e-3 if method == "full" else 3e-3
-    return 2e-5 if method == "full" else 2e-4
+    return lane(model_id).lr(method)
 
 
 def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None = None, steps: int = 150,
@@ -90,7 +94,8 @@ def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None
     (completion-only labels, packed rows in shuffled order, two rows per step holding about
     `samples_per_step` conversations) and measure it: validation loss curve, test-split `chat_eval`,
     trainable / total parameters, the model's memory footprint, the training time and, on a GPU, the
-    peak allocated memory. `lr` defaults to `learning_rate(model_id, method)`.
+    peak allocated memory. `lr` defaults to `learning_rate(model_id, method)`. Steps and evaluation
+    sets are capped by the lane's budget (`sft_helpers.lanes`).
     Returns a dict with `history`, `val_response_loss`, `scores`, `trainable`, `total`,
     `footprint_mb`, `seconds`, `peak_gpu_gib`, `row_length` and the trained `model` and `tokenizer`.
     """
@@ -104,13 +109,16 @@ def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None
 
     if method not in ("full", "lora", "qlora"):
         raise ValueError(f"method must be 'full', 'lora' or 'qlora', not {method!r}")
+    budget = lane(model_id)
+    steps = budget.steps(steps)
+    eval_every = max(1, min(eval_every, steps))
     model, tok = load_model(model_id, quantization="4bit" if method == "qlora" else None,
                             gradient_checkpointing=gradient_checkpointing)
     if method != "full":
         model = add_lora(model, r=r, alpha=2 * r, train_embeddings=train_embeddings, seed=seed, verbose=False)
     train, _ = build_labels(load_split("train"), tok, "completion_only")
-    val, _ = build_labels(load_split("validation"), tok, "completion_only")
-    rows, row = pack_for_steps(train, samples_per_step, shuffle_seed=seed)
+    val, _ = build_labels(budget.items(load_split("validation")), tok, "completion_only")
+    rows, row = pack_for_steps(train, budget.batch(samples_per_step), shuffle_seed=seed)
     cuda = model.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -120,7 +128,7 @@ def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None
     seconds = time.perf_counter() - start
     trainable, total = trainable_parameters(model)
     return {"history": history, "val_response_loss": [h for h in history if "eval_loss" in h][-1]["eval_loss"],
-            "scores": chat_eval(model, tok, load_split("test")), "trainable": trainable, "total": total,
+            "scores": chat_eval(model, tok, budget.items(load_split("test"))), "trainable": trainable, "total": total,
             "footprint_mb": footprint_mb(model), "seconds": seconds, "row_length": row,
             "peak_gpu_gib": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
             "model": model, "tokenizer": tok}
@@ -135,7 +143,8 @@ def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None 
     `examples`), with the end-of-turn token left out of the labels when `train_eos=False`, plus a
     `replay` share of plain pre-training text (full labels) mixed in. Runs `steps` steps (or, with
     `steps=-1`, `epochs` epochs) of two packed rows holding about `samples_per_step` examples.
-    Returns `model`, `tokenizer`, `history`.
+    Returns `model`, `tokenizer`, `history`. Steps and evaluation examples are capped by the lane's
+    budget (`sft_helpers.lanes`).
     """
     import random
 
@@ -143,6 +152,11 @@ def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None 
     from .data import load_pretraining_corpus
     from .packing import pack_for_steps
 
+    budget = lane(model_id)
+    steps = budget.steps(steps)
+    eval_every = eval_every and max(1, min(eval_every, budget.steps(eval_every)))
+    if eval_examples is not None:
+        eval_examples = budget.items(eval_examples)
     model, tok = load_model(model_id)
     if examples is None:
         examples, _ = build_labels(records, tok, "completion_only")
@@ -154,11 +168,33 @@ def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None 
         picked = rng.sample(docs, int(len(examples) * replay / (1 - replay)))
         texts = [tok(d, truncation=True, max_length=256)["input_ids"] for d in picked]
         examples = examples + [{"input_ids": ids, "labels": list(ids)} for ids in texts]
-    rows, row = pack_for_steps(examples, samples_per_step, shuffle_seed=seed)
+    rows, row = pack_for_steps(examples, budget.batch(samples_per_step), shuffle_seed=seed)
     history = train_sft(model, tok, rows, eval_examples, lr=lr, max_steps=steps, epochs=epochs, batch_size=2,
                         seed=seed, warmup=warmup, eval_steps=eval_every, logging_steps=logging_steps,
                         collator=PackedCollator(tok.pad_token_id, row), early_stopping_patience=early_stopping_patience)
     return {"model": model, "tokenizer": tok, "history": history}
+
+
+def update_share_by_precision(model_id: str = "tiny", lr: float = 2e-5, n_examples: int = 4,
+                              max_length: int = 64, seed: int = 0) -> dict[str, float]:
+    """Lesson 03's cost of pure bf16: one AdamW step at `lr` from the same bf16 weights, kept as an fp32
+    master copy (mixed precision, the default) or in bf16 (`pure_bf16=True`); returns the share of
+    trainable weights whose stored value changed. Adam's first step moves every weight by about `lr`,
+    so fp32 keeps (nearly) all of them; bf16, with 8 bits of mantissa, rounds away every update
+    smaller than half a unit in the last place of the weight.
+    """
+    from .precision import update_share
+
+    records = load_split("train")[:n_examples]
+    shares = {}
+    for name, pure in (("mixed precision (fp32 master)", False), ("pure bf16", True)):
+        model, tok = load_model(model_id, precision="bf16")
+        examples, _ = build_labels(records, tok, "completion_only", max_length=max_length)
+        before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+        train_sft(model, tok, examples, lr=lr, max_steps=1, batch_size=n_examples, warmup=0, weight_decay=0.0,
+                  seed=seed, pure_bf16=pure)
+        shares[name] = update_share(before, model)
+    return shares
 
 
 # lesson 04: prompt formats other than the chat template the model was trained with

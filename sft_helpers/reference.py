@@ -23,7 +23,7 @@ import logging
 import tempfile
 import warnings
 
-from .masking import IGNORE, LABELLERS
+from .masking import IGNORE, LABELLERS, has_generation_markers
 
 
 def trl_sft_config(**kwargs):
@@ -121,7 +121,9 @@ def trl_completion_masks(tokenizer, conversations: list[list[dict]]) -> list[tup
 
 def agreement_with_trl(tokenizer, conversations: list[list[dict]], mode: str) -> tuple[int, int]:
     """How many conversations get exactly TRL's tokens and loss mask from our builders, out of how
-    many. `mode`: "completion_only" or "assistant_only".
+    many. `mode`: "completion_only" or "assistant_only". For a template without `{% generation %}`
+    markers, TRL's assistant masks come from the same template with markers (`generation_template`:
+    TRL's own twin or the ChatML patch, proven to render byte-identically); it raises where none is.
 
     >>> from sft_helpers.models import load_tokenizer
     >>> agreement_with_trl(load_tokenizer("tiny"), [[{"role": "user", "content": "Hi"},
@@ -129,7 +131,15 @@ def agreement_with_trl(tokenizer, conversations: list[list[dict]], mode: str) ->
     (1, 1)
     """
     reference = {"completion_only": trl_completion_masks, "assistant_only": trl_assistant_masks}[mode]
-    theirs = reference(tokenizer, conversations)
+    reference_tokenizer = tokenizer
+    if mode == "assistant_only" and not has_generation_markers(tokenizer.chat_template):
+        # TRL refuses a template without markers (SmolLM2's): give it the byte-identical template with
+        # markers (TRL's own twin, or the ChatML patch) while ours reads the shipped one
+        from .masking import generation_template
+        from .templates import with_template
+
+        reference_tokenizer = with_template(tokenizer, generation_template(tokenizer.chat_template)[0])
+    theirs = reference(reference_tokenizer, conversations)
     same = 0
     for msgs, (ids, mask) in zip(conversations, theirs):
         ours = LABELLERS[mode](tokenizer, msgs)
