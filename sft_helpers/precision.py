@@ -134,6 +134,6 @@ def update_share(before: dict[str, torch.Tensor], model) -> float:
     changed = total = 0
     for n, p in model.named_parameters():
         if n in before:
-            changed += (p.detach() != before[n]).sum().item()
+            changed += (p.detach().float() != before[n].float()).sum().item()
             total += p.numel()
     return changed / max(total, 1)
