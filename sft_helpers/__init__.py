@@ -10,7 +10,8 @@ weight, gradient and optimizer state per lane), `lanes` (per-lane budgets and as
 `templates` (chat-template families, TRL's training twins; `python -m sft_helpers.templates`),
 `reference` (TRL's own masks,
 packing and adapters, the oracle), `experiments` (seeded lesson runs), `bench` (benchmark commands
-writing `docs/benchmarks.md`), `course` (running every notebook headless).
+writing `docs/benchmarks.md`), `course` (running every notebook headless), `train` (`sft-train
+CONFIG.yaml`: the helpers as a config-driven trainer, exact under data parallelism).
 """
 
 import logging

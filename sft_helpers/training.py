@@ -26,15 +26,25 @@ class WeightedLossTrainer(Trainer):
     loss_is_scaled_for_ga = True  # compute_loss already divides by the accumulated token count
 
     def _get_num_items_in_batch(self, batch_samples, device):
+        """Target tokens (or their total weight) of the whole accumulated batch, over every
+        data-parallel process, divided by the number of processes. Each process's loss is then
+        (its token losses) * processes / (all target tokens), and DDP's mean of the processes'
+        gradients is the gradient of the one-process loss over all the batches: exact, whatever
+        each process's share of target tokens (transformers gathers the count the same way and
+        multiplies the loss by the processes instead). `average_tokens_across_devices=False`
+        keeps each process's own count (a mean of per-process means)."""
         if not batch_samples or "labels" not in batch_samples[0]:
             return None
-        total = 0.0
+        total = torch.zeros((), device=device)
         for b in batch_samples:
             w = (b["labels"][..., 1:] != IGNORE).float()
             if "loss_weights" in b:
                 w = w * b["loss_weights"][..., 1:]
-            total += w.sum()
-        return torch.as_tensor(total, device=device)
+            total += w.sum().to(device)
+        processes = self.accelerator.num_processes
+        if processes > 1 and self.args.average_tokens_across_devices:
+            total = self.accelerator.gather(total).sum() / processes
+        return total
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")

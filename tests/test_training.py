@@ -1,5 +1,7 @@
 """`train_sft`: learns, normalises the loss per token across gradient accumulation, logs eval loss."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -58,6 +60,7 @@ def test_num_items_counts_weights_of_targets():
     labels = torch.tensor([[5, -100, 7, 8], [1, 2, -100, -100]])
     weights = torch.tensor([[1.0, 0.1, 0.1, 1.0], [0.5, 0.5, 0.0, 0.0]])
     trainer = WeightedLossTrainer.__new__(WeightedLossTrainer)
+    trainer.accelerator = SimpleNamespace(num_processes=1)  # one process: the local count
     got = trainer._get_num_items_in_batch([{"labels": labels, "loss_weights": weights}], "cpu")
     assert got.item() == pytest.approx(0.1 + 1.0 + 0.5)  # position 0 is never a target
     got = trainer._get_num_items_in_batch([{"labels": labels}], "cpu")

@@ -1,0 +1,678 @@
+"""`sft-train CONFIG.yaml [--key value ...]`: the course's recipe as a config-driven trainer.
+
+One flat YAML file of the keys in `FIELDS` (model, data, labels, batching, method, hyperparameters,
+evaluation, checkpoints, output); `--key value` on the command line overrides a key. The config is
+checked before anything loads (`check_config`: an unknown key names the closest valid one, a wrong type
+or value names the key and why; every problem at once). Then the data are read and labelled, and
+`preflight`'s findings and the memory estimate for this device are printed; `--dry-run` stops there
+(exit 1 when there are errors, and a real run refuses to start on them). Training is `train_sft`; the
+run folder (`output_dir`) receives `config.yaml` (the resolved config), `log_history.jsonl`,
+`loss.png`, the adapter and/or model, and `chat_eval.json` when a `test` file is given.
+
+Under `torchrun` or `accelerate launch` every process runs this same command (the loss stays the
+one-process token-weighted loss, `WeightedLossTrainer`); only the main process prints and writes.
+Example configs ship in `sft_helpers/configs/` (`python -m sft_helpers.train --list`).
+
+>>> check_config({"train": "x.jsonl", "batch_sise": 4})
+Traceback (most recent call last):
+...
+sft_helpers.train.ConfigError: bad config:
+  unknown key 'batch_sise' (did you mean 'batch_size'?)
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key: its type(s), default, allowed values (or a check returning why a value is
+    wrong) and a one-line description."""
+
+    kind: tuple
+    default: object
+    doc: str
+    choices: tuple | None = None
+    check: object = None
+
+
+def _positive(v):
+    return None if v > 0 else "must be > 0"
+
+
+def _at_least_one(v):
+    return None if v >= 1 else "must be >= 1"
+
+
+def _non_negative(v):
+    return None if v >= 0 else "must be >= 0"
+
+
+def _fraction(v):
+    return None if 0 < v < 1 else "must be between 0 and 1 (exclusive)"
+
+
+def _unit(v):
+    return None if 0 <= v <= 1 else "must be between 0 and 1"
+
+
+STR, INT, NUM, BOOL, NONE, LIST = (str,), (int,), (int, float), (bool,), (type(None),), (list,)
+FIELDS: dict[str, Field] = {
+    # model
+    "model": Field(STR, "tiny", "'tiny', 'smollm2-135m', a hub id or a local folder"),
+    "device": Field(STR, "auto", "'auto' (a GPU when there is one), 'cpu' or 'cuda'",
+                    ("auto", "cpu", "cuda")),
+    "precision": Field(STR + NONE, None, "'fp32', 'fp16', 'bf16'; null: the device's",
+                       ("fp32", "fp16", "bf16", None)),
+    "gradient_checkpointing": Field(BOOL, False, "recompute activations in the backward pass (less memory)"),
+    # data
+    "train": Field(STR + LIST, None,
+                   "JSONL file(s) of {'messages': [...]} records, or a saved datasets folder"),
+    "validation": Field(STR + LIST + NONE, None, "validation JSONL file(s) or datasets folder"),
+    "validation_fraction": Field(NUM + NONE, None, "hold out this share of `train` (when no `validation`)",
+                                 check=_fraction),
+    "test": Field(STR + LIST + NONE, None, "conversations answered greedily after training (chat_eval)"),
+    "max_train_examples": Field(INT + NONE, None, "use at most this many training records",
+                                check=_at_least_one),
+    "max_eval_examples": Field(INT + NONE, 64, "use at most this many validation and test records",
+                               check=_at_least_one),
+    "bad_records": Field(STR, "error", "malformed records: 'error' (stop) or 'skip' (drop, with a warning)",
+                         ("error", "skip")),
+    "template": Field(STR + NONE, None,
+                      "chat template: a Jinja file, or the template itself; null: the tokenizer's"),
+    # labels
+    "mask": Field(STR, "completion_only", "which tokens are trained",
+                  ("full", "completion_only", "assistant_only")),
+    "prompt_weight": Field(NUM + NONE, None, "train the prompt with this weight instead (0..1)", check=_unit),
+    "max_length": Field(INT, 1024, "longest example in tokens", check=_at_least_one),
+    "truncation": Field(STR, "keep_start", "over-long examples", ("keep_start", "keep_end", "drop")),
+    # batching
+    "batching": Field(STR, "packed", "padded / packed rows / padding-free",
+                      ("padded", "packed", "padding_free")),
+    "batch_size": Field(INT, 2, "examples (packed: rows) per device per micro-batch", check=_at_least_one),
+    "grad_accum": Field(INT, 1, "micro-batches per optimizer step", check=_at_least_one),
+    "samples_per_step": Field(INT + NONE, None, "packed: size rows so each step holds about this many "
+                              "examples "
+                              "(null: rows of max_length)", check=_at_least_one),
+    # method
+    "method": Field(STR, "qlora", "full fine-tuning, LoRA or QLoRA (4-bit base)", ("full", "lora", "qlora")),
+    "lora_r": Field(INT, 16, "LoRA rank", check=_at_least_one),
+    "lora_alpha": Field(NUM, 32, "LoRA scale numerator (scale = alpha / r)", check=_positive),
+    "lora_dropout": Field(NUM, 0.05, "dropout on the adapters' input", check=_unit),
+    "lora_targets": Field(STR + LIST, "all-linear", "modules that get adapters"),
+    "train_embeddings": Field(BOOL, False, "LoRA/QLoRA: also train the embeddings and output head"),
+    # hyperparameters
+    "lr": Field(NUM, 2e-4, "peak learning rate", check=_positive),
+    "schedule": Field(STR, "cosine", "after warmup: cosine decay or constant", ("cosine", "constant")),
+    "warmup": Field(NUM, 0.05, "warmup: a fraction of the steps, or a step count when >= 1",
+                    check=_non_negative),
+    "epochs": Field(NUM, 1.0, "passes over the data (ignored when max_steps is set)", check=_positive),
+    "max_steps": Field(INT, -1, "optimizer steps; -1: by epochs"),
+    "weight_decay": Field(NUM, 0.01, "AdamW weight decay", check=_non_negative),
+    "max_grad_norm": Field(NUM, 1.0, "gradient clipping norm (0: off)", check=_non_negative),
+    "seed": Field(INT, 0, "seed of the adapters' initialisation, the data order and the split"),
+    "logging_steps": Field(INT, 10, "log the training loss every N steps", check=_at_least_one),
+    # eval, checkpoints, output
+    "eval_steps": Field(INT + NONE, None, "validation loss every N steps (null: logging_steps)",
+                        check=_at_least_one),
+    "early_stopping_patience": Field(INT + NONE, None, "stop after N evaluations without improvement",
+                                     check=_at_least_one),
+    "save_steps": Field(INT + NONE, None, "checkpoint every N steps into output_dir/checkpoints",
+                        check=_at_least_one),
+    "resume": Field(BOOL + STR + NONE, None, "resume from a checkpoint folder, or true: the latest one"),
+    "output_dir": Field(STR, "runs/sft", "the run folder"),
+    "save": Field(STR, "adapter", "what to keep: the adapter, the merged model, both; 'model' for full",
+                  ("adapter", "merged", "both", "model")),
+    "max_new_tokens": Field(INT, 48, "chat_eval: longest generated reply", check=_at_least_one),
+}
+# other trainers' names for our keys (TRL / transformers / axolotl), for the error message
+ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+           "micro_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+           "model_name_or_path": "model", "base_model": "model", "max_seq_length": "max_length",
+           "sequence_len": "max_length", "lr_scheduler_type": "schedule", "warmup_ratio": "warmup",
+           "warmup_steps": "warmup", "lora_target_modules": "lora_targets", "num_epochs": "epochs",
+           "packing": "batching", "dataset": "train", "datasets": "train",
+           "val_set_size": "validation_fraction",
+           "resume_from_checkpoint": "resume", "completion_only_loss": "mask", "assistant_only_loss": "mask"}
+
+
+class ConfigError(ValueError):
+    """A config that must not train: one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("bad config:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _type_name(kind: tuple) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true/false", type(None): "null",
+             list: "a list"}
+    return " or ".join(dict.fromkeys(names[k] for k in kind if not (k is int and float in kind)))
+
+
+def _coerce(key: str, value, field: Field):
+    """`value` as `field`'s type, or raise ValueError saying why. A number written as a string
+    becomes a number (PyYAML reads `1e-4` as a string); true/false is never a number; a
+    comma-separated string becomes a list where a list is allowed (`--train a.jsonl,b.jsonl`)."""
+    number = float in field.kind or int in field.kind
+    if isinstance(value, str) and number and str not in field.kind:
+        try:
+            as_float = float(value)
+            value = as_float if float in field.kind or not as_float.is_integer() else int(as_float)
+        except ValueError:
+            pass
+    if isinstance(value, str) and list in field.kind and "," in value:
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    wrong_bool = isinstance(value, bool) and bool not in field.kind
+    if wrong_bool or not isinstance(value, field.kind):
+        raise ValueError(f"{key}: expected {_type_name(field.kind)}, got {value!r} ({type(value).__name__})")
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key}: expected a list of strings, got {value!r}")
+    if field.choices is not None and value not in field.choices:
+        allowed = ", ".join(repr(c) if c is not None else "null" for c in field.choices)
+        close = difflib.get_close_matches(str(value), [str(c) for c in field.choices if c is not None], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{key}: must be one of {allowed}, not {value!r}{hint}")
+    if field.check is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        why = field.check(value)
+        if why:
+            raise ValueError(f"{key}: {why}, not {value!r}")
+    return value
+
+
+def check_config(raw: dict) -> dict:
+    """The full config (defaults filled in) from `raw`, or a `ConfigError` listing every problem:
+    unknown keys (with the closest valid key), wrong types or values (the key and why), and keys
+    that contradict each other.
+
+    >>> cfg = check_config({"train": "data/sft_train.jsonl", "lr": "1e-3", "method": "lora"})
+    >>> cfg["lr"], cfg["batching"]
+    (0.001, 'packed')
+    >>> check_config({"train": "x.jsonl", "batching": "pack"})
+    Traceback (most recent call last):
+    ...
+    sft_helpers.train.ConfigError: bad config:
+      batching: must be one of 'padded', 'packed', 'padding_free', not 'pack' (did you mean 'packed'?)
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError([f"the config must be a mapping of keys to values, not {type(raw).__name__}"])
+    problems, cfg = [], {}
+    for key, value in raw.items():
+        if key not in FIELDS:
+            close = ALIASES.get(key) or next(iter(difflib.get_close_matches(str(key), FIELDS, n=1)), None)
+            problems.append(f"unknown key {key!r}" + (f" (did you mean {close!r}?)" if close else
+                                                      f"; valid keys: {', '.join(FIELDS)}"))
+            continue
+        try:
+            cfg[key] = _coerce(key, value, FIELDS[key])
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        raise ConfigError(problems)
+    cfg = {k: cfg.get(k, f.default) for k, f in FIELDS.items()}
+    if not cfg["train"]:
+        problems.append("train: required (a JSONL file, a list of them, or a saved datasets folder)")
+    if cfg["validation"] and cfg["validation_fraction"]:
+        problems.append("validation_fraction: set either `validation` or `validation_fraction`, not both")
+    if cfg["early_stopping_patience"] and not (cfg["validation"] or cfg["validation_fraction"]):
+        problems.append("early_stopping_patience: needs a `validation` set or `validation_fraction`")
+    if cfg["method"] == "full" and cfg["save"] != "model":
+        problems.append(f"save: full fine-tuning has no adapter, use save: model (not {cfg['save']!r})")
+    if cfg["method"] != "full" and cfg["save"] == "model":
+        problems.append(f"save: {cfg['method']} trains an adapter: 'adapter', 'merged' or 'both', "
+                        "not 'model'")
+    if cfg["method"] == "full" and cfg["train_embeddings"]:
+        problems.append("train_embeddings: only for lora/qlora (full fine-tuning trains them already)")
+    if cfg["prompt_weight"] is not None and cfg["mask"] != "completion_only":
+        problems.append("prompt_weight: weights the prompt of completion-only labels; "
+                        f"mask is {cfg['mask']!r}")
+    if cfg["samples_per_step"] and cfg["batching"] != "packed":
+        problems.append(f"samples_per_step: only for batching: packed (not {cfg['batching']!r})")
+    if cfg["max_steps"] == 0 or cfg["max_steps"] < -1:
+        problems.append(f"max_steps: must be >= 1, or -1 to train by epochs, not {cfg['max_steps']}")
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    """Read a YAML config (a path, or the name of a shipped one in `sft_helpers/configs/`), apply
+    `--key value` overrides (values read as YAML) and `check_config` the result.
+
+    >>> load_config("qlora-tiny", ["--lr", "1e-3"])["lr"]
+    0.001
+    """
+    import yaml
+
+    raw = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists() and (CONFIGS / f"{path}.yaml").exists():
+            p = CONFIGS / f"{path}.yaml"
+        if not p.exists():
+            shipped = ", ".join(sorted(f.stem for f in CONFIGS.glob("*.yaml")))
+            raise ConfigError([f"config file {str(path)!r} not found (shipped configs: {shipped})"])
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError([f"{p}: not valid YAML: {e}"]) from None
+        if isinstance(raw, dict):
+            raw = _relative_paths(raw, p)
+    overrides = list(overrides or [])
+    problems = []
+    while overrides:
+        flag = overrides.pop(0)
+        if not flag.startswith("--") or not overrides or overrides[0].startswith("--"):
+            problems.append(f"override {flag!r}: expected --key value")
+            continue
+        value = overrides.pop(0)
+        try:
+            raw[flag[2:].replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raw[flag[2:].replace("-", "_")] = value
+    if problems:
+        raise ConfigError(problems)
+    return check_config(raw)
+
+
+def _relative_paths(raw: dict, config_path: Path) -> dict:
+    """Data paths written relative to a shipped config mean the course data: `data/x.jsonl` in a
+    shipped config resolves to the package's data folder when it is not in the working directory."""
+    from .data import data_path
+
+    out = dict(raw)
+    for key in ("train", "validation", "test"):
+        value = out.get(key)
+        paths = value if isinstance(value, list) else [value]
+        if config_path.resolve().parent == CONFIGS and all(isinstance(v, str) for v in paths):
+            fixed = [str(data_path(v[5:])) if v.startswith("data/") and not Path(v).exists() else v
+                     for v in paths]
+            out[key] = fixed if isinstance(value, list) else fixed[0]
+    return out
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def read_records(source) -> tuple[list[dict], list[str]]:
+    """Records from JSONL file(s) or a saved `datasets` folder (its `train` split, or the only one);
+    returns `(records, bad)` where `bad` names each malformed record (`file:line: reason`).
+
+    >>> from sft_helpers.data import data_path
+    >>> records, bad = read_records(str(data_path("sft_test.jsonl")))
+    >>> len(records) > 0, bad
+    (True, [])
+    """
+    from .data import conversation_problems, load_conversations
+
+    records, bad = [], []
+    for path in source if isinstance(source, list) else [source]:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"data file or folder {str(path)!r} does not exist")
+        if p.is_dir():
+            from datasets import DatasetDict, load_from_disk
+
+            ds = load_from_disk(str(p))
+            if isinstance(ds, DatasetDict):
+                ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+            for i, r in enumerate(ds):
+                problems = conversation_problems(r)
+                if problems:
+                    bad.append(f"{p}[{i}]: " + "; ".join(problems))
+                else:
+                    records.append(r)
+        else:
+            good, report = load_conversations(p, on_error="skip")
+            records += good
+            bad += report.skipped
+    return records, bad
+
+
+def split_validation(records: list[dict], fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """`(train, validation)`: a seeded random `fraction` of `records` held out (at least one).
+
+    >>> train, val = split_validation([{"id": i} for i in range(10)], 0.2)
+    >>> len(train), len(val)
+    (8, 2)
+    """
+    import random
+
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n = max(1, round(fraction * len(records)))
+    held = set(order[:n])
+    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
+
+
+def prepare(cfg: dict, tokenizer) -> dict:
+    """Read, split and label the data of `cfg`: `{"records", "train", "validation", "test",
+    "bad", "label_report"}` (`train`/`validation` labelled; `bad` the malformed records' reasons)."""
+    from .masking import build_labels
+
+    records, bad = read_records(cfg["train"])
+    if cfg["max_train_examples"]:
+        records = records[:cfg["max_train_examples"]]
+    val_records, test_records = [], []
+    if cfg["validation"]:
+        val_records, val_bad = read_records(cfg["validation"])
+        bad += val_bad
+    elif cfg["validation_fraction"]:
+        records, val_records = split_validation(records, cfg["validation_fraction"], cfg["seed"])
+    if cfg["test"]:
+        test_records, test_bad = read_records(cfg["test"])
+        bad += test_bad
+    n = cfg["max_eval_examples"]
+    val_records, test_records = val_records[:n], test_records[:n]
+    train, report = build_labels(records, tokenizer, cfg["mask"], max_length=cfg["max_length"],
+                                 truncation=cfg["truncation"], prompt_weight=cfg["prompt_weight"],
+                                 on_error="skip")
+    # the validation loss is always on the responses (completion-only), comparable across masks
+    val, _ = build_labels(val_records, tokenizer, "completion_only", max_length=cfg["max_length"],
+                          truncation=cfg["truncation"], on_error="skip")
+    return {"records": records, "train": train, "validation": val, "test": test_records, "bad": bad,
+            "label_report": report}
+
+
+# --- preflight -----------------------------------------------------------------------------------
+
+def device_of(cfg: dict) -> str:
+    """The device this process trains on: `cfg["device"]`, with 'auto' a GPU when there is one; under
+    torchrun / accelerate each process takes the GPU of its `LOCAL_RANK`."""
+    import torch
+
+    device = cfg["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    return device
+
+
+def memory_estimate(cfg: dict, model_config, device: str, row_length: int) -> tuple[dict, float | None]:
+    """`(estimate_memory(...), capacity in GiB)` for this run's model, method and micro-batch on
+    `device` (the GPU's memory, or the machine's RAM on a CPU)."""
+    import torch
+
+    from .memory import estimate_memory
+
+    cpu = not device.startswith("cuda")
+    bytes_ = 4 if cpu or cfg["precision"] == "fp32" else 2
+    est = estimate_memory(model_config, cfg["method"], seq_len=row_length, batch=cfg["batch_size"],
+                          grad_ckpt=cfg["gradient_checkpointing"], r=cfg["lora_r"], dtype_bytes=bytes_,
+                          overhead_gb=0.0 if cpu else 1.0,
+                          train_embeddings=cfg["train_embeddings"] and cfg["method"] != "full")
+    if cpu:
+        capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    else:
+        capacity = torch.cuda.get_device_properties(torch.device(device)).total_memory / 1024**3
+    return est, capacity
+
+
+def run_preflight(cfg: dict, tokenizer, data: dict, model_config, device: str, verbose: bool = True) -> list:
+    """`preflight`'s findings for this run, plus malformed records (errors unless `bad_records: skip`),
+    an empty training set, and the memory estimate against the device (an error when it does not fit
+    a GPU); prints the report and the estimate."""
+    from .diagnostics import Finding, preflight
+
+    extra = []
+    if data["bad"]:
+        shown = "".join(f"\n      {b}" for b in data["bad"][:5]) + (
+            f"\n      ... and {len(data['bad']) - 5} more" if len(data["bad"]) > 5 else "")
+        severity = "warning" if cfg["bad_records"] == "skip" else "error"
+        skipped = " (skipped)" if severity == "warning" else ""
+        extra.append(Finding(severity, "malformed records",
+                             f"{len(data['bad'])} record(s) are not valid chat "
+                             f"conversations{skipped}:{shown}",
+                             "fix them, or set bad_records: skip to train without them"))
+    if not data["train"]:
+        extra.append(Finding("error", "no training examples", "no example is left after labelling "
+                             f"({len(data['label_report'].dropped)} dropped)",
+                             "check the data, mask and max_length"))
+    elif data["label_report"].dropped:
+        extra.append(Finding("warning", "dropped examples", str(data["label_report"]).replace("\n", "\n    "),
+                             "check the mask mode and max_length"))
+    params = _params(model_config)
+    findings = preflight(data["records"], tokenizer, data["train"] or None, lr=cfg["lr"],
+                         method=cfg["method"], warmup=cfg["warmup"], epochs=cfg["epochs"],
+                         max_length=cfg["max_length"],
+                         model_params=params, verbose=False)
+    try:
+        est, capacity = memory_estimate(cfg, model_config, device, row_length(cfg, data["train"]))
+    except (AttributeError, KeyError, ValueError) as e:  # an architecture the estimator does not know
+        est, capacity = None, None
+        extra.append(Finding("info", "memory", f"no estimate for model_type "
+                             f"{getattr(model_config, 'model_type', '?')!r} ({e})"))
+    if est is not None and est["total"] > capacity:
+        extra.append(Finding("error" if device.startswith("cuda") else "warning", "memory",
+                             f"the estimate ({est['total']:.2f} GiB) exceeds {device}'s {capacity:.1f} GiB",
+                             "lower batch_size or max_length, use qlora, or gradient_checkpointing: true"))
+    findings = sorted(extra + findings, key=lambda f: ("error", "warning", "info").index(f.severity))
+    if verbose:
+        counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
+        print(f"preflight: {len(data['records'])} records, {len(data['train'])} training examples, "
+              f"{len(data['validation'])} validation, {len(data['test'])} test; {counts['error']} errors, "
+              f"{counts['warning']} warnings, {counts['info']} notes")
+        for f in findings:
+            print(f)
+    if verbose and est is not None:
+        parts = ", ".join(f"{k} {est[k]:.3f}" for k in ("weights", "adapters", "gradients", "optimizer",
+                                                          "activations", "logits", "overhead") if est[k])
+        print(f"memory: ~{est['total']:.2f} GiB estimated on {device} (capacity {capacity:.1f} GiB) for "
+              f"{cfg['method']}, {cfg['batch_size']} x {row_length(cfg, data['train'])} tokens: {parts}")
+    return findings
+
+
+def _params(model_config) -> int | None:
+    from .memory import parameter_counts
+
+    try:
+        return parameter_counts(model_config)["total"]
+    except AttributeError:
+        return None
+
+
+def row_length(cfg: dict, train: list[dict]) -> int:
+    """Tokens per row of a micro-batch: the packed row length, else the longest example."""
+    longest = max((len(e["input_ids"]) for e in train), default=cfg["max_length"])
+    if cfg["batching"] == "packed" and cfg["samples_per_step"]:
+        mean = sum(len(e["input_ids"]) for e in train) / max(1, len(train))
+        return max(longest, round(cfg["samples_per_step"] * mean / cfg["batch_size"]))
+    return cfg["max_length"] if cfg["batching"] == "packed" else longest  # padded, padding-free: at most
+
+
+# --- training ------------------------------------------------------------------------------------
+
+def build_model(cfg: dict, device: str):
+    """`(model, tokenizer)`: the base (4-bit for QLoRA) with LoRA adapters when the method has them,
+    and the config's chat template."""
+    from .lora import add_lora
+    from .models import load_model
+
+    model, tok = load_model(cfg["model"], device=device,
+                            quantization="4bit" if cfg["method"] == "qlora" else None,
+                            gradient_checkpointing=cfg["gradient_checkpointing"], precision=cfg["precision"])
+    apply_template(cfg, tok)
+    if cfg["method"] != "full":
+        model = add_lora(model, r=cfg["lora_r"], alpha=cfg["lora_alpha"], dropout=cfg["lora_dropout"],
+                         target_modules=cfg["lora_targets"], seed=cfg["seed"],
+                         train_embeddings=cfg["train_embeddings"], verbose=is_main_process())
+    return model, tok
+
+
+def apply_template(cfg: dict, tokenizer) -> None:
+    """Set the tokenizer's chat template from `cfg["template"]` (a file, or the template text)."""
+    t = cfg["template"]
+    if t is None:
+        return
+    if Path(t).is_file():
+        t = Path(t).read_text(encoding="utf-8")
+    elif "{%" not in t and "{{" not in t:
+        raise ConfigError([f"template: {t!r} is neither a file nor a Jinja template"])
+    tokenizer.chat_template = t
+
+
+def batches(cfg: dict, tokenizer, train: list[dict]) -> tuple[list[dict], object]:
+    """`(rows, collator)` for the config's batching."""
+    from .collators import PackedCollator, PaddedCollator, PaddingFreeCollator
+    from .packing import pack_examples, pack_for_steps
+
+    if cfg["batching"] == "padded":
+        return train, PaddedCollator(tokenizer.pad_token_id)
+    if cfg["batching"] == "padding_free":
+        return train, PaddingFreeCollator()
+    if cfg["samples_per_step"]:
+        rows, length = pack_for_steps(train, cfg["samples_per_step"], cfg["batch_size"],
+                                      shuffle_seed=cfg["seed"])
+    else:
+        length = cfg["max_length"]
+        rows, _ = pack_examples(train, length, shuffle_seed=cfg["seed"])
+    return rows, PackedCollator(tokenizer.pad_token_id, length)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def write_run(run: Path, cfg: dict, history: list[dict], model, tokenizer, scores: dict | None) -> list[str]:
+    """Write the run folder; returns what was written."""
+    import yaml
+
+    from .lora import _quiet, merge_adapter, save_adapter
+    from .plots import plot_loss_curves
+
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    with open(run / "log_history.jsonl", "w", encoding="utf-8") as f:
+        for h in history:
+            f.write(json.dumps(h) + "\n")
+    curves = {"train": [h for h in history if "loss" in h]}
+    curves["validation"] = [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    plot_loss_curves({k: v for k, v in curves.items() if v}, key="loss", title=str(run)).savefig(
+        run / "loss.png", dpi=100)
+    written = ["config.yaml", "log_history.jsonl", "loss.png"]
+    if cfg["method"] == "full":
+        model.save_pretrained(run / "model")
+        tokenizer.save_pretrained(run / "model")
+        written.append("model/")
+    else:
+        if cfg["save"] in ("adapter", "both", "merged"):
+            save_adapter(model, run / "adapter")
+            written.append("adapter/")
+        if cfg["save"] in ("merged", "both"):
+            if cfg["method"] == "qlora":  # into the dequantised 4-bit base the adapter was trained on
+                merged, _ = merge_adapter(cfg["model"], run / "adapter", precision=cfg["precision"])
+            else:
+                with _quiet():  # peft's use of a deprecated transformers property
+                    merged = model.merge_and_unload()
+            merged.save_pretrained(run / "model")
+            tokenizer.save_pretrained(run / "model")
+            written.append("model/")
+            if cfg["save"] == "merged":
+                import shutil
+
+                shutil.rmtree(run / "adapter")
+                written.remove("adapter/")
+    if scores is not None:
+        rows = scores.pop("rows")
+        (run / "chat_eval.json").write_text(json.dumps(scores, indent=1), encoding="utf-8")
+        with open(run / "chat_eval_rows.jsonl", "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        written += ["chat_eval.json", "chat_eval_rows.jsonl"]
+    return written
+
+
+def run(cfg: dict, dry_run: bool = False) -> int:
+    """Preflight, then (unless `dry_run`) train and write the run folder. Returns the exit status:
+    1 when preflight found errors (nothing trains), else 0."""
+    from transformers import AutoConfig
+
+    from .models import load_tokenizer, model_folder
+    from .training import train_sft
+
+    main = is_main_process()
+    device = device_of(cfg)
+    tokenizer = load_tokenizer(cfg["model"], verbose=False)
+    apply_template(cfg, tokenizer)
+    data = prepare(cfg, tokenizer)
+    model_config = AutoConfig.from_pretrained(model_folder(cfg["model"]))
+    findings = run_preflight(cfg, tokenizer, data, model_config, device, verbose=main)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors or dry_run:
+        if main:
+            print(f"{len(errors)} error(s): nothing trained" if errors else "dry run: config and data OK")
+        return 1 if errors else 0
+    model, tokenizer = build_model(cfg, device)
+    rows, collator = batches(cfg, tokenizer, data["train"])
+    run_dir = Path(cfg["output_dir"])
+    history = train_sft(model, tokenizer, rows, data["validation"] or None, lr=cfg["lr"],
+                        epochs=cfg["epochs"], max_steps=cfg["max_steps"], batch_size=cfg["batch_size"],
+                        grad_accum=cfg["grad_accum"], warmup=cfg["warmup"], weight_decay=cfg["weight_decay"],
+                        seed=cfg["seed"], eval_steps=cfg["eval_steps"], logging_steps=cfg["logging_steps"],
+                        output_dir=str(run_dir / "checkpoints"), collator=collator,
+                        save_steps=cfg["save_steps"], resume_from_checkpoint=cfg["resume"] or None,
+                        early_stopping_patience=cfg["early_stopping_patience"],
+                        precision=cfg["precision"], max_grad_norm=cfg["max_grad_norm"],
+                        # cosine with 0 cycles stays at the peak after warmup: the constant schedule
+                        lr_scheduler_kwargs={"num_cycles": 0.5 if cfg["schedule"] == "cosine" else 0.0})
+    if not main:
+        return 0
+    scores = None
+    if data["test"]:
+        from .evaluate import chat_eval
+
+        scores = chat_eval(model, tokenizer, data["test"], max_new_tokens=cfg["max_new_tokens"])
+    written = write_run(run_dir, cfg, history, model, tokenizer, scores)
+    last = next((h for h in reversed(history) if "eval_loss" in h), None)
+    print(f"run folder {run_dir}: {', '.join(written)}"
+          + (f"; validation loss {last['eval_loss']:.4f}" if last else "")
+          + (f"; chat_eval exact match {scores['exact_match']:.1%}, stop rate {scores['stop_rate']:.1%}"
+             if scores else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `sft-train` command line; returns the exit status (2: bad config, 1: preflight errors)."""
+    ap = argparse.ArgumentParser(
+        prog="sft-train", description="Fine-tune a chat model from a YAML config (keys: --keys).",
+        epilog="Any config key can be overridden: --lr 1e-4 --max_steps 50. Shipped configs: "
+               + ", ".join(sorted(f.stem for f in CONFIGS.glob("*.yaml"))))
+    ap.add_argument("config", nargs="?", help="a YAML file, or the name of a shipped config")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="check config and data, print preflight and memory, stop")
+    ap.add_argument("--keys", action="store_true", help="list every config key with its default and meaning")
+    ap.add_argument("--list", action="store_true", help="list the shipped example configs")
+    args, overrides = ap.parse_known_args(argv)
+    if args.keys:
+        for k, f in FIELDS.items():
+            print(f"{k:<24} {json.dumps(f.default):<18} {f.doc}")
+        return 0
+    if args.list:
+        for f in sorted(CONFIGS.glob("*.yaml")):
+            print(f"{f.stem:<20} {f}")
+        return 0
+    if args.config is None and not overrides:
+        ap.error("a config file is required (or --keys / --list)")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"sft-train: {e}", file=sys.stderr)
+        return 2
+    try:
+        return run(cfg, dry_run=args.dry_run)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"sft-train: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""`train_sft` is exact under data parallelism: two processes (torchrun, CPU, gloo) with one batch each
+per step end with the same weights as one process with gradient accumulation 2 on the same global
+batches, to float noise. Completion-only labels make the number of target tokens differ between
+examples, so a per-process normalisation (a mean of per-process means) would show up here.
+
+Run as a script, this file is the worker: `python tests/test_data_parallel.py BATCHING OUT.pt`
+trains the tiny model for a few steps and (on rank 0) saves its final weights to OUT.pt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STEPS, MICRO_BATCH, WORLD = 4, 3, 2
+ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+
+
+def worker(batching: str, out: str) -> None:
+    """Train the tiny model `STEPS` steps of `WORLD * MICRO_BATCH` examples (or packed rows): one
+    process with accumulation `WORLD`, or (under torchrun) `WORLD` processes with accumulation 1."""
+    import torch
+
+    from sft_helpers import load_model, load_split
+    from sft_helpers.collators import PackedCollator
+    from sft_helpers.masking import build_labels
+    from sft_helpers.packing import pack_examples
+    from sft_helpers.training import train_sft
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    torch.manual_seed(0)
+    model, tok = load_model("tiny", device="cpu")
+    examples, _ = build_labels(load_split("train")[:160], tok, "completion_only")
+    collator = None
+    if batching == "packed":
+        examples, _ = pack_examples(examples, max_length=192, shuffle_seed=0)
+        collator = PackedCollator(tok.pad_token_id, max_length=192)
+    # one epoch only: at its end, processes pad their last batches with repeats, one process does not
+    assert len(examples) >= STEPS * WORLD * MICRO_BATCH, f"{len(examples)} {batching} rows are too few"
+    train_sft(model, tok, examples, lr=1e-3, max_steps=STEPS, batch_size=MICRO_BATCH,
+              grad_accum=WORLD // world, warmup=0, logging_steps=STEPS, seed=0, collator=collator)
+    if int(os.environ.get("RANK", 0)) == 0:
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(commands: list[list[str]], timeout: int = 120) -> None:
+    """Run `commands` at the same time (the processes of one job); fail with their output if any fails."""
+    env = {**os.environ, **ENV}
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=Path(__file__).resolve().parent.parent) for c in commands]
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, f"{p.args} exited {p.returncode}:\n{text[-4000:]}"
+
+
+def _max_difference(a: str, b: str) -> float:
+    import torch
+
+    wa, wb = torch.load(a), torch.load(b)
+    assert wa.keys() == wb.keys()
+    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+
+
+def _moved(path: str) -> float:
+    """How far training moved the weights (so that equal weights cannot mean 'nothing trained')."""
+    import torch
+
+    from sft_helpers import load_model
+
+    start = load_model("tiny", device="cpu")[0].state_dict()
+    end = torch.load(path)
+    return max((end[k] - start[k]).abs().max().item() for k in end)
+
+
+WORKER = str(Path(__file__).resolve())
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread here, as in the launched processes: on a shared 2-core machine, two spinning
+    OpenMP threads per process made a step up to 10x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """Weights of the one-process run with accumulation, trained in this process once per batching
+    (a launch would spend far longer on imports than on its few steps)."""
+    done: dict[str, str] = {}
+
+    def get(batching: str) -> str:
+        if batching not in done:
+            assert "WORLD_SIZE" not in os.environ
+            done[batching] = str(tmp_path_factory.mktemp("single") / f"{batching}.pt")
+            worker(batching, done[batching])
+        return done[batching]
+    return get
+
+
+@pytest.mark.parametrize("batching", ["padded", "packed"])
+def test_two_processes_equal_one_with_accumulation(batching, single, tmp_path):
+    ddp = str(tmp_path / "ddp.pt")
+    _run([TORCHRUN + ["--nproc_per_node", str(WORLD), "--master_addr", "127.0.0.1", "--master_port",
+                      str(_free_port()), WORKER, batching, ddp]])
+    assert _moved(single(batching)) > 1e-3
+    assert _max_difference(single(batching), ddp) < 2e-5
+
+
+def test_two_machines_on_localhost_equal_one_with_accumulation(single, tmp_path):
+    """The multi-node path: two single-process "machines" (node ranks 0 and 1) meeting at 127.0.0.1."""
+    ddp = str(tmp_path / "ddp.pt")
+    port = str(_free_port())
+    _run([TORCHRUN + ["--nnodes", str(WORLD), "--nproc_per_node", "1", "--node_rank", str(rank),
+                      "--master_addr", "127.0.0.1", "--master_port", port, WORKER, "padded", ddp]
+          for rank in range(WORLD)])
+    assert _max_difference(single("padded"), ddp) < 2e-5
+
+
+def test_sft_train_under_torchrun_equals_one_process(tmp_path):
+    """The same through the command line: `torchrun -m sft_helpers.train` (LoRA, packed rows, no dropout:
+    a dropout mask would differ between processes) against one process with accumulation 2; only rank 0
+    writes the run folder."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from sft_helpers import load_split
+    from sft_helpers.train import main
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in load_split("train")[:160]))
+    cfg = {"model": "tiny", "device": "cpu", "train": str(train), "method": "lora", "lora_r": 4,
+           "lora_dropout": 0, "batching": "packed", "max_length": 192, "batch_size": MICRO_BATCH,
+           "max_steps": STEPS, "warmup": 0, "lr": 3e-3, "logging_steps": STEPS,
+           "output_dir": str(tmp_path / "single")}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main([str(tmp_path / "cfg.yaml"), "--grad_accum", str(WORLD)]) == 0
+    _run([TORCHRUN + ["--nproc_per_node", str(WORLD), "--master_addr", "127.0.0.1", "--master_port",
+                      str(_free_port()), "-m", "sft_helpers.train", str(tmp_path / "cfg.yaml"),
+                      "--output_dir", str(tmp_path / "ddp")]])
+    single = load_file(tmp_path / "single" / "adapter" / "adapter_model.safetensors")
+    ddp = load_file(tmp_path / "ddp" / "adapter" / "adapter_model.safetensors")
+    assert single.keys() == ddp.keys()
+    assert max(single[k].abs().max().item() for k in single if "lora_B" in k) > 1e-3  # it trained
+    assert max((single[k] - ddp[k]).abs().max().item() for k in single) < 2e-5
+
+
+if __name__ == "__main__":
+    worker(*sys.argv[1:])
