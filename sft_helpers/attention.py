@@ -160,6 +160,21 @@ def check_packed_batch(batch: dict, attn_implementation: str) -> None:
                          "per-sample mask when there is a cache; pass use_cache=False")
 
 
+def attention_scores(rows: list[list[int]], row_length: int | None = None) -> dict[str, int]:
+    """Attention scores one layer and head computes for a batch of rows holding samples of the given
+    lengths: `dense` is what sdpa and eager compute (every query against every key of its row, the
+    causal / block-diagonal mask applied afterwards; each row `row_length` long, else as long as its
+    samples), `varlen` what flash-attn's varlen kernel computes (each sample against itself only).
+    Packing into several short rows beats one long padding-free row under sdpa; with varlen both
+    cost the same.
+
+    >>> attention_scores([[4, 3, 5]]), attention_scores([[4], [3, 5]], row_length=8)
+    ({'dense': 144, 'varlen': 50}, {'dense': 128, 'varlen': 50})
+    """
+    dense = sum((row_length or sum(r)) ** 2 for r in rows)
+    return {"dense": dense, "varlen": sum(n * n for r in rows for n in r)}
+
+
 def block_diagonal_mask(position_ids) -> torch.Tensor:
     """The boolean `[T, T]` mask a packed row needs: query `q` may attend to key `k` when `k ≤ q` and
     both belong to the same sample (a new sample starts wherever the position does not go up by 1,

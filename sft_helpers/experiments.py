@@ -5,25 +5,31 @@ from __future__ import annotations
 from .data import load_split
 from .evaluate import chat_eval
 from .lanes import lane
-from .masking import build_labels, drop_end_of_turn
+from .masking import build_labels, drop_end_of_turn, stop_at_end_of_turn
 from .models import load_model
-from .training import train_sft
+from .training import eval_loss, train_sft
 
-# lesson 01's three loss variants: keyword arguments of run_sft_variant
+# lesson 01's four loss variants: keyword arguments of run_sft_variant
 MASKING_VARIANTS = {"full": dict(mode="full"), "completion-only": dict(mode="completion_only"),
-                    "prompt weight 0.1": dict(prompt_weight=0.1)}
+                    "assistant-only": dict(mode="assistant_only"), "prompt weight 0.1": dict(prompt_weight=0.1)}
 
 
 def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", prompt_weight: float | None = None,
                     steps: int = 250, lr: float = 1e-3, batch_size: int = 16, seed: int = 0,
-                    eval_every: int = 50, train_records: list[dict] | None = None) -> dict:
+                    eval_every: int = 50, train_records: list[dict] | None = None, forgetting: bool = False
+                    ) -> dict:
     """Fine-tune a fresh copy of `model_id` with one loss variant and measure it.
 
     Training labels follow `mode` (or `prompt_weight`); the validation loss is always taken on the
-    validation split's *response tokens only* (completion-only labels), the same tokens for every
-    variant, so the curves are comparable. The test split is then answered greedily (`chat_eval`).
-    Returns `{"history", "val_response_loss", "scores", "label_report"}` (and the trained `model`).
-    Steps and evaluation sets are capped by the lane's budget (`sft_helpers.lanes`).
+    validation split's *response tokens only* (the last reply and its end-of-turn: completion-only
+    labels cut at the end-of-turn, `stop_at_end_of_turn`), the same tokens for every variant, so the
+    curves are comparable. `multi_turn_loss` is the loss on *every* assistant turn of
+    the validation split's multi-turn conversations (completion-only training never sees the earlier
+    ones). The test split is then answered greedily (`chat_eval`). With `forgetting`, also what is
+    left of pre-training: `cloze_recall` on every fifth fact probe and `pretraining_loss`.
+    Returns `{"history", "val_response_loss", "multi_turn_loss", "scores", "label_report"}` (and
+    `"forgetting"`, and the trained `model`). Steps and evaluation sets are capped by the lane's budget
+    (`sft_helpers.lanes`).
     """
     budget = lane(model_id)
     steps = budget.steps(steps)
@@ -31,41 +37,139 @@ def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", promp
     model, tok = load_model(model_id)
     train, report = build_labels(train_records or load_split("train"), tok, mode, prompt_weight=prompt_weight)
     val, _ = build_labels(budget.items(load_split("validation")), tok, "completion_only")
+    val = stop_at_end_of_turn(val, tok, tok.eos_token)  # the tokens every variant trains
+    multi_turn = [r for r in load_split("validation") if r["task"] == "multi_turn"]
+    multi_turn, _ = build_labels(budget.items(multi_turn), tok, "assistant_only")
     history = train_sft(model, tok, train, val, lr=lr, max_steps=steps, batch_size=budget.batch(batch_size),
                         seed=seed, eval_steps=eval_every, logging_steps=eval_every)
-    return {"history": history, "val_response_loss": [h for h in history if "eval_loss" in h][-1]["eval_loss"],
-            "scores": chat_eval(model, tok, budget.items(load_split("test"))), "label_report": report,
-            "model": model}
+    out = {"history": history, "val_response_loss": [h for h in history if "eval_loss" in h][-1]["eval_loss"],
+           "multi_turn_loss": eval_loss(model, tok, multi_turn),
+           "scores": chat_eval(model, tok, budget.items(load_split("test"))), "label_report": report,
+           "model": model}
+    if forgetting:
+        out["forgetting"] = forgetting_scores(model, tok, budget)
+    return out
+
+
+def _in_worker(job: tuple) -> object:
+    """`function(**kwargs)` in a worker process, on one CPU thread, without progress bars."""
+    import os
+
+    import torch
+
+    os.environ["TQDM_DISABLE"] = "1"  # the parent shows one bar for all runs
+    torch.set_num_threads(1)
+    function, kwargs, drop_model = job
+    result = function(**kwargs)
+    if drop_model and isinstance(result, dict):
+        result.pop("model", None)
+    return result
+
+
+def run_in_workers(function, jobs: list[dict], workers: int | None = None, keep_models: bool = True,
+                   desc: str = "runs") -> list:
+    """`[function(**kwargs) for kwargs in jobs]`, computed `workers` at a time in separate processes,
+    each on one CPU thread (default: one per CPU core, at most one per job; on a GPU, one after the
+    other in this process). Small models train about as fast on one thread as on two, so on a 2-core
+    CPU two workers finish a batch of runs in about half the time. `function` must be importable (a
+    module-level function such as `run_sft_variant` or `quick_sft`); results come back pickled
+    (trained models too, unless `keep_models=False`), in the order of `jobs`.
+
+    >>> run_in_workers(dict, [dict(a=1), dict(b=2)], workers=2)
+    [{'a': 1}, {'b': 2}]
+    """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    import torch
+
+    from .progress import progress_bar
+
+    if workers is None:
+        workers = 1 if torch.cuda.is_available() else min(len(jobs), os.cpu_count() or 1)
+    bar = progress_bar(total=len(jobs), desc=desc, disable=len(jobs) < 2)
+    results = []
+    if workers <= 1:
+        for kwargs in jobs:
+            results.append(function(**kwargs))
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for result in pool.map(_in_worker, [(function, kw, not keep_models) for kw in jobs]):
+                results.append(result)
+                bar.update(1)
+    bar.close()
+    return results
+
+
+def run_variants(variants: dict[str, dict], workers: int | None = None, **common) -> dict[str, dict]:
+    """`run_sft_variant(**common, **variants[name])` for every variant, run side by side by
+    `run_in_workers` (the trained models stay in the workers); a dict in the order given.
+
+    >>> out = run_variants(MASKING_VARIANTS, steps=250)  # doctest: +SKIP
+    """
+    jobs = [{**common, **kw} for kw in variants.values()]
+    return dict(zip(variants, run_in_workers(run_sft_variant, jobs, workers, keep_models=False)))
+
+
+def forgetting_scores(model, tokenizer, budget=None) -> dict:
+    """What a fine-tuned `model` keeps of pre-training: greedy cloze recall on every fifth fact probe
+    of the world (`cloze_recall`) and the loss on pre-training documents (`pretraining_loss`).
+    `budget` (a `Lane`) caps the probes. Returns `{"recall", "corpus_loss"}`."""
+    from .data import load_world
+    from .evaluate import cloze_recall
+    from .world import cloze_probes
+
+    probes = cloze_probes(load_world())[::5]
+    probes = budget.items(probes) if budget is not None else probes
+    return {"recall": cloze_recall(model, tokenizer, probes)["recall"],
+            "corpus_loss": pretraining_loss(model, tokenizer)}
 
 
 def variant_table(results: dict[str, dict], tasks: list[str] | None = None) -> str:
     """A plain-text table: one row per variant, response-only val loss, overall rates, exact match
-    per task family."""
-    first = next(iter(results.values()))["scores"]["per_task"]
-    tasks = tasks or list(first)
-    head = f"{'variant':<22}{'val loss':>9}{'exact':>7}{'format':>8}{'stop':>6}{'echo':>6}  " + " ".join(
-        f"{t[:9]:>9}" for t in tasks)
+    per task family; with the multi-turn loss and the forgetting measures when the runs have them."""
+    first = next(iter(results.values()))
+    tasks = tasks or list(first["scores"]["per_task"])
+    extra = [("mt loss", lambda r: f"{r['multi_turn_loss']:>8.3f}")] if "multi_turn_loss" in first else []
+    if "forgetting" in first:
+        extra += [("recall", lambda r: f"{r['forgetting']['recall']:>7.0%}"),
+                  ("text loss", lambda r: f"{r['forgetting']['corpus_loss']:>10.2f}")]
+    head = (f"{'variant':<22}{'val loss':>9}" + "".join(f"{name:>{len(name) + 1 if name != 'recall' else 7}}"
+                                                      for name, _ in extra)
+            + f"{'exact':>7}{'format':>8}{'stop':>6}{'echo':>6}  " + " ".join(f"{t[:9]:>9}" for t in tasks))
     rows = [head, "-" * len(head)]
     for name, r in results.items():
         s = r["scores"]
-        rows.append(f"{name:<22}{r['val_response_loss']:>9.3f}{s['exact_match']:>7.0%}{s['format_ok']:>8.0%}"
-                    f"{s['stop_rate']:>6.0%}{s['echo_rate']:>6.0%}  "
+        rows.append(f"{name:<22}{r['val_response_loss']:>9.3f}" + "".join(cell(r) for _, cell in extra)
+                    + f"{s['exact_match']:>7.0%}{s['format_ok']:>8.0%}{s['stop_rate']:>6.0%}{s['echo_rate']:>6.0%}  "
                     + " ".join(f"{s['per_task'][t]['exact_match']:>9.0%}" for t in tasks))
     return "\n".join(rows)
 
 
 def masking_seeds(seeds=(0, 1), steps: int = 250, lr: float = 1e-3, batch_size: int = 8) -> str:
-    """Run lesson 01's three loss variants for several seeds; a Markdown table of the results
-    (what the notebook's assertions were chosen from)."""
-    lines = ["| seed | variant | response val loss | exact | format | stop | echo | knowledge exact |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Run lesson 01's four loss variants for several seeds, with the forgetting measurement; a
+    Markdown table of the results (what the notebook's assertions were chosen from).
+
+    The base model's own row (no SFT) comes first: its cloze recall and pre-training text loss are
+    what forgetting is measured against."""
+    lines = ["| seed | variant | response val loss | multi-turn loss (all turns) | exact | format | stop | echo | "
+             "knowledge exact | multi-turn exact | refusal exact | cloze recall | pre-training text loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    model, tok = load_model("tiny")
+    base = forgetting_scores(model, tok)
+    lines.append(f"| - | base model (no SFT) | | | 0% | | | | | | | {base['recall']:.1%} | {base['corpus_loss']:.2f} |")
     for seed in seeds:
         for name, kw in MASKING_VARIANTS.items():
-            r = run_sft_variant("tiny", steps=steps, lr=lr, batch_size=batch_size, seed=seed, **kw)
-            s = r["scores"]
-            lines.append(f"| {seed} | {name} | {r['val_response_loss']:.3f} | {s['exact_match']:.1%} | "
-                         f"{s['format_ok']:.1%} | {s['stop_rate']:.1%} | {s['echo_rate']:.1%} | "
-                         f"{s['per_task']['knowledge']['exact_match']:.1%} |")
+            r = run_sft_variant("tiny", steps=steps, lr=lr, batch_size=batch_size, seed=seed, eval_every=steps,
+                                forgetting=True, **kw)
+            s, f, t = r["scores"], r["forgetting"], r["scores"]["per_task"]
+            lines.append(f"| {seed} | {name} | {r['val_response_loss']:.3f} | {r['multi_turn_loss']:.3f} | "
+                         f"{s['exact_match']:.1%} | {s['format_ok']:.1%} | {s['stop_rate']:.1%} | {s['echo_rate']:.0%} | "
+                         f"{t['knowledge']['exact_match']:.0%} | {t['multi_turn']['exact_match']:.0%} | "
+                         f"{t['refusal']['exact_match']:.0%} | {f['recall']:.1%} | {f['corpus_loss']:.2f} |")
+            print(lines[-1], flush=True)
     return "\n".join(lines)
 
 
@@ -138,12 +242,12 @@ def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None 
               steps: int = 80, epochs: float = 1.0, lr: float = 1e-3, train_eos: bool = True,
               replay: float = 0.0, eval_examples: list[dict] | None = None, eval_every: int | None = None,
               samples_per_step: int = 16, warmup: float = 0.05, logging_steps: int = 5, seed: int = 0,
-              early_stopping_patience: int | None = None) -> dict:
+              early_stopping_patience: int | None = None, schedule: str = "cosine") -> dict:
     """A short SFT run for lesson 04's symptoms: completion-only labels of `records` (or ready
     `examples`), with the end-of-turn token left out of the labels when `train_eos=False`, plus a
     `replay` share of plain pre-training text (full labels) mixed in. Runs `steps` steps (or, with
-    `steps=-1`, `epochs` epochs) of two packed rows holding about `samples_per_step` examples.
-    Returns `model`, `tokenizer`, `history`. Steps and evaluation examples are capped by the lane's
+    `steps=-1`, `epochs` epochs) of two packed rows holding about `samples_per_step` examples, with
+    warmup then `schedule` ("cosine", or "constant_with_warmup" to keep the rate up). Returns `model`, `tokenizer`, `history`. Steps and evaluation examples are capped by the lane's
     budget (`sft_helpers.lanes`).
     """
     import random
@@ -171,7 +275,8 @@ def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None 
     rows, row = pack_for_steps(examples, budget.batch(samples_per_step), shuffle_seed=seed)
     history = train_sft(model, tok, rows, eval_examples, lr=lr, max_steps=steps, epochs=epochs, batch_size=2,
                         seed=seed, warmup=warmup, eval_steps=eval_every, logging_steps=logging_steps,
-                        collator=PackedCollator(tok.pad_token_id, row), early_stopping_patience=early_stopping_patience)
+                        collator=PackedCollator(tok.pad_token_id, row), early_stopping_patience=early_stopping_patience,
+                        schedule=schedule)
     return {"model": model, "tokenizer": tok, "history": history}
 
 

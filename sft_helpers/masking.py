@@ -509,6 +509,27 @@ def drop_end_of_turn(examples: list[dict], tokenizer, end_of_turn: str = "<|im_e
             for e in examples]
 
 
+def stop_at_end_of_turn(examples: list[dict], tokenizer, end_of_turn: str = "<|im_end|>") -> list[dict]:
+    """Copies of labelled examples with nothing trained after the last trained end-of-turn token: the
+    tokens a chat model generates (the reply and its end-of-turn), not the newline some templates
+    write after it, which completion-only labels (like TRL's) include and assistant-only ones do not.
+    Lesson 01 compares every mask on these tokens.
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> tok = load_tokenizer("tiny")
+    >>> eot = tok.convert_tokens_to_ids("<|im_end|>")
+    >>> stop_at_end_of_turn([{"input_ids": [5, eot, 9], "labels": [5, eot, 9]}], tok)[0]["labels"]
+    [5, 2, -100]
+    """
+    eot = tokenizer.convert_tokens_to_ids(end_of_turn)
+    out = []
+    for e in examples:
+        ends = [i for i, (t, lab) in enumerate(zip(e["input_ids"], e["labels"])) if t == eot and lab != IGNORE]
+        cut = ends[-1] + 1 if ends else len(e["labels"])
+        out.append({**e, "labels": list(e["labels"][:cut]) + [IGNORE] * (len(e["labels"]) - cut)})
+    return out
+
+
 def truncate(example: dict, max_length: int, policy: str = "keep_start") -> dict | None:
     """Cut an over-long example to `max_length` tokens: keep the start (cut the end), keep the end
     (cut the start of the prompt, so the response survives), or drop it (returns None).

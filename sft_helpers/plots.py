@@ -25,6 +25,19 @@ def plot_length_histogram(lengths: list[int], title: str = "Conversation length"
     return fig
 
 
+def percent(share: float) -> str:
+    """A share as a bar label: whole percents, one decimal where rounding would reach 0% or 100% from
+    the other side (a 99.6% bar must not read 100%).
+
+    >>> percent(0.996), percent(1.0), percent(0.42), percent(0.003)
+    ('99.6%', '100%', '42%', '0.3%')
+    """
+    text = f"{share:.0%}"
+    if (text == "100%" and share < 1) or (text == "0%" and share > 0):
+        text = f"{share:.1%}"
+    return text
+
+
 def plot_rates(rates: dict[str, dict[str, float]], title: str = ""):
     """Grouped bars: for each label (e.g. 'cloze', 'chat') a bar per metric it has, values in [0, 1].
     A metric a label does not have gets no bar (not a misleading 0%)."""
@@ -41,7 +54,7 @@ def plot_rates(rates: dict[str, dict[str, float]], title: str = ""):
                 continue
             x, v = i + j * width, rates[lab][m]
             ax.bar(x, v, width, color=colors[m], label=m if m not in ax.get_legend_handles_labels()[1] else None)
-            ax.text(x, v + 0.02, f"{v:.0%}", ha="center", fontsize=8)
+            ax.text(x, v + 0.02, percent(v), ha="center", fontsize=8)
     ax.set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(labels))], labels)
     ax.set_ylim(0, 1.15)
     ax.legend(fontsize=8, loc="upper right")
@@ -68,6 +81,32 @@ def plot_loss_curves(histories: dict[str, list[dict]], key: str = "eval_loss", t
     ax.set_ylabel(key)
     ax.set_title(title)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_overfitting(histories: dict[str, list[dict]], title: str = ""):
+    """Training loss (dashed) and validation loss (solid) of each run on one axis, the lowest
+    validation loss of each run marked: where the curves part is where memorising starts, and the
+    mark is the step early stopping keeps. Log y-axis."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for color, (label, history) in zip(colors, histories.items()):
+        train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+        val = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+        ax.plot(*zip(*train), ls="--", color=color, label=f"{label}: training")
+        ax.plot(*zip(*val), marker="o", ms=3, color=color, label=f"{label}: validation")
+        best = min(val, key=lambda p: p[1])
+        ax.plot(*best, marker="*", ms=14, color=color, mec="black", zorder=5)
+        ax.annotate(f"best: step {best[0]}", best, textcoords="offset points", xytext=(4, 8), fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss on response tokens")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -155,6 +194,31 @@ def plot_memory_breakdown(estimates: dict[str, dict], gpus: dict[str, float] | N
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2, loc="upper right")
     ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_threshold_curve(curves: dict[str, list[dict]] | list[dict], chosen: float | None = None, title: str = ""):
+    """Precision and recall against the threshold, from `dedup.threshold_curve` rows (one curve, or a
+    dict of labelled curves: one colour per label, precision solid, recall dashed), with a dotted line
+    at the `chosen` threshold."""
+    import matplotlib.pyplot as plt
+
+    curves = curves if isinstance(curves, dict) else {"": curves}
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for (label, rows), color in zip(curves.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        t = [r["threshold"] for r in rows]
+        ax.plot(t, [r["precision"] for r in rows], color=color, marker="o", ms=3, label=f"{label} precision".strip())
+        ax.plot(t, [r["recall"] for r in rows], color=color, ls="--", marker="s", ms=3, label=f"{label} recall".strip())
+    if chosen is not None:
+        ax.axvline(chosen, color="grey", ls=":", lw=1)
+        ax.text(chosen, 0.02, f" {chosen:g}", color="grey", fontsize=8)
+    ax.set_xlabel("threshold (pairs scoring at least this are duplicates)")
+    ax.set_ylabel("precision / recall")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -622,8 +622,7 @@ def run(cfg: dict, dry_run: bool = False) -> int:
                         save_steps=cfg["save_steps"], resume_from_checkpoint=cfg["resume"] or None,
                         early_stopping_patience=cfg["early_stopping_patience"],
                         precision=cfg["precision"], max_grad_norm=cfg["max_grad_norm"],
-                        # cosine with 0 cycles stays at the peak after warmup: the constant schedule
-                        lr_scheduler_kwargs={"num_cycles": 0.5 if cfg["schedule"] == "cosine" else 0.0})
+                        schedule="cosine" if cfg["schedule"] == "cosine" else "constant_with_warmup")
     if not main:
         return 0
     scores = None

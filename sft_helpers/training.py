@@ -101,12 +101,12 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
               logging_steps: int = 10, group_by_length: bool = False, output_dir: str | None = None,
               collator=None, save_steps: int | None = None, resume_from_checkpoint: str | bool | None = None,
               early_stopping_patience: int | None = None, precision: str | None = None, pure_bf16: bool = False,
-              callbacks: list | None = None, **args) -> list[dict]:
+              callbacks: list | None = None, schedule: str = "cosine", **args) -> list[dict]:
     """Fine-tune `model` in place on labelled examples (from `build_labels`); returns `log_history`.
 
     Effective batch = `batch_size * grad_accum`. Warmup is a fraction of the steps (or a step count
-    when ≥ 1), then cosine decay. With `eval`, the token-weighted loss on `eval`'s labels is logged
-    at the start, every `eval_steps` and at the end. `group_by_length` batches examples of similar
+    when ≥ 1), then `schedule` (transformers' `lr_scheduler_type`: "cosine", "linear",
+    "constant_with_warmup", ...). With `eval`, the token-weighted loss on `eval`'s labels is logged at the start, every `eval_steps` and at the end. `group_by_length` batches examples of similar
     length together: less padding, but batches of one kind of example (all profiles, all one-word
     answers); on the course data it trained markedly worse per step than random batches (response
     loss 1.29 vs 0.79 after 300 steps), so it is off by default. Packing (lesson 02) removes the
@@ -134,6 +134,32 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
     >>> history[-1]["step"]
     2
     """
+    trainer = make_trainer(model, tokenizer, train, eval, lr=lr, epochs=epochs, max_steps=max_steps,
+                           batch_size=batch_size, grad_accum=grad_accum, warmup=warmup, weight_decay=weight_decay,
+                           seed=seed, eval_steps=eval_steps, logging_steps=logging_steps,
+                           group_by_length=group_by_length, output_dir=output_dir, collator=collator,
+                           save_steps=save_steps, early_stopping_patience=early_stopping_patience,
+                           precision=precision, pure_bf16=pure_bf16, callbacks=callbacks, schedule=schedule, **args)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    model.eval()
+    return trainer.state.log_history
+
+
+def make_trainer(model, tokenizer, train: list[dict], eval: list[dict] | None = None, *, lr: float = 1e-3,
+                 epochs: float = 1.0, max_steps: int = -1, batch_size: int = 16, grad_accum: int = 1,
+                 warmup: float = 0.05, weight_decay: float = 0.01, seed: int = 0, eval_steps: int | None = None,
+                 logging_steps: int = 10, group_by_length: bool = False, output_dir: str | None = None,
+                 collator=None, save_steps: int | None = None, early_stopping_patience: int | None = None,
+                 precision: str | None = None, pure_bf16: bool = False, callbacks: list | None = None,
+                 schedule: str = "cosine", **args) -> WeightedLossTrainer:
+    """The `WeightedLossTrainer` that `train_sft` builds and trains (same arguments, see there), not
+    yet trained: to look inside a step (`trainer.compute_loss`) or to call `.train()` yourself.
+
+    >>> from sft_helpers import load_model
+    >>> model, tok = load_model("tiny")
+    >>> type(make_trainer(model, tok, [], max_steps=1)).__name__
+    'WeightedLossTrainer'
+    """
     from .models import device_settings
     from .progress import progress_disabled
 
@@ -142,9 +168,10 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
     targs = TrainingArguments(
         output_dir=output_dir or tempfile.mkdtemp(prefix="sft-"), per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=lr,
-        num_train_epochs=epochs, max_steps=max_steps, lr_scheduler_type="cosine", warmup_steps=warmup,
+        num_train_epochs=epochs, max_steps=max_steps, lr_scheduler_type=schedule, warmup_steps=warmup,
         weight_decay=weight_decay, logging_steps=logging_steps, seed=seed, data_seed=seed,
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, report_to="none", remove_unused_columns=False, disable_tqdm=progress_disabled(),
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, report_to="none",
+        remove_unused_columns=False, disable_tqdm=progress_disabled(),
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=s["device"] == "cpu",
         dataloader_num_workers=0, train_sampling_strategy="group_by_length" if group_by_length else "random",
         **args)
@@ -157,9 +184,7 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
         # accelerate skips fp16 autocast and the loss scaler on a CPU; run them as on a T4
         trainer.accelerator.native_amp = True
         trainer.accelerator.scaler = torch.amp.GradScaler("cpu")
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    model.eval()
-    return trainer.state.log_history
+    return trainer
 
 
 def training_precision(model, precision: str | None = None, pure_bf16: bool = False) -> str:
@@ -196,11 +221,13 @@ def training_precision(model, precision: str | None = None, pure_bf16: bool = Fa
 
 
 @torch.no_grad()
-def eval_loss(model, tokenizer, examples: list[dict], batch_size: int = 32) -> float:
+def eval_loss(model, tokenizer, examples: list[dict], batch_size: int = 8) -> float:
     """Mean token loss over `examples`' labels (e.g. completion-only labels of a held-out split, so
-    runs trained with different masks are compared on the same response tokens)."""
+    runs trained with different masks are compared on the same response tokens). Batches are taken in
+    length order, so they carry little padding (the sum over tokens does not depend on the order)."""
     collate = PaddedCollator(tokenizer.pad_token_id)
     model.eval()
+    examples = sorted(examples, key=lambda e: len(e["input_ids"]))
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(model.device) for k, v in collate(examples[start:start + batch_size]).items()}

@@ -103,3 +103,38 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best_weights(data):
     best = min(h["eval_loss"] for h in evals)
     assert evals[-1]["step"] < 40  # stopped early
     assert eval_loss(model, tok, val) == pytest.approx(best, rel=1e-5)
+
+
+def test_schedule_constant_keeps_the_rate_after_warmup_and_cosine_decays(data):
+    tok, train, _ = data
+    rates = {}
+    for schedule in ("constant_with_warmup", "cosine"):
+        model, _ = load_model("tiny")
+        history = train_sft(model, tok, train, lr=1e-3, max_steps=6, batch_size=8, warmup=2, logging_steps=1,
+                            schedule=schedule)
+        rates[schedule] = [h["learning_rate"] for h in history if "learning_rate" in h]
+    assert rates["constant_with_warmup"][2:] == pytest.approx([1e-3] * 4)
+    assert all(a > b for a, b in zip(rates["cosine"][2:], rates["cosine"][3:]))
+
+
+def test_trainer_loss_by_hand_and_all_masked_step(data):
+    """make_trainer's compute_loss is the shifted cross-entropy over labels != -100; an all-masked
+    batch gives a NaN step loss (0/0) with exactly zero gradients (what lesson 04 teaches)."""
+    import torch.nn.functional as F
+
+    from sft_helpers.training import make_trainer
+
+    tok, train, _ = data
+    model, _ = load_model("tiny")
+    batch = PaddedCollator(tok.pad_token_id)(train[:4])
+    targets = batch["labels"][:, 1:]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    by_hand = F.cross_entropy(logits[targets != -100], targets[targets != -100])
+    trainer = make_trainer(model, tok, train, max_steps=1)
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=(targets != -100).sum())
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    masked = {**batch, "labels": torch.full_like(batch["labels"], -100)}
+    step = trainer.compute_loss(model, dict(masked), num_items_in_batch=torch.tensor(0.0))
+    step.backward()
+    assert torch.isnan(step)
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
