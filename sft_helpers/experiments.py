@@ -7,6 +7,7 @@ from .evaluate import chat_eval
 from .lanes import lane
 from .masking import build_labels, drop_end_of_turn, stop_at_end_of_turn
 from .models import load_model
+from .collators import PaddingFreeCollator
 from .training import eval_loss, train_sft
 
 # lesson 01's four loss variants: keyword arguments of run_sft_variant
@@ -16,8 +17,8 @@ MASKING_VARIANTS = {"full": dict(mode="full"), "completion-only": dict(mode="com
 
 def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", prompt_weight: float | None = None,
                     steps: int = 250, lr: float = 1e-3, batch_size: int = 16, seed: int = 0,
-                    eval_every: int = 50, train_records: list[dict] | None = None, forgetting: bool = False
-                    ) -> dict:
+                    eval_every: int = 50, train_records: list[dict] | None = None, forgetting: bool = False,
+                    padding_free: bool = False) -> dict:
     """Fine-tune a fresh copy of `model_id` with one loss variant and measure it.
 
     Training labels follow `mode` (or `prompt_weight`); the validation loss is always taken on the
@@ -29,7 +30,9 @@ def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", promp
     left of pre-training: `cloze_recall` on every fifth fact probe and `pretraining_loss`.
     Returns `{"history", "val_response_loss", "multi_turn_loss", "scores", "label_report"}` (and
     `"forgetting"`, and the trained `model`). Steps and evaluation sets are capped by the lane's budget
-    (`sft_helpers.lanes`).
+    (`sft_helpers.lanes`). `padding_free=True` flattens each batch into one row (`PaddingFreeCollator`):
+    the same samples in the same order and the same loss as padded batches (lesson 02), without
+    computing on padding.
     """
     budget = lane(model_id)
     steps = budget.steps(steps)
@@ -41,7 +44,8 @@ def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", promp
     multi_turn = [r for r in load_split("validation") if r["task"] == "multi_turn"]
     multi_turn, _ = build_labels(budget.items(multi_turn), tok, "assistant_only")
     history = train_sft(model, tok, train, val, lr=lr, max_steps=steps, batch_size=budget.batch(batch_size),
-                        seed=seed, eval_steps=eval_every, logging_steps=eval_every)
+                        seed=seed, eval_steps=eval_every, logging_steps=eval_every,
+                        collator=PaddingFreeCollator() if padding_free else None)
     out = {"history": history, "val_response_loss": [h for h in history if "eval_loss" in h][-1]["eval_loss"],
            "multi_turn_loss": eval_loss(model, tok, multi_turn),
            "scores": chat_eval(model, tok, budget.items(load_split("test"))), "label_report": report,
