@@ -257,6 +257,24 @@ def check_hyperparameters(lr: float, method: str = "full", warmup: float = 0.05,
     return out
 
 
+def loss_curve(log_history: list[dict]) -> dict:
+    """The landmarks of a run's curves, from a `Trainer.state.log_history` with both losses: the
+    validation loss at the start, at its minimum (`best`, `best step`) and at the end (`final`, `last
+    step`), and the training loss nearest the best step and at the end. A U-shaped validation loss
+    has its best step strictly inside the run and a final loss above the best.
+
+    >>> h = [{"step": s, "loss": 4 - s, "eval_loss": v} for s, v in [(0, 9), (1, 3), (2, 4)]]
+    >>> loss_curve(h)["best step"], loss_curve(h)["train final"]
+    (1, 2)
+    """
+    val = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    best_step, best = min(val, key=lambda p: p[1])
+    return {"start": val[0][1], "best": best, "best step": best_step, "final": val[-1][1],
+            "last step": val[-1][0], "train at best": min(train, key=lambda p: abs(p[0] - best_step))[1],
+            "train final": train[-1][1]}
+
+
 def check_history(log_history: list[dict], window: int = 3, min_drop: float = 0.05) -> list[Finding]:
     """A `Trainer.state.log_history` (what `train_sft` returns): NaN/inf loss, a loss of exactly 0 (nothing
     trained), a spike (a later log above 1.5× the first), a training loss that does not fall (mean of the
@@ -291,11 +309,11 @@ def check_history(log_history: list[dict], window: int = 3, min_drop: float = 0.
             out.append(Finding("error", "loss not decreasing", f"training loss {first:.3f} -> {last:.3f} (means of the first and last {window} logs)",
                                "raise a too-low learning rate (or lower one that spikes); check the mask trains "
                                "the response"))
-    if len(evals) >= 3:
-        best_step, best = min(evals, key=lambda e: e[1])
-        final = evals[-1][1]
+    if len(evals) >= 3 and train:
+        curve = loss_curve(log_history)
+        best_step, best, final = curve["best step"], curve["best"], curve["final"]
         train_falling = len(train) >= 2 and train[-1][1] < train[0][1]
-        if best_step != evals[-1][0] and final > 1.05 * best and train_falling:
+        if best_step != curve["last step"] and final > 1.05 * best and train_falling:
             out.append(Finding("warning", "overfitting", f"validation loss rose from {best:.3f} (step {best_step}) to "
                                f"{final:.3f} while training loss fell",
                                f"stop near step {best_step}: fewer epochs, deduplicate, more data"))

@@ -39,9 +39,10 @@ def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", promp
     eval_every = max(1, min(eval_every, steps))
     model, tok = load_model(model_id)
     train, report = build_labels(train_records or load_split("train"), tok, mode, prompt_weight=prompt_weight)
-    val, _ = build_labels(budget.items(load_split("validation")), tok, "completion_only")
+    validation = load_split("validation")
+    val, _ = build_labels(budget.items(validation), tok, "completion_only")
     val = stop_at_end_of_turn(val, tok, tok.eos_token)  # the tokens every variant trains
-    multi_turn = [r for r in load_split("validation") if r["task"] == "multi_turn"]
+    multi_turn = [r for r in validation if r["task"] == "multi_turn"]
     multi_turn, _ = build_labels(budget.items(multi_turn), tok, "assistant_only")
     history = train_sft(model, tok, train, val, lr=lr, max_steps=steps, batch_size=budget.batch(batch_size),
                         seed=seed, eval_steps=eval_every, logging_steps=eval_every,
@@ -136,25 +137,28 @@ def variant_table(results: dict[str, dict], tasks: list[str] | None = None) -> s
     per task family; with the multi-turn loss and the forgetting measures when the runs have them."""
     first = next(iter(results.values()))
     tasks = tasks or list(first["scores"]["per_task"])
-    extra = [("mt loss", lambda r: f"{r['multi_turn_loss']:>8.3f}")] if "multi_turn_loss" in first else []
+    extra = []  # (header, cell) for the measures these runs have
+    if "multi_turn_loss" in first:
+        extra.append(("mt loss", lambda r: f"{r['multi_turn_loss']:.3f}"))
     if "forgetting" in first:
-        extra += [("recall", lambda r: f"{r['forgetting']['recall']:>7.0%}"),
-                  ("text loss", lambda r: f"{r['forgetting']['corpus_loss']:>10.2f}")]
-    head = (f"{'variant':<22}{'val loss':>9}" + "".join(f"{name:>{len(name) + 1 if name != 'recall' else 7}}"
-                                                      for name, _ in extra)
+        extra += [("recall", lambda r: f"{r['forgetting']['recall']:.0%}"),
+                  ("text loss", lambda r: f"{r['forgetting']['corpus_loss']:.2f}")]
+    head = (f"{'variant':<22}{'val loss':>9}" + "".join(f"{name:>{len(name) + 1}}" for name, _ in extra)
             + f"{'exact':>7}{'format':>8}{'stop':>6}{'echo':>6}  " + " ".join(f"{t[:9]:>9}" for t in tasks))
     rows = [head, "-" * len(head)]
     for name, r in results.items():
         s = r["scores"]
-        rows.append(f"{name:<22}{r['val_response_loss']:>9.3f}" + "".join(cell(r) for _, cell in extra)
+        rows.append(f"{name:<22}{r['val_response_loss']:>9.3f}"
+                    + "".join(f"{cell(r):>{len(header) + 1}}" for header, cell in extra)
                     + f"{s['exact_match']:>7.0%}{s['format_ok']:>8.0%}{s['stop_rate']:>6.0%}{s['echo_rate']:>6.0%}  "
                     + " ".join(f"{s['per_task'][t]['exact_match']:>9.0%}" for t in tasks))
     return "\n".join(rows)
 
 
 def masking_seeds(seeds=(0, 1), steps: int = 250, lr: float = 1e-3, batch_size: int = 8) -> str:
-    """Run lesson 01's four loss variants for several seeds, with the forgetting measurement; a
-    Markdown table of the results (what the notebook's assertions were chosen from).
+    """Run lesson 01's four loss variants for several seeds (side by side, `run_variants`), with the
+    forgetting measurement; a Markdown table of the results (what the notebook's assertions were
+    chosen from).
 
     The base model's own row (no SFT) comes first: its cloze recall and pre-training text loss are
     what forgetting is measured against."""
@@ -165,9 +169,9 @@ def masking_seeds(seeds=(0, 1), steps: int = 250, lr: float = 1e-3, batch_size: 
     base = forgetting_scores(model, tok)
     lines.append(f"| - | base model (no SFT) | | | 0% | | | | | | | {base['recall']:.1%} | {base['corpus_loss']:.2f} |")
     for seed in seeds:
-        for name, kw in MASKING_VARIANTS.items():
-            r = run_sft_variant("tiny", steps=steps, lr=lr, batch_size=batch_size, seed=seed, eval_every=steps,
-                                forgetting=True, **kw)
+        runs = run_variants(MASKING_VARIANTS, model_id="tiny", steps=steps, lr=lr, batch_size=batch_size,
+                            seed=seed, eval_every=steps, forgetting=True)
+        for name, r in runs.items():
             s, f, t = r["scores"], r["forgetting"], r["scores"]["per_task"]
             lines.append(f"| {seed} | {name} | {r['val_response_loss']:.3f} | {r['multi_turn_loss']:.3f} | "
                          f"{s['exact_match']:.1%} | {s['format_ok']:.1%} | {s['stop_rate']:.1%} | {s['echo_rate']:.0%} | "
@@ -248,11 +252,11 @@ def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None 
               samples_per_step: int = 16, warmup: float = 0.05, logging_steps: int = 5, seed: int = 0,
               early_stopping_patience: int | None = None, schedule: str = "cosine") -> dict:
     """A short SFT run for lesson 04's symptoms: completion-only labels of `records` (or ready
-    `examples`), with the end-of-turn token left out of the labels when `train_eos=False`, plus a
-    `replay` share of plain pre-training text (full labels) mixed in. Runs `steps` steps (or, with
-    `steps=-1`, `epochs` epochs) of two packed rows holding about `samples_per_step` examples, with
-    warmup then `schedule` ("cosine", or "constant_with_warmup" to keep the rate up). Returns `model`, `tokenizer`, `history`. Steps and evaluation examples are capped by the lane's
-    budget (`sft_helpers.lanes`).
+    `examples`), with the end-of-turn token left out of the labels when `train_eos=False`, plus a `replay`
+    share of plain pre-training text (full labels) mixed in. Runs `steps` steps (or, with `steps=-1`,
+    `epochs` epochs) of two packed rows holding about `samples_per_step` examples, with warmup then
+    `schedule` ("cosine", or "constant_with_warmup" to keep the rate up). Returns `model`, `tokenizer`,
+    `history`. Steps and evaluation examples are capped by the lane's budget (`sft_helpers.lanes`).
     """
     import random
 

@@ -95,29 +95,31 @@ class EvalLossCallback(TrainerCallback):
                         p.copy_(self.best_weights[n])
 
 
-def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = None, *, lr: float = 1e-3,
-              epochs: float = 1.0, max_steps: int = -1, batch_size: int = 16, grad_accum: int = 1,
-              warmup: float = 0.05, weight_decay: float = 0.01, seed: int = 0, eval_steps: int | None = None,
-              logging_steps: int = 10, group_by_length: bool = False, output_dir: str | None = None,
-              collator=None, save_steps: int | None = None, resume_from_checkpoint: str | bool | None = None,
-              early_stopping_patience: int | None = None, precision: str | None = None, pure_bf16: bool = False,
-              callbacks: list | None = None, schedule: str = "cosine", **args) -> list[dict]:
+def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = None, *,
+              resume_from_checkpoint: str | bool | None = None, **settings) -> list[dict]:
     """Fine-tune `model` in place on labelled examples (from `build_labels`); returns `log_history`.
 
-    Effective batch = `batch_size * grad_accum`. Warmup is a fraction of the steps (or a step count
-    when ≥ 1), then `schedule` (transformers' `lr_scheduler_type`: "cosine", "linear",
-    "constant_with_warmup", ...). With `eval`, the token-weighted loss on `eval`'s labels is logged at the start, every `eval_steps` and at the end. `group_by_length` batches examples of similar
-    length together: less padding, but batches of one kind of example (all profiles, all one-word
-    answers); on the course data it trained markedly worse per step than random batches (response
-    loss 1.29 vs 0.79 after 300 steps), so it is off by default. Packing (lesson 02) removes the
-    padding without that cost. `collator` defaults to `PaddedCollator`; pass `PackedCollator` with
-    rows from `pack_examples` (then `batch_size` counts rows) or `PaddingFreeCollator`. With
-    `save_steps`, a checkpoint (weights or adapters, optimizer, scheduler, RNG states) goes to
-    `output_dir/checkpoint-N` every `save_steps` steps; `resume_from_checkpoint` (a checkpoint folder, or
-    True for the latest in `output_dir`) continues a run on the same curve. With `eval` and
-    `early_stopping_patience`, training stops after that many evaluations without a lower eval loss
-    and the model keeps the weights of the best one; `callbacks` are extra `TrainerCallback`s. The model may be a peft
-    model (LoRA / QLoRA): only its adapters train. Other keyword arguments go to `TrainingArguments`.
+    `settings` are `make_trainer`'s keywords (its signature has the defaults): `lr`, `epochs`,
+    `max_steps`, `batch_size`, `grad_accum`, `warmup`, `weight_decay`, `seed`, `eval_steps`,
+    `logging_steps`, `group_by_length`, `output_dir`, `collator`, `save_steps`,
+    `early_stopping_patience`, `precision`, `pure_bf16`, `callbacks`, `schedule`; any other keyword
+    goes to `TrainingArguments`.
+
+    Effective batch = `batch_size * grad_accum`. Warmup is a fraction of the steps (or a step count when ≥
+    1), then `schedule` (transformers' `lr_scheduler_type`: "cosine", "linear", "constant_with_warmup",
+    ...). With `eval`, the token-weighted loss on `eval`'s labels is logged at the start, every `eval_steps`
+    and at the end. `group_by_length` batches examples of similar length together: less padding, but batches
+    of one kind of example (all profiles, all one-word answers); on the course data it trained markedly
+    worse per step than random batches (response loss 1.29 vs 0.79 after 300 steps), so it is off by
+    default. Packing (lesson 02) removes the padding without that cost. `collator` defaults to
+    `PaddedCollator`; pass `PackedCollator` with rows from `pack_examples` (then `batch_size` counts rows)
+    or `PaddingFreeCollator`. With `save_steps`, a checkpoint (weights or adapters, optimizer, scheduler,
+    RNG states) goes to `output_dir/checkpoint-N` every `save_steps` steps; `resume_from_checkpoint` (a
+    checkpoint folder, or True for the latest in `output_dir`) continues a run on the same curve. With
+    `eval` and `early_stopping_patience`, training stops after that many evaluations without a lower eval
+    loss and the model keeps the weights of the best one; `callbacks` are extra `TrainerCallback`s. The
+    model may be a peft model (LoRA / QLoRA): only its adapters train. Other keyword arguments go to
+    `TrainingArguments`.
 
     Precision (`sft_helpers.precision`): `precision` is the lane ("fp32", "fp16", "bf16"; by default
     the half precision the model's weights are in, else the device's, `device_settings`). Whatever
@@ -134,12 +136,7 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
     >>> history[-1]["step"]
     2
     """
-    trainer = make_trainer(model, tokenizer, train, eval, lr=lr, epochs=epochs, max_steps=max_steps,
-                           batch_size=batch_size, grad_accum=grad_accum, warmup=warmup, weight_decay=weight_decay,
-                           seed=seed, eval_steps=eval_steps, logging_steps=logging_steps,
-                           group_by_length=group_by_length, output_dir=output_dir, collator=collator,
-                           save_steps=save_steps, early_stopping_patience=early_stopping_patience,
-                           precision=precision, pure_bf16=pure_bf16, callbacks=callbacks, schedule=schedule, **args)
+    trainer = make_trainer(model, tokenizer, train, eval, **settings)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     model.eval()
     return trainer.state.log_history
@@ -152,8 +149,9 @@ def make_trainer(model, tokenizer, train: list[dict], eval: list[dict] | None = 
                  collator=None, save_steps: int | None = None, early_stopping_patience: int | None = None,
                  precision: str | None = None, pure_bf16: bool = False, callbacks: list | None = None,
                  schedule: str = "cosine", **args) -> WeightedLossTrainer:
-    """The `WeightedLossTrainer` that `train_sft` builds and trains (same arguments, see there), not
-    yet trained: to look inside a step (`trainer.compute_loss`) or to call `.train()` yourself.
+    """The `WeightedLossTrainer` that `train_sft` builds and trains, not yet trained: to look inside
+    a step (`trainer.compute_loss`) or to call `.train()` yourself. The settings are `train_sft`'s
+    (described there; defaults: LR 1e-3, batch 16, warmup 5% then cosine, weight decay 0.01).
 
     >>> from sft_helpers import load_model
     >>> model, tok = load_model("tiny")
