@@ -5,8 +5,10 @@ validated loading), `tokenizer` (ChatML BPE), `models` (lanes: tiny / smollm2-13
 `evaluate` (recall, exact match, format, stopping, echo), `pretrain` (the embedded base model),
 `masking` (loss labels and their checks, lesson 01), `packing`, `collators` and `attention`
 (lesson 02), `training` (`train_sft`), `lora` and `memory` (QLoRA and what fits where, lesson 03),
-`diagnostics` (pre-flight checks and symptom detectors, lesson 04), `precision` (the dtype of every
-weight, gradient and optimizer state per lane), `lanes` (per-lane budgets and assertions),
+`diagnostics` (pre-flight checks and symptom detectors, lesson 04), `dedup` (exact, MinHash and
+semantic de-duplication of chat data, with precision / recall against planted duplicates),
+`precision` (the dtype of every weight, gradient and optimizer state per lane), `lanes` (per-lane
+budgets and assertions),
 `templates` (chat-template families, TRL's training twins; `python -m sft_helpers.templates`),
 `reference` (TRL's own masks,
 packing and adapters, the oracle), `experiments` (seeded lesson runs), `bench` (benchmark commands

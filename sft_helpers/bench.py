@@ -1,15 +1,18 @@
 """Benchmarks whose figures go to `docs/benchmarks.md` (commands, never timed tests).
 
-    python -m sft_helpers.bench packing [--examples 2520] [--lengths 1000000]
+    python -m sft_helpers.bench packing [--examples 2520] [--sizes 100000,1000000] [--speed-only]
     python -m sft_helpers.bench qlora [--arch tiny|Llama-1B|Llama-2-7B] [--seq-len 256] [--batch 2]
     python -m sft_helpers.bench gpu [--model tiny|smollm2-135m|Llama-0.2B|<hub id or folder>] [--steps 5]
     python -m sft_helpers.bench gpu --device cpu --smoke
+    python -m sft_helpers.bench dedup [--n 100000] [--threshold 0.7]
 
 `packing` measures (lesson 02): packing efficiency of sequential / FFD / BFD at max_length 2048 on
-10k long-tailed lengths; BFD speed on 1M lengths next to TRL's `pack_dataset(strategy="bfd")` in
-the same run; and training throughput (real tokens per second, peak memory, final loss) of padded,
-packed and padding-free batches on the tiny base. `training_throughput` is also what notebook 02
-calls at small scale.
+10k long-tailed lengths; the same packing job (labelled examples to packed rows) by our
+`pack_dataset_columnar` and TRL's `pack_dataset(strategy="bfd")` on 100k and 1M examples, each in
+its own process (time, peak memory, efficiency; `--speed-only` reruns just this part of the section);
+and training throughput (real tokens per second, peak memory, final loss) of padded, packed and
+padding-free batches on the tiny base. `training_throughput` is also what notebook 02 calls at small
+scale.
 
 `qlora` (lesson 03) trains a random-initialised model of a given shape a few steps by full
 fine-tuning, LoRA and QLoRA and compares the memory with `memory.estimate_memory`: on a GPU the
@@ -22,12 +25,17 @@ dtypes of what trains and of AdamW's states, the loss scaler, the peak memory ag
 packed against padded logits and the merged model's forward. A random ~0.22B Llama is built offline
 (no hub). `--device cpu --smoke` runs the same code on the tiny base, the half-precision lanes
 emulated on the CPU (slowly: about 5 s of CPU per half-precision run).
+
+`dedup` (issue 15) times `dedup.exact_duplicates` and `dedup.near_duplicates` (MinHash + LSH) on
+100k synthetic conversations with planted exact and near duplicates (`dedup.synthetic_conversations`,
+seed 0): wall and CPU seconds, peak resident memory, and precision / recall against the planted pairs.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import math
 import os
 import platform
@@ -154,35 +162,137 @@ def throughput_table(methods=METHODS, isolate: bool = True, **kwargs) -> list[di
     return rows
 
 
-def packer_speed(n: int = 1_000_000, max_length: int = 2048, seed: int = 1) -> list[dict]:
-    """Our `pack_bfd` on `n` long-tailed lengths and TRL's `pack_dataset(strategy="bfd")` on a dataset
-    of sequences with the same lengths, in this run: seconds, rows and efficiency. TRL bins within
-    each `map` batch (1,000 examples by default) and also gathers the token ids into the rows."""
+PACKER_RUNS = {"ours": "sft_helpers `pack_dataset_columnar` (BFD, whole dataset)",
+               "trl": "TRL `pack_dataset` bfd (default: 1,000-example map batches)",
+               "trl_whole": "TRL `pack_dataset` bfd (`batch_size=None`: whole dataset)",
+               "lists": "sft_helpers `pack_examples` (Python lists; rows not a Dataset)"}
+
+
+def labelled_dataset(n: int, max_length: int = 2048, seed: int = 1):
+    """`n` labelled examples as a `datasets.Dataset`, built column-wise: `input_ids` (int32, random
+    ids) of `packing.long_tailed_lengths` and `labels` (int64, the ids with the first of each
+    example masked), the column types `Dataset.from_list` gives `build_labels`' output.
+
+    >>> labelled_dataset(3, seed=0).features["labels"]
+    List(Value('int64'))
+    """
     import numpy as np
     import pyarrow as pa
     from datasets import Dataset
+
+    from .packing import long_tailed_lengths
+
+    offsets = np.concatenate([[0], np.cumsum(long_tailed_lengths(n, max_length, seed=seed))])
+    ids = np.random.default_rng(seed).integers(0, 50_000, int(offsets[-1]), dtype=np.int32)
+    labels = ids.astype(np.int64)
+    labels[offsets[:-1]] = -100
+    return Dataset(pa.table({"input_ids": pa.ListArray.from_arrays(offsets.astype(np.int32), ids),
+                             "labels": pa.ListArray.from_arrays(offsets.astype(np.int32), labels)}))
+
+
+def packer_run(packer: str, path: str, max_length: int = 2048) -> dict:
+    """One packing job of `packer_speed`, in this process: the labelled dataset saved at `path`
+    (memory-mapped) to packed rows (`input_ids`, `labels`, `seq_lengths`; a Dataset written to a
+    temporary arrow file, caching off). Returns wall and CPU seconds, rows, efficiency, the peak
+    resident memory (VmHWM, reset after loading) and its rise above the resident memory before."""
+    from datasets import disable_caching, load_from_disk
     from datasets.utils.logging import disable_progress_bar
     from trl import pack_dataset
 
-    from .packing import long_tailed_lengths, pack_bfd, packing_stats
+    from .packing import pack_dataset_columnar, pack_examples
+
+    disable_caching()
+    disable_progress_bar()
+    data = load_from_disk(path)
+    start = _status_mb("VmRSS")
+    _reset_peak_rss()
+    if packer == "lists":
+        data = data.to_list()  # the list path's input; its memory counts, its time does not
+    t0, c0 = time.perf_counter(), time.process_time()
+    if packer == "ours":
+        packed = pack_dataset_columnar(data, max_length, overflow="truncate")[0]
+    elif packer == "lists":
+        packed = pack_examples(data, max_length, overflow="truncate")[0]
+    else:
+        whole = {"batch_size": None} if packer == "trl_whole" else None
+        packed = pack_dataset(data, max_length, "bfd", map_kwargs=whole)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak = _status_mb("VmHWM")
+    tokens = sum(sum(r["seq_lengths"]) for r in packed) if packer == "lists" else sum(
+        c.values.to_numpy().sum() for c in packed.data["seq_lengths"].chunks)
+    return {"packer": packer, "seconds": seconds, "cpu_s": cpu, "rows": len(packed), "tokens": int(tokens),
+            "efficiency": int(tokens) / (len(packed) * max_length), "peak_mb": peak, "rise_mb": peak - start}
+
+
+def packer_speed(sizes=(100_000, 1_000_000), max_length: int = 2048, seed: int = 1,
+                 packers=("ours", "trl", "trl_whole"), lists_up_to: int = 100_000) -> list[dict]:
+    """The same job for every packer in `PACKER_RUNS`: labelled examples (`labelled_dataset`, saved
+    to disk) to packed rows of `max_length`, at each size in `sizes`, each run in a fresh process
+    (`packer_run`) so its peak memory is its own; the list path only up to `lists_up_to` examples."""
+    import json
+    import subprocess
+    import tempfile
+
+    from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
-    lengths = long_tailed_lengths(n, max_length, seed=seed)
-    tokens = sum(lengths)
-    t0 = time.perf_counter()
-    ours = packing_stats(pack_bfd(lengths, max_length))
-    rows = [{"packer": "sft_helpers.pack_bfd (lengths → bins)", "seconds": time.perf_counter() - t0,
-             "rows": ours["rows"], "efficiency": ours["efficiency"]}]
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    column = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(np.zeros(tokens, dtype=np.int32)))
-    dataset = Dataset(pa.table({"input_ids": column}))
-    for label, kwargs in (("TRL pack_dataset bfd (1,000-example map batches)", None),
-                          ("TRL pack_dataset bfd (one batch: whole dataset)", {"batch_size": None})):
-        t0 = time.perf_counter()
-        packed = pack_dataset(dataset, max_length, strategy="bfd", map_kwargs=kwargs)
-        rows.append({"packer": label, "seconds": time.perf_counter() - t0, "rows": len(packed),
-                     "efficiency": tokens / (len(packed) * max_length)})
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-packing-") as tmp:
+            labelled_dataset(n, max_length, seed).save_to_disk(tmp)
+            for packer in [*packers, *(["lists"] if n <= lists_up_to else [])]:
+                args = json.dumps({"packer": packer, "path": tmp, "max_length": max_length})
+                load = os.getloadavg()[0]
+                done = subprocess.run([sys.executable, "-m", "sft_helpers.bench", "packer-one", args],
+                                      capture_output=True, text=True)
+                if done.returncode:
+                    raise RuntimeError(f"packer run {packer!r} failed:\n{done.stderr[-3000:]}")
+                rows.append({"examples": n, "load": load, **json.loads(done.stdout.strip().splitlines()[-1])})
+                print(rows[-1], flush=True)
     return rows
+
+
+def packer_speed_section(rows: list[dict], command: str) -> str:
+    """The `packing-speed` part of the packing section: a table per size and ours / TRL."""
+    columns = {"packer": ("name", "{}"), "wall s": ("seconds", "{:.1f}"), "CPU s": ("cpu_s", "{:.1f}"),
+               "ours / this (wall)": ("ratio", "{:.2f}"), "ours / this (CPU)": ("cpu_ratio", "{:.2f}"),
+               "rows": ("rows", "{:,}"), "efficiency": ("efficiency", "{:.2%}"),
+               "peak RSS (MB)": ("peak_mb", "{:,.0f}"), "rise (MB)": ("rise_mb", "{:,.0f}"),
+               "load avg": ("load", "{:.1f}")}
+    tables, summary = [], []
+    for n in dict.fromkeys(r["examples"] for r in rows):
+        size = {r["packer"]: r for r in rows if r["examples"] == n}
+        for r in size.values():
+            r |= {"name": PACKER_RUNS[r["packer"]], "ratio": size["ours"]["seconds"] / r["seconds"],
+                  "cpu_ratio": size["ours"]["cpu_s"] / r["cpu_s"]}
+        table = _md_table(list(size.values()), columns)
+        tables.append(f"{n:,} examples ({size['ours']['tokens']:,} tokens):\n\n{table}")
+        ours, trl, whole = size["ours"], size["trl"], size["trl_whole"]
+        summary.append(f"* {n:,} examples: **{whole['ratio']:.2f}** ({whole['cpu_ratio']:.2f} CPU) against TRL at "
+                       f"equal efficiency, **{trl['ratio']:.2f}** ({trl['cpu_ratio']:.2f} CPU) against TRL's "
+                       f"default; memory rise {ours['rise_mb']:,.0f} MB against {whole['rise_mb']:,.0f} and "
+                       f"{trl['rise_mb']:,.0f} MB")
+    tables = "\n\n".join(tables)
+    return f"""**Packer speed: the same job** (`{command}`, {datetime.date.today()}; {machine()}).
+From labelled examples (a `datasets.Dataset` saved to disk and memory-mapped: `input_ids` int32 and
+`labels` int64 of `packing.long_tailed_lengths`, median 200, clipped at 2048) to packed rows of 2048
+(`input_ids`, `labels`, `seq_lengths`, what `PackedCollator` reads) written as a Dataset (caching off),
+each run in a fresh process: wall and CPU seconds, the peak resident set (VmHWM; the memory-mapped
+input counts once touched) and its rise above the process before the job, and the load average of
+the shared machine as the run started. TRL's default bins each 1,000-example `map` batch apart (fewer
+tokens per row); with `batch_size=None` it bins the whole dataset, as ours does. Ours: the same bins
+as `pack_examples` (BFD, bitset best fit), tokens gathered from the Arrow buffers by numpy and written
+1,000 rows at a time. Target: ours at least as fast as TRL at equal efficiency.
+
+{tables}
+
+Wall time ours / TRL (below 1: ours faster) and peak memory:
+
+{chr(10).join(summary)}
+
+On a shared machine the CPU seconds are the steadier figure: the wall time also counts the time
+other work held the cores.
+"""
 
 
 def efficiency_table(lengths: list[int], max_length: int) -> list[dict]:
@@ -237,7 +347,7 @@ def write_section(name: str, body: str, path: Path = Path("docs/benchmarks.md"))
     path.write_text(text)
 
 
-def bench_packing(n_examples: int, n_lengths: int) -> str:
+def bench_packing(n_examples: int, sizes: list[int], command: str) -> str:
     from .data import load_split
     from .masking import build_labels
     from .models import load_tokenizer
@@ -252,7 +362,7 @@ def bench_packing(n_examples: int, n_lengths: int) -> str:
     long_tail = efficiency_table(tail_lengths, 2048)
     on_course = efficiency_table(course_lengths, 512)
     print("packer speed ...", flush=True)
-    speed = packer_speed(n_lengths)
+    speed = packer_speed_section(packer_speed(sizes), command)
     print("training throughput ...", flush=True)
     train = throughput_table(n_examples=n_examples)
     by = {r["method"]: r for r in train}
@@ -271,11 +381,9 @@ On the course's own training split ({len(course_lengths):,} conversations, compl
 
 {_md_table(on_course, eff_cols)}
 
-**Packer speed on {n_lengths:,} long-tailed lengths at 2048** (same lengths, same run). Target: ours at least as fast as TRL.
-TRL's figure includes gathering the token ids into rows (ours only computes the bins), and TRL bins
-within each 1,000-example `map` batch, which costs efficiency.
-
-{_md_table(speed, {"packer": ("packer", "{}"), "seconds": ("seconds", "{:.1f}"), "rows": ("rows", "{:,}"), "efficiency": ("efficiency", "{:.2%}")})}
+<!-- bench:packing-speed -->
+{speed.strip()}
+<!-- /bench:packing-speed -->
 
 **Training throughput on the tiny base** ({n_examples:,} training conversations, one epoch, completion-only labels,
 LR 1e-3, seed 0, each method in a fresh process; padded and padding-free steps hold {BATCH_SAMPLES} random samples,
@@ -841,6 +949,70 @@ logit difference by lane: {worst or '-'} (a leak shows as ≥ {leak:.1f}).
 """
 
 
+def dedup_bench(n: int = 100_000, seed: int = 0, threshold: float = 0.7, num_perm: int = 128) -> list[dict]:
+    """Exact and MinHash de-duplication of `n` synthetic conversations (5% planted exact copies, 5% near
+    copies): for each method the wall and CPU seconds, the process's peak resident memory (VmHWM, reset
+    just before) and its rise above the resident memory at the start, what was removed, and precision
+    (found pairs that are planted duplicates) and recall of the planted exact and near pairs."""
+    import gc
+
+    from .dedup import exact_duplicates, near_duplicates, precision_recall, synthetic_conversations
+
+    t0 = time.perf_counter()
+    records, planted = synthetic_conversations(n, seed)
+    rows = [{"method": f"generate {n:,} conversations (not timed below)", "seconds": time.perf_counter() - t0}]
+    runs = {"exact (normalised hash)": lambda: exact_duplicates(records),
+            f"MinHash + LSH (threshold {threshold:g}, {num_perm} perm, 3-word shingles)":
+                lambda: near_duplicates(records, threshold=threshold, num_perm=num_perm)}
+    for name, run in runs.items():
+        gc.collect()
+        start = _status_mb("VmRSS")
+        _reset_peak_rss()
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = run()
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        peak = _status_mb("VmHWM")
+        found = [p[:2] for p in result.pairs]
+        rows.append({"method": name, "seconds": seconds, "cpu_s": cpu, "peak_mb": peak, "rise_mb": peak - start,
+                     "removed": len(result.removed), "clusters": len(result.clusters),
+                     "precision": precision_recall(found, planted["exact"] + planted["near"])["precision"],
+                     "recall_exact": precision_recall(found, planted["exact"])["recall"],
+                     "recall_near": precision_recall(found, planted["near"])["recall"]})
+        print(rows[-1], flush=True)
+        del result
+    return rows
+
+
+def bench_dedup(n: int, seed: int, threshold: float, num_perm: int) -> str:
+    load = os.getloadavg()[0]
+    rows = dedup_bench(n, seed, threshold, num_perm)
+    columns = {"method": ("method", "{}"), "wall s": ("seconds", "{:.1f}"), "CPU s": ("cpu_s", "{:.1f}"),
+               "peak RSS (MB)": ("peak_mb", "{:,.0f}"), "rise (MB)": ("rise_mb", "{:,.0f}"),
+               "removed": ("removed", "{:,}"), "clusters": ("clusters", "{:,}"), "precision": ("precision", "{:.1%}"),
+               "recall, exact copies": ("recall_exact", "{:.1%}"), "recall, near copies": ("recall_near", "{:.1%}")}
+    total = sum(r.get("cpu_s", 0) for r in rows)
+    command = f"python -m sft_helpers.bench dedup --n {n} --threshold {threshold:g}"
+    return f"""## De-duplication (`{command}`, {datetime.date.today()})
+
+Machine: {machine()}; datasketch {importlib.metadata.version("datasketch")}; load average {load:.1f} when it started.
+
+{n:,} synthetic conversations (`dedup.synthetic_conversations`, seed {seed}: a user question of 5-25 words, a reply of
+30-120 words, a system prompt in a third; Zipf-like words), of which 5% are planted exact copies (case, spacing and
+punctuation changed) and 5% near copies (1-3 words of the reply replaced). Exact and MinHash run one after the
+other in one process; MinHash also finds the exact copies (Jaccard 1). CPU seconds are the process's own
+CPU time: on this shared machine wall seconds also count the time other jobs held the cores. Peak RSS is the
+process's peak resident memory during the method (the records and imported libraries included); "rise" is that
+peak above the resident memory when the method started. Precision: found pairs that are planted duplicates
+(a copy's copies count as its duplicates); recall: planted pairs that end in one found cluster.
+
+{_md_table(rows, columns)}
+
+Exact + MinHash together: **{total:.1f} CPU seconds** for {n:,} conversations. Near copies that MinHash
+misses mostly share fewer shingles than the threshold asks (3 replaced words remove up to 9 of a short
+conversation's 3-word shingles); `dedup.threshold_curve` shows what a lower threshold gains and costs.
+"""
+
+
 def _csv(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
@@ -879,7 +1051,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("packing", help="packing efficiency, packer speed and training throughput")
     p.add_argument("--examples", type=int, default=2520, help="training conversations per throughput run")
-    p.add_argument("--lengths", type=int, default=1_000_000, help="lengths for the packer-speed run")
+    p.add_argument("--sizes", default="100000,1000000", help="examples per packer-speed run, comma-separated")
+    p.add_argument("--speed-only", action="store_true", help="only the packer speed (its part of the section)")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     q = sub.add_parser("qlora", help="training memory of full / LoRA / QLoRA vs the estimator")
     q.add_argument("--arch", default="tiny", help="tiny, a memory.ARCHITECTURES name, or Llama-1B")
@@ -902,6 +1075,14 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--row-length", type=int, help="tokens per packed row (default 1024; smoke 64)")
     g.add_argument("--budget-s", type=float, default=420.0, help="runs due after this many seconds: skipped")
     g.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    d = sub.add_parser("dedup", help="exact and MinHash de-duplication of 100k synthetic conversations")
+    d.add_argument("--n", type=int, default=100_000, help="synthetic conversations")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threshold", type=float, default=0.7, help="MinHash Jaccard threshold")
+    d.add_argument("--num-perm", type=int, default=128)
+    d.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    pone = sub.add_parser("packer-one", help="(internal) one packer_run, JSON in and out")
+    pone.add_argument("kwargs")
     one = sub.add_parser("throughput-one", help="(internal) one training_throughput run, JSON in and out")
     one.add_argument("kwargs")
     args = parser.parse_args(argv)
@@ -912,15 +1093,32 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(torch.get_num_threads())
         print(json.dumps(training_throughput(**json.loads(args.kwargs))))
         return
+    if args.command == "packer-one":
+        import json
+
+        print(json.dumps(packer_run(**json.loads(args.kwargs))))
+        return
     if args.command == "gpu":
         bench_gpu(args)
+        return
+    if args.command == "dedup":
+        body = bench_dedup(args.n, args.seed, args.threshold, args.num_perm)
+        write_section("dedup", body, args.out)
+        print(body)
         return
     if args.command == "qlora":
         body = bench_qlora(args.arch, args.seq_len, args.batch, args.steps)
         write_section(f"qlora-{args.arch}", body, args.out)
         print(body)
         return
-    body = bench_packing(args.examples, args.lengths)
+    sizes = [int(n) for n in args.sizes.split(",")]
+    command = "python -m sft_helpers.bench " + " ".join(args.argv)
+    if args.speed_only:
+        body = packer_speed_section(packer_speed(sizes), command)
+        write_section("packing-speed", body, args.out)
+        print(body)
+        return
+    body = bench_packing(args.examples, sizes, command)
     write_section(args.command, body, args.out)
     print(body)
 

@@ -5,8 +5,9 @@ and `seq_lengths` for packed rows) and returns a dict of tensors. Extra keys suc
 are ignored. Three ways to batch (lesson 02):
 
 * `PaddedCollator`: right-pad to the longest example, with an `attention_mask`;
-* `PackedCollator`: fixed-length rows of several samples (from `packing.pack_examples`), positions
-  restarting per sample, no `attention_mask`, plus flash-attn's `cu_seq_lens` over the whole batch;
+* `PackedCollator`: fixed-length rows of several samples (from `packing.pack_examples` or
+  `packing.pack_dataset_columnar`), positions restarting per sample, no `attention_mask`, plus
+  flash-attn's `cu_seq_lens` over the whole batch;
 * `PaddingFreeCollator`: the whole batch as one row, positions restarting, plus flash-attn's
   `cu_seq_lens`.
 """
@@ -52,14 +53,21 @@ class PaddedCollator:
         return batch
 
 
+def _as_list(values) -> list:
+    """A list of Python numbers from a list, a numpy array or a tensor (a row of a formatted dataset)."""
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
 def _samples(feature: dict) -> list[tuple[list, list, list | None]]:
     """The samples in one feature: `(input_ids, labels, loss_weights)` per sample, split by
-    `seq_lengths` for a packed row (from `pack_examples`), else the feature as one sample. The first
-    label (and weight) of every sample is masked: it would be predicted from the previous sample."""
-    ids = list(feature["input_ids"])
-    labels = list(feature.get("labels", ids))
-    weights = list(feature["loss_weights"]) if "loss_weights" in feature else None
-    lengths = list(feature.get("seq_lengths") or [len(ids)])
+    `seq_lengths` for a packed row (from `pack_examples` or `pack_dataset_columnar`, as lists, numpy
+    arrays or tensors), else the feature as one sample. The first label (and weight) of every sample
+    is masked: it would be predicted from the previous sample."""
+    ids = _as_list(feature["input_ids"])
+    labels = _as_list(feature["labels"]) if "labels" in feature else ids
+    weights = _as_list(feature["loss_weights"]) if "loss_weights" in feature else None
+    packed = feature.get("seq_lengths")
+    lengths = (_as_list(packed) if packed is not None else []) or [len(ids)]
     if sum(lengths) != len(ids) or min(lengths) < 1:
         raise ValueError(f"seq_lengths {lengths} do not add up to the row's {len(ids)} tokens")
     out, start = [], 0
@@ -88,14 +96,15 @@ def flash_attn_kwargs(lengths: list[int]) -> dict:
 
 
 class PackedCollator:
-    """Fixed-length packed rows (from `pack_examples`) as a batch with no `attention_mask`:
-    `position_ids` restart at 0 for every sample, the first label of each sample is -100, and each
-    row is filled up to `max_length` (or the longest row) with pad tokens that form a block of their
-    own (positions from 0, labels -100). With sdpa/eager and `use_cache=False`, transformers builds
-    the block-diagonal causal mask from the position restarts, so no sample sees another. Flash-attn
-    variants read position restarts only when the batch is one row, so the batch also carries
-    `flash_attn_kwargs` of every sample and pad tail over the flattened rows: exact with any number
-    of rows under every attention (`attention.check_packed_batch` checks a batch).
+    """Fixed-length packed rows (from `pack_examples`, or `pack_dataset_columnar` in any format) as a
+    batch with no `attention_mask`: `position_ids` restart at 0 for every sample, the first label of
+    each sample is -100, and each row is filled up to `max_length` (or the longest row) with pad
+    tokens that form a block of their own (positions from 0, labels -100). With sdpa/eager and
+    `use_cache=False`, transformers builds the block-diagonal causal mask from the position restarts,
+    so no sample sees another. Flash-attn variants read position restarts only when the batch is one
+    row, so the batch also carries `flash_attn_kwargs` of every sample and pad tail over the
+    flattened rows: exact with any number of rows under every attention
+    (`attention.check_packed_batch` checks a batch).
 
     >>> b = PackedCollator(pad_token_id=0, max_length=6)([{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9],
     ...                                                    "seq_lengths": [3, 2]}])

@@ -4,19 +4,29 @@ Pure functions over a list of lengths, returning bins as lists of sample indices
 
 * `pack_sequential`: fill a row in order, start a new one when the next sample does not fit (naive);
 * `pack_ffd`: first-fit decreasing (axolotl's multipack);
-* `pack_bfd`: best-fit decreasing with a segment tree over free space, O(n log max_length) (TRL's
-  `bfd` strategy, here over the whole dataset rather than 1,000-example chunks).
+* `pack_bfd`: best-fit decreasing, the tightest row found by one shift of a bitset of free spaces
+  (TRL's `bfd` strategy, here over the whole dataset rather than 1,000-example chunks).
 
 Samples longer than `max_length` follow `overflow`: "raise", "truncate" (one bin, cut) or "split"
 (pieces of `max_length`); every such sample is counted in `PackResult.overflow`.
 
 `pack_examples` applies a packer to labelled examples (dicts from `masking.build_labels`) and returns
-rows ready for `collators.PackedCollator`; `padding_stats` measures what plain padded batches waste.
+rows ready for `collators.PackedCollator`; `pack_dataset_columnar` (and `pack_columns` on an Arrow
+table) makes the same rows as a `datasets.Dataset`, gathering the tokens with numpy from Arrow
+buffers: the path for large data. `padding_stats` measures what plain padded batches waste.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import numpy as np
+    import pyarrow as pa
+    from datasets import Dataset
 
 OVERFLOW = ("raise", "truncate", "split")
 
@@ -102,72 +112,40 @@ def pack_ffd(lengths: list[int], max_length: int, overflow: str = "raise", decre
     return PackResult(bins, max_length, over)
 
 
-class _FreeSpaceTree:
-    """Segment tree over free-space values 1..capacity: each leaf holds its value when some row has
-    exactly that much free space (else 0), each node the max of its children, so the smallest free
-    space ≥ a size is one walk down from the root (as in TRL's `_SegmentTree`)."""
-
-    def __init__(self, capacity: int):
-        self.size = 1 << max(capacity - 1, 0).bit_length()
-        self.tree = [0] * (2 * self.size)
-        self.count = [0] * (capacity + 1)
-
-    def _set(self, space: int, value: int):
-        i = self.size + space - 1
-        tree = self.tree
-        tree[i] = value
-        while i > 1:
-            i >>= 1
-            left, right = tree[2 * i], tree[2 * i + 1]
-            tree[i] = left if left >= right else right
-
-    def add(self, space: int):
-        self.count[space] += 1
-        if self.count[space] == 1:
-            self._set(space, space)
-
-    def remove(self, space: int):
-        self.count[space] -= 1
-        if self.count[space] == 0:
-            self._set(space, 0)
-
-    def smallest_at_least(self, need: int) -> int | None:
-        """The smallest free space ≥ `need` that some row has, or None."""
-        tree = self.tree
-        if tree[1] < need:
-            return None
-        i = 1
-        while i < self.size:
-            i = 2 * i if tree[2 * i] >= need else 2 * i + 1
-        return tree[i]
-
-
 def pack_bfd(lengths: list[int], max_length: int, overflow: str = "raise", decreasing: bool = True) -> PackResult:
-    """Best-fit decreasing: longest first, each into the row whose free space fits it most tightly
-    (a segment tree over free space makes each placement O(log max_length)). With
-    `decreasing=False`, samples are placed in the given order (online best fit).
+    """Best-fit decreasing: longest first, each into the row whose free space fits it most tightly.
+    Bit `s` of the Python int `free` is set when some row has exactly `s` free slots, so the tightest
+    fit for a sample of `size` is the lowest set bit of `free >> size`: one shift and one bit trick
+    per sample, in C (what TRL's segment tree finds in log2(max_length) Python steps). Among rows with
+    the same free space, the last one to get it is filled first. With `decreasing=False`, samples are
+    placed in the given order (online best fit).
 
     >>> pack_bfd([3, 3, 2, 2], 5).indices()
     [[0, 3], [1, 2]]
     """
     pieces, over = _pieces(lengths, max_length, overflow)
-    tree = _FreeSpaceTree(max_length)
     bins: list[list] = []
-    rows_with_space: dict[int, list[int]] = {}
+    rows_with_space: dict[int, list[int]] = {}  # free space -> rows that have exactly that much
+    free = 0
     for p in _decreasing(pieces) if decreasing else pieces:
         size = p[2] - p[1]
-        space = tree.smallest_at_least(size)
-        if space is None:
-            bins.append([p])
-            b, left = len(bins) - 1, max_length - size
-        else:
-            b = rows_with_space[space].pop()
-            tree.remove(space)
+        fits = free >> size
+        if fits:
+            space = size + (fits & -fits).bit_length() - 1
+            rows = rows_with_space[space]
+            b = rows.pop()
+            if not rows:
+                free ^= 1 << space
             bins[b].append(p)
             left = space - size
-        if left > 0:
-            rows_with_space.setdefault(left, []).append(b)
-            tree.add(left)
+        else:
+            b, left = len(bins), max_length - size
+            bins.append([p])
+        if left:
+            rows = rows_with_space.setdefault(left, [])
+            if not rows:
+                free |= 1 << left
+            rows.append(b)
     return PackResult(bins, max_length, over)
 
 
@@ -186,6 +164,24 @@ def packing_stats(result: PackResult) -> dict:
 
 PACKERS = {"sequential": pack_sequential, "ffd": pack_ffd, "bfd": pack_bfd}
 PACKED_KEYS = ("input_ids", "labels", "loss_weights")
+
+
+def _pack_order(lengths: list[int], max_length: int, strategy: str, overflow: str,
+                shuffle_seed: int | None) -> tuple[list[int], PackResult]:
+    """`(order, result)`: the samples' order (shuffled with `shuffle_seed`, else as given) and the
+    packing of their lengths in that order (longest first unless shuffled); `result`'s sample index
+    `i` is sample `order[i]`. Shared by `pack_examples` and `pack_columns`, so both make the same rows."""
+    import random
+
+    if strategy not in PACKERS:
+        raise ValueError(f"strategy must be one of {sorted(PACKERS)}, not {strategy!r}")
+    order = list(range(len(lengths)))
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(order)
+    lengths = [lengths[i] for i in order]
+    if strategy == "sequential":
+        return order, pack_sequential(lengths, max_length, overflow)
+    return order, PACKERS[strategy](lengths, max_length, overflow, decreasing=shuffle_seed is None)
 
 
 def pack_examples(examples: list[dict], max_length: int, strategy: str = "bfd", overflow: str = "raise",
@@ -208,18 +204,8 @@ def pack_examples(examples: list[dict], max_length: int, strategy: str = "bfd", 
     >>> rows[0]["input_ids"], rows[0]["seq_lengths"], stats["efficiency"]
     ([1, 2, 3, 4, 5], [3, 2], 1.0)
     """
-    import random
-
-    if strategy not in PACKERS:
-        raise ValueError(f"strategy must be one of {sorted(PACKERS)}, not {strategy!r}")
-    order = list(range(len(examples)))
-    if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(order)
-    lengths = [len(examples[i]["input_ids"]) for i in order]
-    if strategy == "sequential":
-        result = pack_sequential(lengths, max_length, overflow)
-    else:
-        result = PACKERS[strategy](lengths, max_length, overflow, decreasing=shuffle_seed is None)
+    order, result = _pack_order([len(e["input_ids"]) for e in examples], max_length, strategy, overflow,
+                                shuffle_seed)
     keys = [k for k in PACKED_KEYS if k in (examples[0] if examples else {})]
     rows = []
     for b in result.bins:
@@ -231,6 +217,161 @@ def pack_examples(examples: list[dict], max_length: int, strategy: str = "bfd", 
             row["seq_lengths"].append(end - start)
         rows.append(row)
     return rows, packing_stats(result)
+
+
+
+def _gather(values: list[np.ndarray], chunks: list[int], starts: list[int], ends: list[int]) -> np.ndarray:
+    """The slices `values[chunks[k]][starts[k]:ends[k]]` laid end to end: one `np.concatenate` of
+    views (one copy of the tokens, no index array).
+
+    >>> import numpy as np
+    >>> _gather([np.arange(10), np.arange(100, 105)], [0, 1, 0], [7, 0, 4], [9, 3, 5]).tolist()
+    [7, 8, 100, 101, 102, 4]
+    """
+    import numpy as np
+
+    return np.concatenate([values[c][s:e] for c, s, e in zip(chunks, starts, ends)] or [np.zeros(0, np.int64)])
+
+
+def _list_column(chunks: list[pa.Array]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """`(starts, lengths, values)` of a list column given as chunks (Arrow list arrays, maybe
+    sliced): where each example's list begins in its chunk's value buffer, its length, and each
+    chunk's value buffer as a numpy array (no copy)."""
+    import numpy as np
+
+    offsets = [np.asarray(c.offsets, np.int64) for c in chunks]
+    if any(c.null_count for c in chunks):
+        raise ValueError("packed columns must have no null rows")
+    return (np.concatenate([np.zeros(0, np.int64)] + [o[:-1] for o in offsets]),
+            np.concatenate([np.zeros(0, np.int64)] + [np.diff(o) for o in offsets]),
+            [c.values.to_numpy() for c in chunks])
+
+
+def packed_blocks(table: pa.Table, max_length: int, strategy: str = "bfd", overflow: str = "raise",
+                  shuffle_seed: int | None = None, rows_per_block: int | None = None) -> Iterator[pa.Table]:
+    """`pack_examples` on a `pyarrow.Table` of list columns (`input_ids`, and `labels` and
+    `loss_weights` when present; other columns are dropped): the same rows, in the same order, as
+    tables of `rows_per_block` rows (default: one table) with `seq_lengths`. The bins come from the
+    same packers; each block's tokens are then copied, a sample's run at a time, from the columns'
+    Arrow value buffers by numpy (no Python lists of tokens, no copy of the input), in the columns'
+    own types. There is always at least one block, maybe empty.
+
+    >>> import pyarrow as pa
+    >>> t = pa.table({"input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]], "labels": [[-100, 2, 3], [4, 5], [6, 7, 8, 9]]})
+    >>> [b.to_pydict() for b in packed_blocks(t, 5, rows_per_block=1)][1]
+    {'input_ids': [[1, 2, 3, 4, 5]], 'labels': [[-100, 2, 3, 4, 5]], 'seq_lengths': [[3, 2]]}
+    """
+    from itertools import chain
+
+    import numpy as np
+    import pyarrow as pa
+
+    if "input_ids" not in table.column_names:
+        raise ValueError(f"no input_ids column to pack (columns: {table.column_names})")
+    keys = [k for k in PACKED_KEYS if k in table.column_names]
+    types = [table.schema.field(k).type for k in keys]
+    if not all(pa.types.is_list(t) or pa.types.is_large_list(t) for t in types):
+        raise ValueError(f"columns to pack must be lists, not {dict(zip(keys, map(str, types)))}")
+    batches = table.select(keys).to_batches()  # aligned chunks of every column, no copy
+    columns = [_list_column([b.column(k) for b in batches]) for k in keys]
+    lengths = columns[0][1]
+    for k, (_, n, _) in zip(keys, columns):
+        if not np.array_equal(n, lengths):
+            raise ValueError(f"{k} and input_ids differ in length in some example")
+    order, result = _pack_order(lengths.tolist(), max_length, strategy, overflow, shuffle_seed)
+    pieces = np.fromiter(chain.from_iterable(chain.from_iterable(result.bins)), np.int64).reshape(-1, 3)
+    samples, sizes = np.asarray(order, np.int64)[pieces[:, 0]], pieces[:, 2] - pieces[:, 1]
+    chunk_of = np.repeat(np.arange(len(batches)), [b.num_rows for b in batches])[samples]
+    begins = [starts[samples] + pieces[:, 1] for starts, _, _ in columns]
+    row_pieces = np.cumsum([0] + [len(b) for b in result.bins])  # row r holds pieces row_pieces[r]:[r + 1]
+    row_tokens = np.concatenate([[0], np.cumsum(sizes)])[row_pieces]
+    step = rows_per_block or max(len(result.bins), 1)
+    for r0 in range(0, max(len(result.bins), 1), step):
+        r1 = min(r0 + step, len(result.bins))
+        p0, p1 = row_pieces[r0], row_pieces[r1]
+        out = {}
+        for k, t, (_, _, values), begin in zip(keys, types, columns, begins):
+            b, e = begin[p0:p1], begin[p0:p1] + sizes[p0:p1]
+            flat = pa.array(_gather(values, chunk_of[p0:p1].tolist(), b.tolist(), e.tolist()), t.value_type)
+            array, dtype = (pa.LargeListArray, np.int64) if pa.types.is_large_list(t) else (pa.ListArray, np.int32)
+            out[k] = array.from_arrays((row_tokens[r0:r1 + 1] - row_tokens[r0]).astype(dtype), flat)
+        out["seq_lengths"] = pa.ListArray.from_arrays((row_pieces[r0:r1 + 1] - p0).astype(np.int32),
+                                                      sizes[p0:p1].astype(np.int32))
+        yield pa.table(out)
+
+
+def pack_columns(table: pa.Table, max_length: int, strategy: str = "bfd", overflow: str = "raise",
+                 shuffle_seed: int | None = None) -> pa.Table:
+    """`packed_blocks` as one table: `pack_examples`' rows from a `pyarrow.Table` of list columns.
+
+    >>> import pyarrow as pa
+    >>> t = pa.table({"input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]], "labels": [[-100, 2, 3], [4, 5], [6, 7, 8, 9]]})
+    >>> packed = pack_columns(t, 5).to_pydict()
+    >>> packed["input_ids"], packed["labels"], packed["seq_lengths"]
+    ([[6, 7, 8, 9], [1, 2, 3, 4, 5]], [[6, 7, 8, 9], [-100, 2, 3, 4, 5]], [[4], [3, 2]])
+    """
+    return next(packed_blocks(table, max_length, strategy, overflow, shuffle_seed))
+
+
+def _write_arrow(blocks: Iterator[pa.Table], path: str) -> None:
+    """Write tables (same schema) to an Arrow stream file, the format `Dataset.from_file` memory-maps;
+    through a temporary name, so an interrupted write leaves no partial cache behind."""
+    import os
+
+    import pyarrow as pa
+
+    with pa.OSFile(f"{path}.incomplete", "wb") as sink:
+        writer = None
+        for block in blocks:
+            writer = writer or pa.ipc.new_stream(sink, block.schema)
+            writer.write_table(block)
+        writer.close()
+    os.replace(f"{path}.incomplete", path)
+
+
+def pack_dataset_columnar(data: Dataset | dict | list[dict], max_length: int, strategy: str = "bfd",
+                          overflow: str = "raise", shuffle_seed: int | None = None,
+                          cache_file_name: str | None = None, rows_per_block: int = 1000) -> tuple[Dataset, dict]:
+    """`pack_examples` for large data: returns `(dataset, stats)`, the same rows as a `datasets.Dataset`
+    (columns `input_ids`, `labels`, `loss_weights` when present, and `seq_lengths`; what
+    `PackedCollator` consumes) and the same `stats`. `data` is a `datasets.Dataset`, a dict of columns
+    or a list of example dicts. A dataset on disk is packed `rows_per_block` rows at a time into an
+    Arrow file next to it (or `cache_file_name`; a temporary one with `datasets.disable_caching()`),
+    named by its fingerprint and the packing's arguments, and the result is memory-mapped from that
+    file: packing the same data the same way again just reopens it. Other data is packed in memory.
+
+    >>> packed, stats = pack_dataset_columnar({"input_ids": [[1, 2, 3], [4, 5]], "labels": [[1, 2, 3], [4, 5]]}, 5)
+    >>> packed[0], stats["efficiency"]
+    ({'input_ids': [1, 2, 3, 4, 5], 'labels': [1, 2, 3, 4, 5], 'seq_lengths': [3, 2]}, 1.0)
+    """
+    import os
+
+    import pyarrow.compute as pc
+    from datasets import Dataset
+    from datasets.fingerprint import Hasher, get_temporary_cache_files_directory, is_caching_enabled
+
+    if isinstance(data, list):
+        data = {k: [e[k] for e in data] for k in PACKED_KEYS if k in (data[0] if data else {})}
+    if isinstance(data, dict):
+        data = Dataset.from_dict(data)
+    args = {"max_length": max_length, "strategy": strategy, "overflow": overflow, "shuffle_seed": shuffle_seed}
+    if cache_file_name is None and data.cache_files:
+        folder = (os.path.dirname(data.cache_files[0]["filename"]) if is_caching_enabled()
+                  else get_temporary_cache_files_directory())
+        key = Hasher.hash([data._fingerprint, args, packed_blocks])
+        cache_file_name = os.path.join(folder, f"packed-{key}.arrow")
+    table = data.with_format("arrow")[:]
+    if cache_file_name is None:
+        packed = Dataset(pack_columns(table, **args))
+    else:
+        if not os.path.exists(cache_file_name):
+            _write_arrow(packed_blocks(table, **args, rows_per_block=rows_per_block), cache_file_name)
+        packed = Dataset.from_file(cache_file_name)
+    tokens = pc.sum(pc.list_value_length(packed.data["input_ids"])).as_py() or 0
+    slots = len(packed) * max_length
+    over = pc.sum(pc.greater(pc.list_value_length(table["input_ids"]), max_length)).as_py()
+    return packed, {"rows": len(packed), "tokens": tokens, "efficiency": tokens / slots if slots else 1.0,
+                    "padding_tokens": slots - tokens, "overflow": over or 0}
 
 
 def pack_for_steps(examples: list[dict], samples_per_step: int = 16, rows_per_step: int = 2,

@@ -520,21 +520,19 @@ def apply_template(cfg: dict, tokenizer) -> None:
     tokenizer.chat_template = t
 
 
-def batches(cfg: dict, tokenizer, train: list[dict]) -> tuple[list[dict], object]:
-    """`(rows, collator)` for the config's batching."""
+def batches(cfg: dict, tokenizer, train: list[dict]) -> tuple[object, object]:
+    """`(rows, collator)` for the config's batching. Packed rows are a `datasets.Dataset` from
+    `pack_dataset_columnar` (the rows of `pack_examples`, gathered columnar: far less memory on large
+    data), each `row_length` tokens (what the preflight's memory estimate assumed)."""
     from .collators import PackedCollator, PaddedCollator, PaddingFreeCollator
-    from .packing import pack_examples, pack_for_steps
+    from .packing import pack_dataset_columnar
 
     if cfg["batching"] == "padded":
         return train, PaddedCollator(tokenizer.pad_token_id)
     if cfg["batching"] == "padding_free":
         return train, PaddingFreeCollator()
-    if cfg["samples_per_step"]:
-        rows, length = pack_for_steps(train, cfg["samples_per_step"], cfg["batch_size"],
-                                      shuffle_seed=cfg["seed"])
-    else:
-        length = cfg["max_length"]
-        rows, _ = pack_examples(train, length, shuffle_seed=cfg["seed"])
+    length = row_length(cfg, train)
+    rows, _ = pack_dataset_columnar(train, length, shuffle_seed=cfg["seed"])
     return rows, PackedCollator(tokenizer.pad_token_id, length)
 
 
