@@ -75,7 +75,7 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 900, progress: bo
     nb = nbformat.read(path, as_version=4)
     if model_id is not None:
         set_model_id(nb, model_id)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,  # no timestamps
                             resources={"metadata": {"path": str(path.parent.resolve())}})
     code_cells = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     failure = None

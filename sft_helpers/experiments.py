@@ -71,28 +71,106 @@ def _in_worker(job: tuple) -> object:
     return result
 
 
+_POOL: list = []  # [workers, executor]: worker processes kept between calls (imports paid once)
+
+
+def _ignore_interrupts() -> None:
+    """Worker start-up: leave Ctrl-C (and a notebook kernel's interrupt or shutdown) to the parent,
+    which stops the workers itself (`_stop_workers`), instead of a traceback from every worker."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_pool(workers: int):
+    """A pool of at least `workers` processes, reused by the next `run_in_workers`. Where the OS
+    has it (Linux, macOS), they are forked from a server process that imported this module once
+    (torch, transformers: ~10 s), instead of each importing it again; else spawned."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if not _POOL or _POOL[0] < workers:
+        if _POOL:
+            _POOL[1].shutdown()
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["sft_helpers.experiments"])
+        else:
+            context = multiprocessing.get_context("spawn")
+        _POOL[:] = [workers, ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts)]
+    return _POOL[1]
+
+
+def _stop_workers() -> None:
+    """Terminate the worker processes (their runs are abandoned); the next call starts new ones."""
+    if _POOL:
+        pool = _POOL[1]
+        for process in list(pool._processes.values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        _POOL.clear()
+
+
+def _run_at_most(workers: int, tasks: list[tuple], bar) -> list:
+    """`_in_worker(task)` for every task in the shared pool, at most `workers` at a time."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool, results, index, running = _worker_pool(workers), [None] * len(tasks), {}, set()
+    try:
+        for i, task in enumerate(tasks):
+            if len(running) == workers:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    results[index[future]] = future.result()
+                    bar.update(1)
+            future = pool.submit(_in_worker, task)
+            index[future] = i
+            running.add(future)
+        for future in running:
+            results[index[future]] = future.result()
+            bar.update(1)
+    except (BrokenProcessPool, KeyboardInterrupt):
+        _stop_workers()  # interrupted, or a worker died (out of memory?): no run left behind
+        raise
+    return results
+
+
+def default_workers(n_jobs: int, cores: int, cuda: bool = False) -> int:
+    """How many worker processes `run_in_workers` starts for `n_jobs` one-thread runs: one per CPU
+    core, or all at once when there is one job more than cores (3 runs on 2 cores: else the third
+    runs alone on one core after the others, the other core idle). More processes than that only
+    take turns on the cores: 4 runs at once on 2 cores took longer than two rounds of 2 (caches
+    shared between more processes). One (this process) on a GPU.
+
+    >>> default_workers(3, cores=2), default_workers(4, cores=2), default_workers(1, cores=2)
+    (3, 2, 1)
+    """
+    if cuda:
+        return 1
+    return n_jobs if n_jobs <= cores + 1 else cores
+
+
 def run_in_workers(function, jobs: list[dict], workers: int | None = None, keep_models: bool = True,
                    desc: str = "runs") -> list:
-    """`[function(**kwargs) for kwargs in jobs]`, computed `workers` at a time in separate processes,
-    each on one CPU thread (default: one per CPU core, at most one per job; on a GPU, one after the
-    other in this process). Small models train about as fast on one thread as on two, so on a 2-core
-    CPU two workers finish a batch of runs in about half the time. `function` must be importable (a
-    module-level function such as `run_sft_variant` or `quick_sft`); results come back pickled
-    (trained models too, unless `keep_models=False`), in the order of `jobs`.
+    """`[function(**kwargs) for kwargs in jobs]`, computed side by side in worker processes, each on
+    one CPU thread (small models train about as fast on one thread as on two), at most `workers`
+    at a time (default: `default_workers`; on a GPU, one after the other in this process). The
+    processes stay up for the next call, so torch and transformers are imported once per session. `function` must be importable (a module-level function such as
+    `run_sft_variant` or `quick_sft`); results come back pickled (trained models too, unless
+    `keep_models=False`), in the order of `jobs`.
 
     >>> run_in_workers(dict, [dict(a=1), dict(b=2)], workers=2)
     [{'a': 1}, {'b': 2}]
     """
     import os
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
 
     import torch
 
     from .progress import progress_bar
 
     if workers is None:
-        workers = 1 if torch.cuda.is_available() else min(len(jobs), os.cpu_count() or 1)
+        workers = default_workers(len(jobs), os.cpu_count() or 1, torch.cuda.is_available())
     bar = progress_bar(total=len(jobs), desc=desc, disable=len(jobs) < 2)
     results = []
     if workers <= 1:
@@ -100,10 +178,7 @@ def run_in_workers(function, jobs: list[dict], workers: int | None = None, keep_
             results.append(function(**kwargs))
             bar.update(1)
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for result in pool.map(_in_worker, [(function, kw, not keep_models) for kw in jobs]):
-                results.append(result)
-                bar.update(1)
+        results = _run_at_most(workers, [(function, kw, not keep_models) for kw in jobs], bar)
     bar.close()
     return results
 
@@ -376,7 +451,14 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description="lesson experiments, several seeds")
-    ap.add_argument("experiment", choices=["masking", "finetune"])
+    ap.add_argument("experiment", choices=["masking", "finetune", "hyperparameters"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = ap.parse_args()
-    print(masking_seeds(tuple(args.seeds)) if args.experiment == "masking" else finetune_seeds(tuple(args.seeds)))
+    if args.experiment == "hyperparameters":  # lesson 05: writes docs/experiments.md and docs/hyperparameters.json
+        from sft_helpers import hyperparameters
+
+        results = hyperparameters.all_sweeps(tuple(args.seeds))
+        hyperparameters.write_docs(results, args.seeds)
+        print(hyperparameters.tables(results))
+    else:
+        print(masking_seeds(tuple(args.seeds)) if args.experiment == "masking" else finetune_seeds(tuple(args.seeds)))

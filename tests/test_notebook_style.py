@@ -1,5 +1,5 @@
 """What every lesson notebook carries: objectives, self-checking exercises with collapsed solutions,
-code lines a reader can see (<= 100 characters), and no machine paths in its outputs."""
+code lines a reader can see (<= 100 characters), no machine paths in its outputs and no timestamps."""
 
 import re
 from pathlib import Path
@@ -39,3 +39,10 @@ def test_outputs_carry_no_machine_paths_or_addresses(path):
                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     for pattern in (r"/work/", r"/home/\w+", r"/tmp/\w", r"0x[0-9a-f]{8,}"):
         assert not re.search(pattern, text), f"{path.name}: output matches {pattern}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_execution_timestamps(path):
+    nb = nbformat.read(path, 4)
+    timed = [i for i, c in enumerate(nb.cells) if "execution" in c.metadata]
+    assert not timed, f"{path.name}: cells {timed} carry execution timestamps (run with `sft-course run`)"
