@@ -303,3 +303,61 @@ def check_is_looping(fn: Callable) -> Verdict:
         if bool(got) != want:
             return _verdict(False, f"{text!r} should be {'looping' if want else 'fine'}")
     return _verdict(True, f"right on all {len(_LOOPS)} replies")
+
+
+# --- 05: hyperparameters -----------------------------------------------------------------------
+
+def check_lr_at_step(fn: Callable) -> Verdict:
+    """Exercise: `fn(step, total_steps, warmup_steps, peak_lr) -> lr` for linear warmup from 0 to
+    `peak_lr` over `warmup_steps`, then cosine decay to 0 at `total_steps`; checked against
+    transformers' own `get_cosine_schedule_with_warmup`.
+
+    >>> import math
+    >>> check_lr_at_step(lambda s, t, w, lr: lr * s / w if s < w
+    ...                  else lr * 0.5 * (1 + math.cos(math.pi * (s - w) / (t - w))))
+    ✓ linear warmup then cosine decay, as transformers computes it
+    """
+    from transformers import get_cosine_schedule_with_warmup
+
+    for total, warmup, peak in ((100, 10, 1e-3), (60, 3, 2e-4), (50, 0, 3e-3)):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+        schedule = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+        for step in range(total + 1):
+            want = peak * schedule.lr_lambdas[0](step)
+            got = _call(fn, step, total, warmup, peak)
+            if got is None:
+                return _verdict(False, "not attempted yet (the function returns None)")
+            if isinstance(got, Exception):
+                return _verdict(False, f"step {step} of {total} (warmup {warmup}) raised {type(got).__name__}: {got}")
+            if abs(got - want) > 1e-9 + 1e-6 * peak:
+                hint = ("during warmup the rate grows linearly from 0" if step < warmup else
+                        "the cosine starts after the warmup, at the peak, and reaches 0 at the last step")
+                return _verdict(False, f"step {step} of {total} (warmup {warmup}, peak {peak:g}): got {got:.6g}, "
+                                       f"expected {want:.6g}; {hint}")
+    return _verdict(True, "linear warmup then cosine decay, as transformers computes it")
+
+
+def check_accumulation_steps(fn: Callable) -> Verdict:
+    """Exercise: `fn(target_batch, per_device_batch, processes) -> gradient accumulation steps` so
+    that per_device_batch × processes × steps reaches `target_batch` (the fewest steps that do).
+
+    >>> check_accumulation_steps(lambda t, b, p: -(-t // (b * p)))
+    ✓ effective batch = per-device batch × processes × accumulation steps
+    """
+    import math
+
+    for target, per_device, processes in ((64, 8, 1), (128, 4, 2), (100, 16, 1), (256, 32, 8), (8, 16, 1)):
+        want = max(1, math.ceil(target / (per_device * processes)))
+        got = _call(fn, target, per_device, processes)
+        if got is None:
+            return _verdict(False, "not attempted yet (the function returns None)")
+        if isinstance(got, Exception):
+            return _verdict(False, f"({target}, {per_device}, {processes}) raised {type(got).__name__}: {got}")
+        if not isinstance(got, int) or isinstance(got, bool):
+            return _verdict(False, f"({target}, {per_device}, {processes}): got {got!r}; steps are a whole number")
+        if got == max(1, math.ceil(target / per_device)) and got != want:
+            return _verdict(False, f"({target}, {per_device}, {processes}): got {got}, expected {want}; each of "
+                                   f"the {processes} processes contributes its own batch to every step")
+        if got != want:
+            return _verdict(False, f"({target}, {per_device}, {processes}): got {got}, expected {want}")
+    return _verdict(True, "effective batch = per-device batch × processes × accumulation steps")

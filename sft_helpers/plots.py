@@ -222,3 +222,75 @@ def plot_threshold_curve(curves: dict[str, list[dict]] | list[dict], chosen: flo
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def plot_lr_sweep(stored: dict[str, list[dict]], live: dict[str, list[dict]] | None = None, title: str = ""):
+    """Validation loss against learning rate (log x) for each method: the stored sweep's seeds as
+    lines, the live runs as large dots. Where each line bottoms out is that method's best rate.
+    Names are "method lr" (`hyperparameters.lr_settings`)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    colors = dict(zip(("full", "lora"), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    label = {"full": "full fine-tuning", "lora": "LoRA"}
+    for method, color in colors.items():
+        points = [(float(n.split()[1]), runs) for n, runs in stored.items() if n.split()[0] == method]
+        for seed in range(len(points[0][1]) if points else 0):
+            ax.plot([lr for lr, _ in points], [runs[seed]["val_loss"] for _, runs in points], color=color,
+                    marker="o", ms=3, alpha=0.6, ls="-" if seed == 0 else ":",
+                    label=f"{label[method]}, seed {seed} (stored)")
+        for name, runs in (live or {}).items():
+            if name.split()[0] == method:
+                ax.plot(float(name.split()[1]), runs[0]["val_loss"], "o", ms=9, color=color, mec="black")
+    ax.plot([], [], "o", ms=9, color="white", mec="black", label="this notebook's runs")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("validation loss (responses)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_schedules(runs: dict[str, dict], title: str = ""):
+    """Training loss of each run (top) over its learning rate (bottom), step by step: a spike in the
+    loss lines up with the rate it happened at. `runs` maps a name to a `run_hp` summary."""
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 4.2), sharex=True, height_ratios=(2, 1))
+    for name, run in runs.items():
+        top.plot(*zip(*run["train_loss"]), label=name)
+        bottom.plot(*zip(*run["lr"]), label=name)
+    top.set_yscale("log")
+    top.set_ylabel("training loss")
+    top.set_title(title)
+    top.legend(fontsize=7)
+    bottom.set_ylabel("learning rate")
+    bottom.set_xlabel("step")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_epochs(runs: dict[str, dict], title: str = ""):
+    """Validation loss (left) and test exact match (right) at the end of every epoch for each run
+    (`run_hp` summaries): the epoch where the loss turns up is where more epochs start to hurt."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+    for name, run in runs.items():
+        val = run["eval_loss"][1:]  # the first is before training
+        left.plot(range(1, len(val) + 1), [v for _, v in val], marker="o", ms=3, label=name)
+        right.plot(range(1, len(run["exact_curve"]) + 1), [v for _, v in run["exact_curve"]], marker="o", ms=3,
+                   label=name)
+    left.set_xlabel("epoch")
+    left.set_ylabel("validation loss (responses)")
+    right.set_xlabel("epoch")
+    right.set_ylabel("test exact match")
+    left.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -73,7 +73,12 @@ def test_duplicates_refusals_and_over_long_records(tok, records):
 def test_hyperparameters_against_the_guide():
     assert check_hyperparameters(2e-5, "full") == [] and check_hyperparameters(2e-4, "qlora", epochs=3) == []
     assert checks(check_hyperparameters(2e-4, "full", warmup=0, epochs=10)) == {"learning rate", "no warmup", "many epochs"}
-    assert check_hyperparameters(1e-3, "full", model_params=4_000_000)[0].severity == "info"
+    # models under 100M parameters: the ranges lesson 05 measured on the tiny base
+    assert check_hyperparameters(1e-3, "full", model_params=4_000_000) == []
+    assert checks(check_hyperparameters(2e-5, "full", model_params=4_000_000)) == {"learning rate"}
+    # a full fine-tuning rate reused for adapters gets the hint
+    assert "full fine-tuning rate" in check_hyperparameters(2e-5, "lora")[0].message
+    assert "full fine-tuning rate" not in check_hyperparameters(1e-2, "lora")[0].message
 
 
 def test_history_detectors():

@@ -141,3 +141,24 @@ def test_is_looping(capsys):
     assert ex.check_is_looping(is_looping)
     ok, line = verdict(capsys, ex.check_is_looping(lambda text: len(text) > 30))
     assert not ok and "should be" in line
+
+
+def test_lr_at_step_names_the_phase_that_is_wrong():
+    import math
+
+    def cosine_from_zero(s, t, w, lr):  # the warmup forgotten
+        return lr * 0.5 * (1 + math.cos(math.pi * s / t))
+
+    def constant_after_warmup(s, t, w, lr):
+        return lr * s / w if s < w else lr
+
+    assert "grows linearly" in repr(ex.check_lr_at_step(cosine_from_zero))
+    assert "cosine starts after the warmup" in repr(ex.check_lr_at_step(constant_after_warmup))
+    assert "not attempted" in repr(ex.check_lr_at_step(lambda *a: None))
+    assert not ex.check_lr_at_step(lambda *a: 1 / 0)
+
+
+def test_accumulation_steps_catches_forgotten_processes_and_fractions():
+    assert "processes contributes" in repr(ex.check_accumulation_steps(lambda t, b, p: -(-t // b)))
+    assert "whole number" in repr(ex.check_accumulation_steps(lambda t, b, p: t / (b * p)))
+    assert ex.check_accumulation_steps(lambda t, b, p: max(1, -(-t // (b * p))))

@@ -1,0 +1,384 @@
+"""Lesson 05's sweeps: the guide's hyperparameter table, one row at a time, on the tiny base.
+
+Every run is `run_hp`: the course recipe (completion-only labels, packed rows, AdamW, warmup +
+cosine) with one setting changed, the same data, steps and seed, measured the same way (loss on the
+validation split's response tokens, greedy exact match on the test split). The sweeps run side by
+side in worker processes (`run_in_workers`); `python -m sft_helpers.experiments hyperparameters
+--seeds 0 1` runs them all on two seeds and writes the tables to docs/experiments.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .data import load_split
+from .evaluate import chat_eval
+from .lanes import lane
+from .experiments import run_in_workers
+from .masking import build_labels, stop_at_end_of_turn
+from .models import load_model
+from .training import train_sft
+from transformers import TrainerCallback
+
+# the course's recipe for a 60-step run; every sweep changes one of these
+RECIPE = dict(method="full", lr=1e-3, steps=60, samples_per_step=16, schedule="cosine", warmup=0.05,
+              weight_decay=0.01)
+LR_GRID = {"full": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2), "lora": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)}
+SCHEDULES = {"constant (5% warmup)": dict(schedule="constant_with_warmup"),
+             "cosine (5% warmup)": dict(schedule="cosine"),
+             "cosine, no warmup": dict(schedule="cosine", warmup=0.0)}
+# lesson 04's overfitting setup: 16 conversations, 50 epochs, constant LR after warmup
+OVERFIT = dict(n_train=16, steps=-1, epochs=50, samples_per_step=8, schedule="constant_with_warmup", eval_every=6)
+REGULARISATION = {"weight decay 0": dict(weight_decay=0.0), "weight decay 0.01": {},
+                  "weight decay 0.1": dict(weight_decay=0.1), "LoRA, dropout 0": dict(method="lora", lr=3e-3),
+                  "LoRA, dropout 0.1": dict(method="lora", lr=3e-3, lora_dropout=0.1)}
+DOCS_JSON = Path(__file__).resolve().parents[1] / "docs" / "hyperparameters.json"
+
+
+def length_coverage(examples: list[dict], percentiles=(50, 90, 95, 99, 100)) -> dict[int, int]:
+    """Token length of `examples` (from `build_labels`, or any dicts with `input_ids`) at each
+    percentile: the max length that keeps that share of the examples whole.
+
+    >>> length_coverage([{"input_ids": [0] * n} for n in range(1, 101)], (50, 95, 100))
+    {50: 50, 95: 95, 100: 100}
+    """
+    lengths = sorted(len(e["input_ids"]) for e in examples)
+    if not lengths:
+        raise ValueError("length_coverage: no examples")
+    return {p: lengths[max(0, math.ceil(p / 100 * len(lengths)) - 1)] for p in percentiles}
+
+
+def recommend_max_length(examples: list[dict], coverage: float = 0.95, multiple: int = 64) -> int:
+    """The guide's rule: the smallest max length, rounded up to a `multiple` (GPU kernels like
+    multiples of 64), that keeps at least `coverage` of the examples whole.
+
+    >>> recommend_max_length([{"input_ids": [0] * n} for n in range(1, 101)], 0.95, multiple=8)
+    96
+    """
+    needed = length_coverage(examples, (round(coverage * 100),))[round(coverage * 100)]
+    return multiple * math.ceil(needed / multiple)
+
+
+def loss_noise(log_history: list[dict]) -> float:
+    """How much the training loss jumps from one logged step to the next over the second half of a
+    run (standard deviation of the differences): the gradient noise a batch size leaves.
+
+    >>> loss_noise([{"loss": x} for x in (5, 4, 3, 2, 2, 3, 2, 3, 2)])
+    1.0
+    """
+    losses = [h["loss"] for h in log_history if "loss" in h]
+    diffs = [b - a for a, b in zip(losses[len(losses) // 2:], losses[len(losses) // 2 + 1:])]
+    if len(diffs) < 2:
+        return float("nan")
+    mean = sum(diffs) / len(diffs)
+    return (sum((d - mean) ** 2 for d in diffs) / len(diffs)) ** 0.5
+
+
+class ExactMatchCallback(TrainerCallback):
+    """Logs greedy exact match on `records` (`chat_eval`) every `every` steps and at the last step,
+    as `{"step", "exact"}` entries of the trainer's `log_history`."""
+
+    def __init__(self, tokenizer, records: list[dict], every: int):
+        self.tokenizer, self.records, self.every = tokenizer, records, every
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            exact = chat_eval(model, self.tokenizer, self.records)["exact_match"]
+            state.log_history.append({"step": state.global_step, "exact": exact})
+            model.train()
+
+
+def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, steps: int = 60,
+           epochs: float = 1.0, samples_per_step: int = 16, grad_accum: int = 1, batching: str = "packed",
+           schedule: str = "cosine", warmup: float = 0.05, weight_decay: float = 0.01,
+           lora_dropout: float = 0.0, max_length: int | None = None, n_train: int | None = None,
+           duplicate: bool = False, eval_every: int | str | None = None, exact_every: int | str | None = None,
+           eval_items: int = 60, test_items: int = 60, seed: int = 0) -> dict:
+    """One fine-tuning run of lesson 05: `model_id` by `method` ("full", or "lora": r=16, alpha 32,
+    adapters on every linear layer) on the training split (its first `n_train` conversations; with
+    `duplicate`, its first `n_train // 2` each twice), completion-only labels cut to `max_length`
+    (keeping the start), `steps` optimizer steps (or `epochs` with `steps=-1`) of about
+    `samples_per_step` conversations in two packed rows (`batching="packed"`), or in micro-batches of
+    `samples_per_step // grad_accum` conversations accumulated `grad_accum` times, padded
+    (`"padded"`) or flattened into one row (`"padding_free"`, the same loss without computing on
+    padding); warmup then `schedule`. The validation loss is logged every `eval_every` steps (and
+    at the start and the end); with `exact_every`, the test exact match too (`{"step", "exact"}`
+    entries of the history); `"epoch"` for either means at the end of every epoch.
+
+    Returns `history`, `val_loss` (response tokens of `eval_items` validation conversations, as in
+    lesson 01), `exact`, `format_ok`, `stop_rate` (greedy, `test_items` test conversations),
+    `truncated` (share of the kept training examples cut), `dropped` (share of conversations left
+    with no trained token: the reply cut entirely), `slots_per_epoch` (token positions computed per
+    epoch, padding included) and `steps`. Steps, batch and evaluation sets are capped by the lane's
+    budget (`sft_helpers.lanes`).
+    """
+    from .collators import PackedCollator, PaddedCollator, PaddingFreeCollator
+    from .lora import add_lora
+    from .packing import pack_for_steps
+
+    budget = lane(model_id)
+    steps, samples_per_step = budget.steps(steps), budget.batch(samples_per_step)
+    grad_accum = min(grad_accum, samples_per_step)
+    eval_items, test_items = budget.count(eval_items), budget.count(test_items)
+    model, tok = load_model(model_id)
+    if method == "lora":
+        model = add_lora(model, r=16, alpha=32, dropout=lora_dropout, seed=seed, verbose=False)
+    elif method != "full":
+        raise ValueError(f"method must be 'full' or 'lora', not {method!r}")
+    records = load_split("train")
+    if n_train:
+        records = records[:n_train // 2] * 2 if duplicate else records[:n_train]
+    train, report = build_labels(records, tok, "completion_only", max_length=max_length)
+    val, _ = build_labels(load_split("validation")[:eval_items], tok, "completion_only")
+    val = stop_at_end_of_turn(val, tok, tok.eos_token)
+    test = load_split("test")[:test_items]
+    if batching == "packed":
+        batch, grad_accum = 2, 1
+        rows, row = pack_for_steps(train, samples_per_step, shuffle_seed=seed)
+        collator, slots = PackedCollator(tok.pad_token_id, row), len(rows) * row
+    elif batching in ("padded", "padding_free"):
+        batch, rows = samples_per_step // grad_accum, train
+        padded = batching == "padded"
+        collator = PaddedCollator(tok.pad_token_id) if padded else PaddingFreeCollator()
+        slots = sum(max(len(e["input_ids"]) for e in train[i:i + batch]) * len(train[i:i + batch]) if padded
+                    else sum(len(e["input_ids"]) for e in train[i:i + batch]) for i in range(0, len(train), batch))
+    else:
+        raise ValueError(f"batching must be 'packed', 'padded' or 'padding_free', not {batching!r}")
+    per_epoch = math.ceil(len(rows) / (batch * grad_accum))  # optimizer steps per epoch
+    eval_every, exact_every = (per_epoch if every == "epoch" else every for every in (eval_every, exact_every))
+    callbacks = [ExactMatchCallback(tok, test, exact_every)] if exact_every else []
+    history = train_sft(model, tok, rows, val, lr=lr, max_steps=steps, epochs=epochs, batch_size=batch,
+                        grad_accum=grad_accum, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
+                        seed=seed, collator=collator, logging_steps=1, eval_steps=eval_every or 10**9,  # else: start and end
+                        callbacks=callbacks)
+    scores = chat_eval(model, tok, test)
+    evals = [h for h in history if "eval_loss" in h]
+    return {"history": history, "val_loss": evals[-1]["eval_loss"], "exact": scores["exact_match"],
+            "format_ok": scores["format_ok"], "stop_rate": scores["stop_rate"],
+            "truncated": report.truncated / max(report.kept, 1), "dropped": len(report.dropped) / len(records),
+            "slots_per_epoch": slots,
+            "steps": history[-1].get("step", 0), "per_task": scores["per_task"]}
+
+
+def accumulation_gap(model_id: str = "tiny", batch: int = 64, micro_batch: int = 8, steps: int = 2,
+                     lr: float | None = None) -> dict[str, float]:
+    """Train two fresh copies of `model_id` for `steps` steps on the same conversations: batches of
+    `batch` padded examples, and micro-batches of `micro_batch` accumulated `batch // micro_batch`
+    times (each padded to its own longest example). Returns how far the weights moved (`moved`, the
+    largest change of any weight) and the largest difference between the two runs' weights (`gap`):
+    float noise when the loss is averaged over the target tokens of the whole accumulated batch.
+    The lane's budget caps `batch`."""
+    import torch
+
+    from .collators import PaddedCollator
+
+    budget = lane(model_id)
+    batch = budget.batch(batch)
+    micro_batch = min(micro_batch, batch)
+    tok = load_model(model_id)[1]
+    examples, _ = build_labels(load_split("train")[:batch * steps], tok, "completion_only")
+    weights = []
+    for size, accumulate in ((batch, 1), (micro_batch, batch // micro_batch)):
+        model = load_model(model_id)[0]
+        start = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+        train_sft(model, tok, examples, lr=lr or budget.lr("full"), max_steps=steps, batch_size=size,
+                  grad_accum=accumulate, warmup=0, seed=0, collator=PaddedCollator(tok.pad_token_id))
+        weights.append({n: p.detach().float() for n, p in model.named_parameters()})
+    moved = max((weights[0][n] - start[n]).abs().max().item() for n in start)
+    gap = max((weights[0][n] - weights[1][n]).abs().max().item() for n in start)
+    return {"moved": moved, "gap": gap}
+
+
+def _summary(run: dict) -> dict:
+    """What a table needs of a run (histories kept short: losses and eval losses by step)."""
+    keep = ("val_loss", "exact", "format_ok", "stop_rate", "truncated", "slots_per_epoch", "steps")
+    out = {k: run[k] for k in keep + ("dropped",) if k in run}
+    out["train_loss"] = [(h["step"], round(h["loss"], 4)) for h in run["history"] if "loss" in h]
+    out["eval_loss"] = [(h["step"], round(h["eval_loss"], 4)) for h in run["history"] if "eval_loss" in h]
+    out["lr"] = [(h["step"], h["learning_rate"]) for h in run["history"] if "learning_rate" in h]
+    out["exact_curve"] = [(h["step"], h["exact"]) for h in run["history"] if "exact" in h]
+    out["per_task"] = {task: {k: v for k, v in m.items() if isinstance(v, float)} for task, m in run["per_task"].items()}
+    return out
+
+
+def sweep(settings: dict[str, dict], seeds=(0,), workers: int | None = None, **common) -> dict[str, list[dict]]:
+    """`run_hp(**common, **settings[name], seed=s)` for every setting and seed, side by side in
+    worker processes; `{name: [summary per seed]}` in the order given.
+
+    >>> out = sweep({"lr 1e-3": dict(lr=1e-3)}, seeds=(0, 1), steps=20)  # doctest: +SKIP
+    """
+    names = [(name, s) for name in settings for s in seeds]
+    jobs = [{**common, **settings[name], "seed": s} for name, s in names]
+    runs = run_in_workers(run_hp, jobs, workers, keep_models=False, desc="hyperparameter runs")
+    out: dict[str, list[dict]] = {name: [] for name in settings}
+    for (name, _), run in zip(names, runs):
+        out[name].append(_summary(run))
+    return out
+
+
+def best_lr(results: dict[str, list[dict]]) -> tuple[float, float]:
+    """The learning rate with the lowest validation loss averaged over seeds, from a sweep keyed by
+    "method lr" names (e.g. "full 1e-3"); returns (lr, mean val loss)."""
+    means = {float(name.split()[-1]): sum(r["val_loss"] for r in runs) / len(runs) for name, runs in results.items()}
+    lr = min(means, key=means.get)
+    return lr, means[lr]
+
+
+def lr_settings(method: str, lrs=None, model_id: str = "tiny") -> dict[str, dict]:
+    """Sweep settings for `method` over `lrs` (default `LR_GRID[method]`, moved to the lane's own
+    rates on a lane other than the tiny base's), named "method lr".
+
+    >>> list(lr_settings("lora", (1e-3, 1e-2)))
+    ['lora 0.001', 'lora 0.01']
+    >>> list(lr_settings("full", (1e-3,), model_id="Qwen/Qwen2.5-0.5B"))
+    ['full 2e-05']
+    """
+    shift = lane(model_id).lr(method) / lane("tiny").lr(method)
+    return {f"{method} {lr * shift:.3g}": dict(method=method, lr=lr * shift) for lr in (lrs or LR_GRID[method])}
+
+
+def all_sweeps(seeds=(0, 1)) -> dict:
+    """Every sweep of lesson 05 on `seeds`, and the training split's length percentiles."""
+    lengths = length_coverage(build_labels(load_split("train"), load_model("tiny")[1], "completion_only")[0])
+    base = dict(steps=RECIPE["steps"], samples_per_step=RECIPE["samples_per_step"])
+    return {
+        "learning rate": sweep({**lr_settings("full"), **lr_settings("lora")}, seeds, **base),
+        "schedule": sweep(SCHEDULES, seeds, **base, lr=3e-3),
+        "epochs": sweep({"320 different": dict(duplicate=False), "160, each twice": dict(duplicate=True)},
+                        seeds, n_train=320, steps=-1, epochs=8, schedule="constant_with_warmup",
+                        eval_every="epoch", exact_every="epoch"),
+        "batch": sweep({f"effective batch {b}": dict(samples_per_step=b, grad_accum=b // 8) for b in (8, 32, 128)},
+                       seeds, batching="padding_free", n_train=1024, steps=-1, epochs=1),
+        "max length": sweep({f"p{p}: {n} tokens": dict(max_length=n) for p, n in lengths.items() if p in (50, 95, 100)},
+                            seeds, **base),
+        "regularisation": sweep(REGULARISATION, seeds, **OVERFIT),
+        "lengths": lengths,
+    }
+
+
+def biggest_jump(run: dict) -> float:
+    """The largest rise of the logged training loss from one step to the next (a spike)."""
+    losses = [loss for _, loss in run["train_loss"]]
+    return max([0.0] + [b - a for a, b in zip(losses, losses[1:])])
+
+
+def good_lr_range(results: dict[str, list[dict]], method: str, within: float = 0.3) -> tuple[float, float]:
+    """The lowest and highest rate of a learning-rate sweep ("method lr" names) whose validation loss
+    is within `within` of that seed's best on every seed: the range `check_hyperparameters` uses for
+    small models."""
+    runs = {float(n.split()[1]): r for n, r in results.items() if n.split()[0] == method}
+    seeds = range(len(next(iter(runs.values()))))
+    best = [min(r[s]["val_loss"] for r in runs.values()) for s in seeds]
+    good = [lr for lr, r in runs.items() if all(r[s]["val_loss"] <= (1 + within) * best[s] for s in seeds)]
+    return min(good), max(good)
+
+
+def guide_vs_tiny(stored: dict) -> str:
+    """The guide's table next to what the stored sweeps measured on the tiny base, row by row."""
+    lr = stored["learning rate"]
+    full, lora = good_lr_range(lr, "full"), good_lr_range(lr, "lora")
+    (full_best, _), (lora_best, _) = (best_lr({n: r for n, r in lr.items() if n.startswith(m)}) for m in ("full", "lora"))
+    jumps = {n: [round(biggest_jump(r), 1) for r in runs] for n, runs in stored["schedule"].items()}
+    epochs = {n: [1 + min(range(len(r["eval_loss"]) - 1), key=lambda i: r["eval_loss"][i + 1][1]) for r in runs]
+              for n, runs in stored["epochs"].items()}
+    batch = {n.split()[-1]: [round(r["val_loss"], 2) for r in runs] for n, runs in stored["batch"].items()}
+    lengths = stored["lengths"]
+    rows = [
+        ("LR, full", "5e-6 – 5e-5", f"best {full_best:g}; within 30% of it: {full[0]:g} – {full[1]:g}",
+         "a 4M model needs far larger steps"),
+        ("LR, LoRA", "1e-4 – 3e-4", f"best {lora_best:g} ({lora_best / full_best:g}× full's); {lora[0]:g} – {lora[1]:g}",
+         "adapters start at zero, low rank"),
+        ("schedule", "warmup + cosine", f"tallest spike without warmup {jumps['cosine, no warmup']} vs "
+         f"{jumps['cosine (5% warmup)']}", "Adam's first steps are its largest"),
+        ("epochs", "1 – 3", f"best epoch {epochs['320 different']} (all different), {epochs['160, each twice']} "
+         "(each twice)", "small data, small model: far from memorised"),
+        ("batch", "64 – 512", f"equal data: val loss batch 8 {batch['8']}, 32 {batch['32']}, 128 {batch['128']}",
+         "fewer steps over little data"),
+        ("max length", "> 95% covered", f"p95 = {lengths['95']} tokens; p50 ({lengths['50']}) costs loss",
+         "cut replies lose content and EOS"),
+        ("weight decay", "0.01 – 0.1", "no measurable effect on overfitting", "lr × wd is tiny per step"),
+    ]
+    widths = [max(len(str(r[i])) for r in rows + [("row", "guide", "tiny base, two seeds", "why")]) for i in range(4)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format("row", "guide", "tiny base, two seeds", "why")] + [fmt.format(*r) for r in rows])
+
+
+def _per_seed(runs: list[dict], key, fmt: str = "{:.3f}") -> str:
+    return " / ".join(fmt.format(key(r) if callable(key) else r[key]) for r in runs)
+
+
+def tables(results: dict) -> str:
+    """Markdown tables of `all_sweeps` results, one value per seed ("seed 0 / seed 1")."""
+    out = []
+    lr = results["learning rate"]
+    out += ["#### Learning rate (60 steps of 16 conversations)", "",
+            "| method | LR | response val loss | exact match |", "|---|---|---|---|"]
+    out += [f"| {name.split()[0]} | {name.split()[1]} | {_per_seed(runs, 'val_loss')} | "
+            f"{_per_seed(runs, 'exact', '{:.0%}')} |" for name, runs in lr.items()]
+    best = {m: best_lr({n: r for n, r in lr.items() if n.startswith(m)}) for m in ("full", "lora")}
+    out += ["", f"Best LR (lowest mean validation loss): full fine-tuning {best['full'][0]:g} "
+            f"({best['full'][1]:.3f}), LoRA {best['lora'][0]:g} ({best['lora'][1]:.3f}): LoRA's optimum is "
+            f"{best['lora'][0] / best['full'][0]:g}× full fine-tuning's.", ""]
+    out += ["#### Schedule (LR 3e-3, 60 steps)", "",
+            "| schedule | biggest loss jump | final training loss | response val loss | exact match |",
+            "|---|---|---|---|---|"]
+    out += [f"| {name} | {_per_seed(runs, biggest_jump, '{:.2f}')} | "
+            f"{_per_seed(runs, lambda r: r['train_loss'][-1][1], '{:.2f}')} | {_per_seed(runs, 'val_loss')} | "
+            f"{_per_seed(runs, 'exact', '{:.0%}')} |" for name, runs in results["schedule"].items()]
+    out += ["", "#### Epochs (320 training conversations, 8 epochs, constant LR 1e-3 after warmup)", "",
+            "| data | seed | validation loss at epoch 1 … 8 | exact match at epoch 1 … 8 | best epoch |",
+            "|---|---|---|---|---|"]
+    for name, runs in results["epochs"].items():
+        for seed, r in enumerate(runs):
+            evals = r["eval_loss"][1:]
+            best_epoch = 1 + min(range(len(evals)), key=lambda i: evals[i][1])
+            out.append(f"| {name} | {seed} | {' '.join(f'{v:.2f}' for _, v in evals)} | "
+                       f"{' '.join(f'{v:.0%}' for _, v in r['exact_curve'])} | {best_epoch} |")
+    out += ["", "#### Effective batch at equal data (1,024 conversations, one epoch, LR 1e-3; micro-batches "
+            "of 8, gradient accumulation)", "",
+            "| effective batch | steps | loss noise (second half) | response val loss | exact match |",
+            "|---|---|---|---|---|"]
+    out += [f"| {name.split()[-1]} | {runs[0]['steps']} | {_per_seed(runs, lambda r: loss_noise([{'loss': l} for _, l in r['train_loss']]), '{:.2f}')} | "
+            f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} |"
+            for name, runs in results["batch"].items()]
+    lengths = results["lengths"]
+    out += ["", "#### Max length (60 steps; training split length percentiles: "
+            + ", ".join(f"p{p} {n}" for p, n in lengths.items()) + " tokens)", "",
+            "| max length | examples truncated | token slots per epoch | response val loss | exact match | "
+            "stop rate | format |", "|---|---|---|---|---|---|---|"]
+    out += [f"| {name} | {runs[0]['truncated']:.0%} | {runs[0]['slots_per_epoch']:,} | {_per_seed(runs, 'val_loss')} | "
+            f"{_per_seed(runs, 'exact', '{:.0%}')} | {_per_seed(runs, 'stop_rate', '{:.0%}')} | "
+            f"{_per_seed(runs, 'format_ok', '{:.0%}')} |" for name, runs in results["max length"].items()]
+    out += ["", "#### Weight decay and dropout (lesson 04's overfitting setup: 16 conversations, 50 epochs)", "",
+            "| setting | best val loss (step) | final val loss | final / best |", "|---|---|---|---|"]
+    for name, runs in results["regularisation"].items():
+        curves = [r["eval_loss"] for r in runs]
+        bests = [min(c, key=lambda p: p[1]) for c in curves]
+        out.append(f"| {name} | {' / '.join(f'{b[1]:.2f} ({b[0]})' for b in bests)} | "
+                   f"{' / '.join(f'{c[-1][1]:.2f}' for c in curves)} | "
+                   f"{' / '.join(f'{c[-1][1] / b[1]:.2f}' for c, b in zip(curves, bests))} |")
+    return "\n".join(out)
+
+
+def write_docs(results: dict, seeds, docs: Path | None = None) -> None:
+    """Store `results` in docs/hyperparameters.json (the notebook plots them) and their tables in
+    docs/experiments.md between the `<!-- hyperparameters -->` markers."""
+    docs = docs or DOCS_JSON.parent
+    (docs / "hyperparameters.json").write_text(json.dumps({"seeds": list(seeds), **results}, indent=1))
+    md = docs / "experiments.md"
+    text = md.read_text(encoding="utf-8")
+    start, end = "<!-- hyperparameters:start -->", "<!-- hyperparameters:end -->"
+    block = (f"{start}\n`python -m sft_helpers.experiments hyperparameters --seeds {' '.join(map(str, seeds))}` "
+             f"(values per seed, \"seed {' / seed '.join(map(str, seeds))}\"):\n\n{tables(results)}\n{end}")
+    if start in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n## Lesson 05: hyperparameters\n\n" + block + "\n"
+    md.write_text(text, encoding="utf-8")
+
+
+def load_stored() -> dict:
+    """The two-seed sweeps stored by the command (docs/hyperparameters.json)."""
+    return json.loads(DOCS_JSON.read_text())

@@ -1,0 +1,61 @@
+"""Lesson 05's helpers: gradient accumulation is exact, length percentiles, the sweep runner."""
+
+import pytest
+import torch
+
+from sft_helpers import load_model, load_split
+from sft_helpers.hyperparameters import accumulation_gap, length_coverage, recommend_max_length, run_hp
+from sft_helpers.masking import build_labels
+
+
+def test_accumulating_8_batches_of_8_gives_the_weights_of_one_batch_of_64():
+    """Same samples per optimizer step, different padding (each micro-batch is padded to its own
+    longest example) and different target tokens per micro-batch: the loss is averaged over the
+    target tokens of the whole accumulated batch, so the updates agree to float noise."""
+    tok = load_model("tiny")[1]
+    examples, _ = build_labels(load_split("train")[:128], tok, "completion_only")
+    counts = [sum(x != -100 for x in e["labels"]) for e in examples[:64]]
+    assert max(counts) > 3 * min(counts), "the examples should differ in target tokens"
+    out = accumulation_gap("tiny", batch=64, micro_batch=8, steps=2)
+    assert out["moved"] > 1e-3, "the weights should have moved"
+    assert out["gap"] < 1e-5, f"accumulated and big-batch weights differ by {out['gap']:.2e}"
+
+
+def test_length_coverage_and_recommendation_on_the_training_split():
+    tok = load_model("tiny")[1]
+    examples, _ = build_labels(load_split("train"), tok, "completion_only")
+    cover = length_coverage(examples)
+    assert list(cover) == [50, 90, 95, 99, 100] and cover[50] <= cover[95] <= cover[100]
+    n = recommend_max_length(examples, 0.95)
+    assert n % 64 == 0 and n >= cover[95]
+    assert sum(len(e["input_ids"]) <= n for e in examples) >= 0.95 * len(examples)
+    with pytest.raises(ValueError, match="no examples"):
+        length_coverage([])
+
+
+def test_run_hp_truncates_logs_exact_match_and_trains_lora():
+    out = run_hp(steps=2, max_length=48, exact_every=1, eval_items=8, test_items=4, n_train=64,
+                 method="lora", lr=3e-3)
+    assert 0 < out["truncated"] < 1 and out["steps"] == 2
+    assert [h["step"] for h in out["history"] if "exact" in h] == [1, 2]
+    assert torch.isfinite(torch.tensor(out["val_loss"]))
+    with pytest.raises(ValueError, match="batching"):
+        run_hp(steps=1, batching="bucketed", n_train=8)
+
+
+def test_padding_free_micro_batches_count_no_padding():
+    packed = run_hp(steps=1, n_train=32, samples_per_step=8, grad_accum=2, batching="padding_free",
+                    eval_items=4, test_items=2)
+    padded = run_hp(steps=1, n_train=32, samples_per_step=8, grad_accum=2, batching="padded",
+                    eval_items=4, test_items=2)
+    assert packed["slots_per_epoch"] < padded["slots_per_epoch"]
+    assert abs(packed["val_loss"] - padded["val_loss"]) < 1e-3, "same samples, same loss"
+
+
+def test_small_model_lr_ranges_are_the_ones_the_stored_sweep_measured():
+    from sft_helpers.diagnostics import SMALL_MODEL_LR_RANGES
+    from sft_helpers.hyperparameters import good_lr_range, load_stored
+
+    sweep = load_stored()["learning rate"]
+    assert SMALL_MODEL_LR_RANGES["full"] == good_lr_range(sweep, "full")
+    assert SMALL_MODEL_LR_RANGES["lora"] == good_lr_range(sweep, "lora") == SMALL_MODEL_LR_RANGES["qlora"]
