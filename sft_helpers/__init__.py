@@ -5,7 +5,8 @@ validated loading), `tokenizer` (ChatML BPE), `models` (lanes: tiny / smollm2-13
 `evaluate` (recall, exact match, format, stopping, echo), `pretrain` (the embedded base model),
 `masking` (loss labels and their checks, lesson 01), `packing`, `collators` and `attention`
 (lesson 02), `training` (`train_sft`), `lora` and `memory` (QLoRA and what fits where, lesson 03),
-`diagnostics` (pre-flight checks and symptom detectors, lesson 04), `dedup` (exact, MinHash and
+`diagnostics` (pre-flight checks and symptom detectors, lesson 04), `hyperparameters` (lesson 05's
+sweeps, `length_coverage`, `recommend_max_length`), `dedup` (exact, MinHash and
 semantic de-duplication of chat data, with precision / recall against planted duplicates),
 `precision` (the dtype of every weight, gradient and optimizer state per lane), `lanes` (per-lane
 budgets and assertions),
