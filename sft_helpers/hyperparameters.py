@@ -61,6 +61,26 @@ def recommend_max_length(examples: list[dict], coverage: float = 0.95, multiple:
     return multiple * math.ceil(needed / multiple)
 
 
+def epoch_cost(examples: list[dict], max_length: int, batch_size: int = 16, seed: int = 0) -> dict[str, int]:
+    """Token positions one epoch computes at `max_length` (examples cut to it): `padded` in batches of
+    `batch_size` in a shuffled order, each padded to its longest example, and `packed` in rows of
+    `max_length` (best-fit decreasing); `real` is the tokens themselves.
+
+    >>> epoch_cost([{"input_ids": [0] * n} for n in (10, 2, 8, 4)], 10, batch_size=2)
+    {'real': 24, 'padded': 28, 'packed': 30}
+    """
+    import random
+
+    from .packing import pack_bfd
+
+    lengths = [min(len(e["input_ids"]), max_length) for e in examples]
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    return {"real": sum(lengths), "padded": sum(max(lengths[i] for i in b) * len(b) for b in batches),
+            "packed": len(pack_bfd(lengths, max_length).bins) * max_length}
+
+
 def loss_noise(log_history: list[dict]) -> float:
     """How much the training loss jumps from one logged step to the next over the second half of a
     run (standard deviation of the differences): the gradient noise a batch size leaves.

@@ -59,3 +59,15 @@ def test_small_model_lr_ranges_are_the_ones_the_stored_sweep_measured():
     sweep = load_stored()["learning rate"]
     assert SMALL_MODEL_LR_RANGES["full"] == good_lr_range(sweep, "full")
     assert SMALL_MODEL_LR_RANGES["lora"] == good_lr_range(sweep, "lora") == SMALL_MODEL_LR_RANGES["qlora"]
+
+
+def test_epoch_cost_packed_rows_are_nearly_full_padded_batches_are_not():
+    tok = load_model("tiny")[1]
+    examples, _ = build_labels(load_split("train"), tok, "completion_only")
+    longest = max(len(e["input_ids"]) for e in examples)
+    from sft_helpers.hyperparameters import epoch_cost
+
+    cost = epoch_cost(examples, longest)
+    assert cost["real"] == sum(len(e["input_ids"]) for e in examples)
+    assert cost["real"] <= cost["packed"] < 1.05 * cost["real"] < cost["padded"]
+    assert epoch_cost(examples, 8)["real"] == 8 * len(examples)  # every example cut to 8 tokens
