@@ -284,6 +284,17 @@ def biggest_jump(run: dict) -> float:
     return max([0.0] + [b - a for a, b in zip(losses, losses[1:])])
 
 
+def best_epoch(run: dict) -> int:
+    """The epoch (1-based) with the lowest validation loss of a run evaluated at every epoch end
+    (`eval_every="epoch"`; its first evaluation is before training).
+
+    >>> best_epoch({"eval_loss": [(0, 9.0), (20, 3.0), (40, 2.5), (60, 2.7)]})
+    2
+    """
+    evals = run["eval_loss"][1:]
+    return 1 + min(range(len(evals)), key=lambda i: evals[i][1])
+
+
 def good_lr_range(results: dict[str, list[dict]], method: str, within: float = 0.3) -> tuple[float, float]:
     """The lowest and highest rate of a learning-rate sweep ("method lr" names) whose validation loss
     is within `within` of that seed's best on every seed: the range `check_hyperparameters` uses for
@@ -301,8 +312,7 @@ def guide_vs_tiny(stored: dict) -> str:
     full, lora = good_lr_range(lr, "full"), good_lr_range(lr, "lora")
     (full_best, _), (lora_best, _) = (best_lr({n: r for n, r in lr.items() if n.startswith(m)}) for m in ("full", "lora"))
     jumps = {n: [round(biggest_jump(r), 1) for r in runs] for n, runs in stored["schedule"].items()}
-    epochs = {n: [1 + min(range(len(r["eval_loss"]) - 1), key=lambda i: r["eval_loss"][i + 1][1]) for r in runs]
-              for n, runs in stored["epochs"].items()}
+    epochs = {n: [best_epoch(r) for r in runs] for n, runs in stored["epochs"].items()}
     batch = {n.split()[-1]: [round(r["val_loss"], 2) for r in runs] for n, runs in stored["batch"].items()}
     lengths = stored["lengths"]
     rows = [
@@ -352,10 +362,8 @@ def tables(results: dict) -> str:
             "|---|---|---|---|---|"]
     for name, runs in results["epochs"].items():
         for seed, r in enumerate(runs):
-            evals = r["eval_loss"][1:]
-            best_epoch = 1 + min(range(len(evals)), key=lambda i: evals[i][1])
-            out.append(f"| {name} | {seed} | {' '.join(f'{v:.2f}' for _, v in evals)} | "
-                       f"{' '.join(f'{v:.0%}' for _, v in r['exact_curve'])} | {best_epoch} |")
+            out.append(f"| {name} | {seed} | {' '.join(f'{v:.2f}' for _, v in r['eval_loss'][1:])} | "
+                       f"{' '.join(f'{v:.0%}' for _, v in r['exact_curve'])} | {best_epoch(r)} |")
     out += ["", "#### Effective batch at equal data (1,024 conversations, one epoch, LR 1e-3; micro-batches "
             "of 8, gradient accumulation)", "",
             "| effective batch | steps | loss noise (second half) | response val loss | exact match |",
