@@ -105,8 +105,11 @@ def _stop_workers() -> None:
     """Terminate the worker processes (their runs are abandoned); the next call starts new ones."""
     if _POOL:
         pool = _POOL[1]
-        for process in list(pool._processes.values()):
-            process.terminate()
+        if hasattr(pool, "terminate_workers"):  # Python 3.14+
+            pool.terminate_workers()
+        else:  # before 3.14 the executor has no public way to stop running work: its process table
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
         _POOL.clear()
 
@@ -453,11 +456,18 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="lesson experiments, several seeds")
     ap.add_argument("experiment", choices=["masking", "finetune", "hyperparameters"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--only", nargs="+", default=None, metavar="SWEEP",
+                    help="hyperparameters: rerun only these sweeps (e.g. epochs), keep the stored others")
     args = ap.parse_args()
     if args.experiment == "hyperparameters":  # lesson 05: writes docs/experiments.md and docs/hyperparameters.json
         from sft_helpers import hyperparameters
 
-        results = hyperparameters.all_sweeps(tuple(args.seeds))
+        results = hyperparameters.all_sweeps(tuple(args.seeds), only=args.only)
+        if args.only:
+            stored = hyperparameters.load_stored()
+            if stored["seeds"] != args.seeds:
+                raise SystemExit(f"--only merges into stored sweeps of seeds {stored['seeds']}: use those seeds")
+            results = {**{k: v for k, v in stored.items() if k != "seeds"}, **results}
         hyperparameters.write_docs(results, args.seeds)
         print(hyperparameters.tables(results))
     else:

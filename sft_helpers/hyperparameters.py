@@ -34,6 +34,12 @@ OVERFIT = dict(n_train=16, steps=-1, epochs=50, samples_per_step=8, schedule="co
 REGULARISATION = {"weight decay 0": dict(weight_decay=0.0), "weight decay 0.01": {},
                   "weight decay 0.1": dict(weight_decay=0.1), "LoRA, dropout 0": dict(method="lora", lr=3e-3),
                   "LoRA, dropout 0.1": dict(method="lora", lr=3e-3, lora_dropout=0.1)}
+# the epochs study: the whole training split (2,520 conversations, 5% of them planted duplicates)
+# against the same number made of half of them each twice; 8 epochs at a constant rate after a
+# fixed warmup, so the first k epochs are exactly a k-epoch run (tests/test_hyperparameters.py)
+EPOCHS = dict(n_train=2520, steps=-1, epochs=8, schedule="constant_with_warmup", warmup=20,
+              eval_every="epoch", exact_every="epoch")
+EPOCH_SETS = {"2,520 (whole split)": dict(duplicate=False), "1,260, each twice": dict(duplicate=True)}
 DOCS_JSON = Path(__file__).resolve().parents[1] / "docs" / "hyperparameters.json"
 
 
@@ -259,23 +265,26 @@ def lr_settings(method: str, lrs=None, model_id: str = "tiny") -> dict[str, dict
     return {f"{method} {lr * shift:.3g}": dict(method=method, lr=lr * shift) for lr in (lrs or LR_GRID[method])}
 
 
-def all_sweeps(seeds=(0, 1)) -> dict:
-    """Every sweep of lesson 05 on `seeds`, and the training split's length percentiles."""
+def all_sweeps(seeds=(0, 1), only=None) -> dict:
+    """Every sweep of lesson 05 on `seeds` (or those named in `only`, keys of `TABLES`), and the
+    training split's length percentiles."""
     lengths = length_coverage(build_labels(load_split("train"), load_model("tiny")[1], "completion_only")[0])
     base = dict(steps=RECIPE["steps"], samples_per_step=RECIPE["samples_per_step"])
-    return {
-        "learning rate": sweep({**lr_settings("full"), **lr_settings("lora")}, seeds, **base),
-        "schedule": sweep(SCHEDULES, seeds, **base, lr=3e-3),
-        "epochs": sweep({"320 different": dict(duplicate=False), "160, each twice": dict(duplicate=True)},
-                        seeds, n_train=320, steps=-1, epochs=8, schedule="constant_with_warmup",
-                        eval_every="epoch", exact_every="epoch"),
-        "batch": sweep({f"effective batch {b}": dict(samples_per_step=b, grad_accum=b // 8) for b in (8, 32, 128)},
-                       seeds, batching="padding_free", n_train=1024, steps=-1, epochs=1),
-        "max length": sweep({f"p{p}: {n} tokens": dict(max_length=n) for p, n in lengths.items() if p in (50, 95, 100)},
-                            seeds, **base),
-        "regularisation": sweep(REGULARISATION, seeds, **OVERFIT),
-        "lengths": lengths,
+    sweeps = {
+        "learning rate": lambda: sweep({**lr_settings("full"), **lr_settings("lora")}, seeds, **base),
+        "schedule": lambda: sweep(SCHEDULES, seeds, **base, lr=3e-3),
+        "epochs": lambda: sweep(EPOCH_SETS, seeds, **EPOCHS),
+        "batch": lambda: sweep({f"effective batch {b}": dict(samples_per_step=b, grad_accum=b // 8)
+                                for b in (8, 32, 128)}, seeds, batching="padding_free", n_train=1024, steps=-1,
+                               epochs=1),
+        "max length": lambda: sweep({f"p{p}: {n} tokens": dict(max_length=n) for p, n in lengths.items()
+                                     if p in (50, 95, 100)}, seeds, **base),
+        "regularisation": lambda: sweep(REGULARISATION, seeds, **OVERFIT),
     }
+    unknown = set(only or ()) - set(sweeps)
+    if unknown:
+        raise ValueError(f"unknown sweeps {sorted(unknown)}; choose from {list(sweeps)}")
+    return {**{name: run() for name, run in sweeps.items() if not only or name in only}, "lengths": lengths}
 
 
 def biggest_jump(run: dict) -> float:
@@ -293,6 +302,19 @@ def best_epoch(run: dict) -> int:
     """
     evals = run["eval_loss"][1:]
     return 1 + min(range(len(evals)), key=lambda i: evals[i][1])
+
+
+def train_loss_by_epoch(run: dict) -> list[float]:
+    """The mean logged training loss of each epoch of a run evaluated at every epoch end (its
+    evaluations mark where each epoch ends; the first is before training).
+
+    >>> run = {"eval_loss": [(0, 9.0), (2, 3.0), (4, 2.5)], "train_loss": [(1, 4.0), (2, 3.0), (3, 2.0), (4, 1.0)]}
+    >>> train_loss_by_epoch(run)
+    [3.5, 1.5]
+    """
+    ends = [step for step, _ in run["eval_loss"]]
+    return [sum(ls) / len(ls) for ls in ([loss for step, loss in run["train_loss"] if a < step <= b]
+                                         for a, b in zip(ends, ends[1:])) if ls]
 
 
 def good_lr_range(results: dict[str, list[dict]], method: str, within: float = 0.3) -> tuple[float, float]:
@@ -322,8 +344,8 @@ def guide_vs_tiny(stored: dict) -> str:
          "adapters start at zero, low rank"),
         ("schedule", "warmup + cosine", f"tallest spike without warmup {jumps['cosine, no warmup']} vs "
          f"{jumps['cosine (5% warmup)']}", "Adam's first steps are its largest"),
-        ("epochs", "1 – 3", f"best epoch {epochs['320 different']} (all different), {epochs['160, each twice']} "
-         "(each twice)", "small data, small model: far from memorised"),
+        ("epochs", "1 – 3", "best epoch {} (whole split), {} (half, each twice)".format(*epochs.values()),
+         "later: training loss falls, validation rises"),
         ("batch", "64 – 512", f"equal data: val loss batch 8 {batch['8']}, 32 {batch['32']}, 128 {batch['128']}",
          "fewer steps over little data"),
         ("max length", "> 95% covered", f"p95 = {lengths['95']} tokens; p50 ({lengths['50']}) costs loss",
@@ -339,55 +361,97 @@ def _per_seed(runs: list[dict], key, fmt: str = "{:.3f}") -> str:
     return " / ".join(fmt.format(key(r) if callable(key) else r[key]) for r in runs)
 
 
-def tables(results: dict) -> str:
-    """Markdown tables of `all_sweeps` results, one value per seed ("seed 0 / seed 1")."""
-    out = []
+def best_val(run: dict) -> float:
+    """The lowest validation loss a run logged (`run_hp` summary).
+
+    >>> best_val({"eval_loss": [(0, 9.0), (20, 3.0), (40, 3.5)]})
+    3.0
+    """
+    return min(v for _, v in run["eval_loss"])
+
+
+def _lr_table(results: dict) -> list[str]:
     lr = results["learning rate"]
-    out += ["#### Learning rate (60 steps of 16 conversations)", "",
-            "| method | LR | response val loss | exact match |", "|---|---|---|---|"]
+    out = ["#### Learning rate (60 steps of 16 conversations)", "",
+           "| method | LR | response val loss | exact match |", "|---|---|---|---|"]
     out += [f"| {name.split()[0]} | {name.split()[1]} | {_per_seed(runs, 'val_loss')} | "
             f"{_per_seed(runs, 'exact', '{:.0%}')} |" for name, runs in lr.items()]
     best = {m: best_lr({n: r for n, r in lr.items() if n.startswith(m)}) for m in ("full", "lora")}
-    out += ["", f"Best LR (lowest mean validation loss): full fine-tuning {best['full'][0]:g} "
-            f"({best['full'][1]:.3f}), LoRA {best['lora'][0]:g} ({best['lora'][1]:.3f}): LoRA's optimum is "
-            f"{best['lora'][0] / best['full'][0]:g}× full fine-tuning's.", ""]
-    out += ["#### Schedule (LR 3e-3, 60 steps)", "",
-            "| schedule | biggest loss jump | final training loss | response val loss | exact match |",
-            "|---|---|---|---|---|"]
-    out += [f"| {name} | {_per_seed(runs, biggest_jump, '{:.2f}')} | "
-            f"{_per_seed(runs, lambda r: r['train_loss'][-1][1], '{:.2f}')} | {_per_seed(runs, 'val_loss')} | "
-            f"{_per_seed(runs, 'exact', '{:.0%}')} |" for name, runs in results["schedule"].items()]
-    out += ["", "#### Epochs (320 training conversations, 8 epochs, constant LR 1e-3 after warmup)", "",
-            "| data | seed | validation loss at epoch 1 … 8 | exact match at epoch 1 … 8 | best epoch |",
-            "|---|---|---|---|---|"]
+    return out + ["", f"Best LR (lowest mean validation loss): full fine-tuning {best['full'][0]:g} "
+                  f"({best['full'][1]:.3f}), LoRA {best['lora'][0]:g} ({best['lora'][1]:.3f}): LoRA's optimum is "
+                  f"{best['lora'][0] / best['full'][0]:g}× full fine-tuning's."]
+
+
+def _schedule_table(results: dict) -> list[str]:
+    out = ["#### Schedule (LR 3e-3, 60 steps)", "",
+           "| schedule | biggest loss jump | final training loss | response val loss | exact match |",
+           "|---|---|---|---|---|"]
+    return out + [f"| {name} | {_per_seed(runs, biggest_jump, '{:.2f}')} | "
+                  f"{_per_seed(runs, lambda r: r['train_loss'][-1][1], '{:.2f}')} | {_per_seed(runs, 'val_loss')} | "
+                  f"{_per_seed(runs, 'exact', '{:.0%}')} |" for name, runs in results["schedule"].items()]
+
+
+def _epochs_table(results: dict) -> list[str]:
+    out = ["#### Epochs (the whole training split, 8 epochs, constant LR 1e-3 after 20 warmup steps; "
+           "the first k epochs are a k-epoch run)", "",
+           "| data | seed | training loss, epoch 1 … 8 | validation loss, epoch 1 … 8 | exact match, epoch 1 … 8 "
+           "| best epoch |", "|---|---|---|---|---|---|"]
     for name, runs in results["epochs"].items():
         for seed, r in enumerate(runs):
-            out.append(f"| {name} | {seed} | {' '.join(f'{v:.2f}' for _, v in r['eval_loss'][1:])} | "
+            out.append(f"| {name} | {seed} | {' '.join(f'{v:.2f}' for v in train_loss_by_epoch(r))} | "
+                       f"{' '.join(f'{v:.2f}' for _, v in r['eval_loss'][1:])} | "
                        f"{' '.join(f'{v:.0%}' for _, v in r['exact_curve'])} | {best_epoch(r)} |")
-    out += ["", "#### Effective batch at equal data (1,024 conversations, one epoch, LR 1e-3; micro-batches "
-            "of 8, gradient accumulation)", "",
-            "| effective batch | steps | loss noise (second half) | response val loss | exact match |",
-            "|---|---|---|---|---|"]
-    out += [f"| {name.split()[-1]} | {runs[0]['steps']} | {_per_seed(runs, lambda r: loss_noise([{'loss': l} for _, l in r['train_loss']]), '{:.2f}')} | "
-            f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} |"
-            for name, runs in results["batch"].items()]
+    return out
+
+
+def _batch_table(results: dict) -> list[str]:
+    def noise(r: dict) -> float:
+        return loss_noise([{"loss": loss} for _, loss in r["train_loss"]])
+
+    out = ["#### Effective batch at equal data (1,024 conversations, one epoch, LR 1e-3; micro-batches "
+           "of 8, gradient accumulation)", "",
+           "| effective batch | steps | loss noise (second half) | response val loss | exact match |",
+           "|---|---|---|---|---|"]
+    return out + [f"| {name.split()[-1]} | {runs[0]['steps']} | {_per_seed(runs, noise, '{:.2f}')} | "
+                  f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} |"
+                  for name, runs in results["batch"].items()]
+
+
+def _max_length_table(results: dict) -> list[str]:
     lengths = results["lengths"]
-    out += ["", "#### Max length (60 steps; training split length percentiles: "
-            + ", ".join(f"p{p} {n}" for p, n in lengths.items()) + " tokens)", "",
-            "| max length | examples truncated | token slots per epoch | response val loss | exact match | "
-            "stop rate | format |", "|---|---|---|---|---|---|---|"]
-    out += [f"| {name} | {runs[0]['truncated']:.0%} | {runs[0]['slots_per_epoch']:,} | {_per_seed(runs, 'val_loss')} | "
-            f"{_per_seed(runs, 'exact', '{:.0%}')} | {_per_seed(runs, 'stop_rate', '{:.0%}')} | "
-            f"{_per_seed(runs, 'format_ok', '{:.0%}')} |" for name, runs in results["max length"].items()]
-    out += ["", "#### Weight decay and dropout (lesson 04's overfitting setup: 16 conversations, 50 epochs)", "",
-            "| setting | best val loss (step) | final val loss | final / best |", "|---|---|---|---|"]
+    out = ["#### Max length (60 steps; training split length percentiles: "
+           + ", ".join(f"p{p} {n}" for p, n in lengths.items()) + " tokens)", "",
+           "| max length | examples truncated | token slots per epoch | response val loss | exact match | "
+           "stop rate | format |", "|---|---|---|---|---|---|---|"]
+    return out + [f"| {name} | {runs[0]['truncated']:.0%} | {runs[0]['slots_per_epoch']:,} | "
+                  f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} | "
+                  f"{_per_seed(runs, 'stop_rate', '{:.0%}')} | {_per_seed(runs, 'format_ok', '{:.0%}')} |"
+                  for name, runs in results["max length"].items()]
+
+
+def _regularisation_table(results: dict) -> list[str]:
+    out = ["#### Weight decay and dropout (lesson 04's overfitting setup: 16 conversations, 50 epochs)", "",
+           "| setting | best val loss (step) | final val loss | final / best |", "|---|---|---|---|"]
     for name, runs in results["regularisation"].items():
         curves = [r["eval_loss"] for r in runs]
         bests = [min(c, key=lambda p: p[1]) for c in curves]
         out.append(f"| {name} | {' / '.join(f'{b[1]:.2f} ({b[0]})' for b in bests)} | "
                    f"{' / '.join(f'{c[-1][1]:.2f}' for c in curves)} | "
                    f"{' / '.join(f'{c[-1][1] / b[1]:.2f}' for c, b in zip(curves, bests))} |")
-    return "\n".join(out)
+    return out
+
+
+TABLES = {"learning rate": _lr_table, "schedule": _schedule_table, "epochs": _epochs_table,
+          "batch": _batch_table, "max length": _max_length_table, "regularisation": _regularisation_table}
+
+
+def tables(results: dict, sections=None) -> str:
+    """Markdown tables of `all_sweeps` results, one value per seed ("seed 0 / seed 1"): every
+    section, or those named in `sections` (keys of `TABLES`, e.g. `("regularisation",)`)."""
+    unknown = set(sections or ()) - set(TABLES)
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {list(TABLES)}")
+    return "\n\n".join("\n".join(TABLES[name](results)) for name in (sections or TABLES))
 
 
 def write_docs(results: dict, seeds, docs: Path | None = None) -> None:

@@ -629,6 +629,28 @@ def build_labels(records: list[dict], tokenizer, mode: str = "completion_only", 
     return out, report
 
 
+def trained_text(example: dict, tokenizer) -> str:
+    """The text an example trains on: its tokens with a label (not -100) decoded, special tokens
+    kept, separate spans joined by " | ". What a truncated example teaches is what it shows: a reply
+    cut at max length is learned as a reply that ends there, with no end-of-turn.
+
+    >>> class Tok:
+    ...     def decode(self, ids, skip_special_tokens=False): return "".join(map(chr, ids))
+    >>> trained_text({"labels": [-100, 104, 105, -100, 33]}, Tok())
+    'hi | !'
+    """
+    spans, current = [], []
+    for label in example["labels"]:
+        if label == IGNORE:
+            if current:
+                spans.append(current)
+            current = []
+        else:
+            current.append(label)
+    spans += [current] if current else []
+    return " | ".join(tokenizer.decode(span, skip_special_tokens=False) for span in spans)
+
+
 def mask_report(examples: list[dict], tokenizer, end_of_turn: str | None = None) -> dict:
     """Check labelled examples (dicts with `input_ids` and `labels`, or a collated batch of tensors).
     Padding is read from `attention_mask` when there is one, else from the trailing masked pad tokens.

@@ -275,18 +275,24 @@ def plot_schedules(runs: dict[str, dict], title: str = ""):
 
 
 def plot_epochs(runs: dict[str, dict], title: str = ""):
-    """Validation loss (left) and test exact match (right) at the end of every epoch for each run
-    (`run_hp` summaries): the epoch where the loss turns up is where more epochs start to hurt."""
+    """Training loss (dashed, the mean of each epoch) and validation loss (solid, at each epoch's
+    end) on the left, test exact match on the right, for each run (`run_hp` summaries): the epoch
+    where the validation loss turns up while the training loss keeps falling is where more epochs
+    start to hurt."""
     import matplotlib.pyplot as plt
+
+    from .hyperparameters import train_loss_by_epoch
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
     for name, run in runs.items():
         val = run["eval_loss"][1:]  # the first is before training
-        left.plot(range(1, len(val) + 1), [v for _, v in val], marker="o", ms=3, label=name)
+        line, = left.plot(range(1, len(val) + 1), [v for _, v in val], marker="o", ms=3, label=name)
+        train = train_loss_by_epoch(run)
+        left.plot(range(1, len(train) + 1), train, ls="--", color=line.get_color(), lw=1)
         right.plot(range(1, len(run["exact_curve"]) + 1), [v for _, v in run["exact_curve"]], marker="o", ms=3,
                    label=name)
     left.set_xlabel("epoch")
-    left.set_ylabel("validation loss (responses)")
+    left.set_ylabel("loss (dashed: training)")
     right.set_xlabel("epoch")
     right.set_ylabel("test exact match")
     left.legend(fontsize=7)

@@ -71,3 +71,18 @@ def test_epoch_cost_packed_rows_are_nearly_full_padded_batches_are_not():
     assert cost["real"] == sum(len(e["input_ids"]) for e in examples)
     assert cost["real"] <= cost["packed"] < 1.05 * cost["real"] < cost["padded"]
     assert epoch_cost(examples, 8)["real"] == 8 * len(examples)  # every example cut to 8 tokens
+
+
+def test_a_k_epoch_run_at_a_constant_rate_is_the_first_k_epochs_of_a_longer_run():
+    """Why lesson 05's epochs study trains once for 8 epochs and reads epochs 1, 2, 3, 5 off it:
+    with a constant rate after a fixed number of warmup steps, a 1-epoch run and the first epoch
+    of a 3-epoch run take the same steps on the same batches (and a cosine schedule would not)."""
+    common = dict(n_train=32, samples_per_step=8, steps=-1, warmup=2, eval_every="epoch",
+                  eval_items=8, test_items=2)
+    one = run_hp(epochs=1, schedule="constant_with_warmup", **common)
+    three = run_hp(epochs=3, schedule="constant_with_warmup", **common)
+    cosine = run_hp(epochs=3, schedule="cosine", **common)
+    evals = [[h["eval_loss"] for h in r["history"] if "eval_loss" in h] for r in (one, three, cosine)]
+    assert len(evals[0]) == 2 and len(evals[1]) == 4, "evaluated before training and at each epoch end"
+    assert evals[0][1] == pytest.approx(evals[1][1], abs=1e-5), (evals[0], evals[1])
+    assert abs(evals[2][1] - evals[0][1]) > 1e-3, "a decaying schedule's first epoch differs"
