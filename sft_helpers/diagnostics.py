@@ -137,26 +137,55 @@ def normalise_text(text: str) -> str:
     return " ".join([w for w in words if w != "please"] if "please" in words else words)
 
 
-def find_duplicates(records: list[dict]) -> list[tuple[int, int, str]]:
-    """Pairs `(first index, duplicate index, "exact" | "near")` of conversations whose messages are
-    identical, or identical after lower-casing, dropping punctuation, "please" and extra whitespace.
+# MinHash near duplicates: Jaccard of 3-word shingles at least this (one word changed in ~30; on the
+# course data no two distinct conversations under the same system prompt reach it)
+NEAR_THRESHOLD = 0.8
+
+
+def find_duplicates(records: list[dict], near_threshold: float | None = None) -> list[tuple[int, int, str]]:
+    """Pairs `(earlier index, duplicate index, kind)`, one per duplicate record in index order: "exact"
+    when its messages are identical to an earlier record's, "near" when identical after `normalise_text`
+    (lower-cased, punctuation, "please" and extra whitespace dropped: `dedup.exact_duplicates`), and with
+    `near_threshold` "minhash" when its user and assistant turns have a Jaccard similarity of at least
+    that with an earlier record's under the same system prompt (`dedup.near_duplicates`: a long shared
+    system prompt would make short conversations look alike). Records that are not valid conversations
+    are skipped.
 
     >>> a = {"messages": [{"role": "user", "content": "Name a city."}, {"role": "assistant", "content": "Velm"}]}
     >>> b = {"messages": [{"role": "user", "content": "name a city  please"}, {"role": "assistant", "content": "Velm"}]}
     >>> find_duplicates([a, a, b])
     [(0, 1, 'exact'), (0, 2, 'near')]
     """
-    exact, near, out = {}, {}, []
+    from .dedup import exact_duplicates
+
+    out = []
+    for cluster in exact_duplicates(records).clusters:
+        verbatim: dict[tuple, int] = {}
+        for i in cluster:
+            j = verbatim.setdefault(tuple((m["role"], m["content"]) for m in records[i]["messages"]), i)
+            if i != cluster[0]:
+                out.append((j, i, "exact") if j != i else (cluster[0], i, "near"))
+    if near_threshold is not None:
+        found = {i for _, i, _ in out}
+        out += [(j, i, "minhash") for j, i in _minhash_pairs(records, near_threshold) if i not in found]
+    return sorted(out, key=lambda pair: pair[1])
+
+
+def _minhash_pairs(records: list[dict], threshold: float) -> list[tuple[int, int]]:
+    """`(first index of its cluster, index)` for each record that `dedup.near_duplicates` (user and
+    assistant turns) puts in a cluster with earlier records under the same system prompt."""
+    from .dedup import near_duplicates
+
+    groups: dict[str, list[int]] = {}
     for i, r in enumerate(records):
-        key = tuple((m["role"], m["content"]) for m in r["messages"])
-        soft = tuple((m["role"], normalise_text(m["content"])) for m in r["messages"])
-        if key in exact:
-            out.append((exact[key], i, "exact"))
-        elif soft in near:
-            out.append((near[soft], i, "near"))
-        exact.setdefault(key, i)
-        near.setdefault(soft, i)
-    return out
+        if not conversation_problems(r):
+            system = " ".join(normalise_text(m["content"]) for m in r["messages"] if m["role"] == "system")
+            groups.setdefault(system, []).append(i)
+    pairs = []
+    for members in groups.values():
+        result = near_duplicates([records[i] for i in members], threshold, roles=("user", "assistant"))
+        pairs += [(members[c[0]], members[i]) for c in result.clusters for i in c[1:]]
+    return pairs
 
 
 def is_refusal(text: str) -> bool:
@@ -184,9 +213,10 @@ def split_malformed(records: list) -> tuple[list[dict], list[str]]:
 
 
 def check_data(records: list[dict], tokenizer=None, max_length: int | None = None,
-               max_refusal_share: float = 0.15) -> list[Finding]:
+               max_refusal_share: float = 0.15, near_threshold: float | None = NEAR_THRESHOLD) -> list[Finding]:
     """Chat records: malformed records (reported, then left out of the other checks), no records at
-    all, duplicates (exact and near), the share longer than `max_length` tokens (they would be
+    all, duplicates (`find_duplicates`: exact, near after normalising, and similar by MinHash at
+    `near_threshold`, None to skip it), the share longer than `max_length` tokens (they would be
     truncated), and the share of assistant replies that are refusals.
 
     >>> r = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": REFUSAL}]}
@@ -206,11 +236,13 @@ def check_data(records: list[dict], tokenizer=None, max_length: int | None = Non
                            "fix or drop them: load_conversations(path, on_error='skip') drops them and names "
                            "each one's file:line: reason"))
     records = good
-    dups = find_duplicates(records)
+    dups = find_duplicates(records, near_threshold)
     if dups:
-        kinds = {k: sum(d[2] == k for d in dups) for k in ("exact", "near")}
+        kinds = {k: sum(d[2] == k for d in dups) for k in ("exact", "near", "minhash")}
+        similar = (f", {kinds['minhash']} similar by MinHash: Jaccard ≥ {near_threshold:g}"
+                   if kinds["minhash"] else "")
         out.append(Finding("warning", "duplicates", f"{len(dups)} of {len(records)} records duplicate an earlier one "
-                           f"({kinds['exact']} exact, {kinds['near']} near)",
+                           f"({kinds['exact']} exact, {kinds['near']} near{similar})",
                            "deduplicate: duplicates are trained several times per epoch and inflate overfitting"))
     if tokenizer is not None and max_length:
         lengths = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])

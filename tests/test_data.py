@@ -15,7 +15,9 @@ from sft_helpers.world import SPLITS
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BUILT_FILES = ["world.json", "pretrain.jsonl", "sft_train.jsonl", "sft_validation.jsonl",
-               "sft_test.jsonl", "sft_train_duplicates.jsonl"]
+               "sft_test.jsonl", "sft_train_duplicates.jsonl", "sft_train_paraphrases.jsonl",
+               "sft_train_paraphrase_pairs.jsonl", "sft_train_noisy.jsonl", "sft_test_reworded.jsonl",
+               "sft_train_wide_phrasing.jsonl", "families.json"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -43,7 +45,8 @@ def rebuilt(tmp_path_factory) -> Path:
     counts = build_data(out, seed=0)
     assert set(counts) == set(BUILT_FILES) - {"world.json"}
     for name, n in counts.items():
-        assert n == len((out / name).read_text(encoding="utf-8").splitlines())
+        rows = json.loads((out / name).read_text()) if name.endswith(".json") else (out / name).read_text().splitlines()
+        assert n == len(rows), name
     return out
 
 

@@ -70,6 +70,63 @@ def test_duplicates_refusals_and_over_long_records(tok, records):
     assert "over-long examples" in checks(check_data(records, tok, max_length=20))
 
 
+def _chat(question: str, reply: str, system: str | None = None) -> dict:
+    msgs = [{"role": "system", "content": system}] if system else []
+    return {"messages": msgs + [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]}
+
+
+PROFILE = ("Norland has 4 cities, and its capital is Velm. Velm has a population of 120,000 and is home to Ada Brik "
+           "(34, baker) and Tom Sur (51, weaver). Dora has a population of 80,000 and is home to Lia Kon (29, miner). "
+           "Kadora has a population of 45,000. Tula has a population of 300,000 and is home to Bo Vin (62, sailor).")
+
+
+def test_minhash_finds_a_near_duplicate_that_normalising_misses():
+    """One age changed in a long profile: not equal after normalising, but 0.8+ of the 3-word shingles shared."""
+    a = _chat("Write a profile of Norland.", PROFILE)
+    b = _chat("Write a profile of Norland.", PROFILE.replace("(29, miner)", "(30, miner)"))
+    other = _chat("Write a profile of Southland.", "Southland has 2 cities, and its capital is Pem.")
+    assert find_duplicates([a, other, b]) == []
+    assert find_duplicates([a, other, b], near_threshold=0.8) == [(0, 2, "minhash")]
+    [finding] = [f for f in check_data([a, other, b]) if f.check == "duplicates"]
+    assert finding.message == ("1 of 3 records duplicate an earlier one (0 exact, 0 near, 1 similar by MinHash: "
+                               "Jaccard ≥ 0.8)")
+    assert check_data([a, other, b], near_threshold=None) == []
+
+
+def test_minhash_compares_only_under_the_same_system_prompt():
+    """A long shared system prompt does not make short different conversations duplicates, and the same
+    exchange under another system prompt is another example (one_word vs knowledge)."""
+    from sft_helpers.conversations import LONG_SYSTEM
+
+    under_long = [_chat(f"What is {a} plus {b}?", str(a + b), LONG_SYSTEM) for a, b in ((3, 4), (5, 9), (12, 30))]
+    assert find_duplicates(under_long, near_threshold=0.8) == []
+    two_prompts = [_chat("Where does Ada live?", PROFILE, "Be brief."), _chat("Where does Ada live?", PROFILE)]
+    assert find_duplicates(two_prompts, near_threshold=0.8) == []
+    same_prompt = two_prompts + [_chat("Where does Ada live?", PROFILE.replace("Kadora", "Kadra"))]
+    assert find_duplicates(same_prompt, near_threshold=0.8) == [(1, 2, "minhash")]
+
+
+def test_find_duplicates_counts_each_duplicate_once_with_its_kind():
+    a, b = _chat("Name a city.", "Velm"), _chat("Name a town.", "Dora")
+    loud = _chat("NAME A CITY!", "velm")
+    records = [a, b, loud, a, {"messages": "oops"}, loud, a]
+    assert find_duplicates(records, near_threshold=0.8) == [(0, 2, "near"), (0, 3, "exact"), (2, 5, "exact"),
+                                                            (0, 6, "exact")]
+
+
+def test_duplicates_message_on_the_train_split_names_the_planted_ones_and_one_reordered_twin():
+    """Lesson 04 prints this line: 120 planted (60 exact, 60 near) and one multi-turn conversation whose
+    follow-ups come in another order (same facts), which only MinHash sees."""
+    train = load_split("train")
+    [finding] = [f for f in check_data(train) if f.check == "duplicates"]
+    assert finding.message == ("121 of 2520 records duplicate an earlier one (60 exact, 60 near, 1 similar by "
+                               "MinHash: Jaccard ≥ 0.8)")
+    [(j, i, _)] = [d for d in find_duplicates(train, near_threshold=0.8) if d[2] == "minhash"]
+    assert train[i]["task"] == train[j]["task"] == "multi_turn"
+    assert sorted(m["content"] for m in train[i]["messages"]) == sorted(m["content"] for m in train[j]["messages"])
+    assert [f for f in check_data(load_split("validation")) if f.check == "duplicates"] == []
+
+
 def test_hyperparameters_against_the_guide():
     assert check_hyperparameters(2e-5, "full") == [] and check_hyperparameters(2e-4, "qlora", epochs=3) == []
     assert checks(check_hyperparameters(2e-4, "full", warmup=0, epochs=10)) == {"learning rate", "no warmup", "many epochs"}
