@@ -150,3 +150,17 @@ def summarize(rows: list[dict]) -> dict:
     tasks = sorted({r["task"] for r in rows})
     return {**rates(rows), "per_task": {t: rates([r for r in rows if r["task"] == t]) for t in tasks},
             "rows": rows}
+
+
+def task_score(scores: dict, task: str, key: str = "exact_match") -> float:
+    """One task family's `key` from `chat_eval` scores (or their `per_task`), NaN when the items
+    evaluated held none of that family (a lane's smoke budget evaluates a handful): comparisons with
+    NaN are False, so a claim about that family reads "does not hold" instead of a KeyError.
+
+    >>> task_score({"per_task": {"json": {"exact_match": 0.5}}}, "json")
+    0.5
+    >>> task_score({"per_task": {}}, "refusal")
+    nan
+    """
+    per_task = scores.get("per_task", scores)
+    return per_task.get(task, {}).get(key, float("nan"))
