@@ -302,19 +302,24 @@ def check_hyperparameters(lr: float, method: str = "full", warmup: float = 0.05,
 def loss_curve(log_history: list[dict]) -> dict:
     """The landmarks of a run's curves, from a `Trainer.state.log_history` with both losses: the
     validation loss at the start, at its minimum (`best`, `best step`) and at the end (`final`, `last
-    step`), and the training loss nearest the best step and at the end. A U-shaped validation loss
-    has its best step strictly inside the run and a final loss above the best.
+    step`), and the training loss nearest the best step and at the end (NaN when no training loss
+    was logged: a run shorter than its logging interval). A U-shaped validation loss has its best
+    step strictly inside the run and a final loss above the best.
 
     >>> h = [{"step": s, "loss": 4 - s, "eval_loss": v} for s, v in [(0, 9), (1, 3), (2, 4)]]
     >>> loss_curve(h)["best step"], loss_curve(h)["train final"]
     (1, 2)
+    >>> loss_curve([{"step": 0, "eval_loss": 9.0}, {"step": 2, "eval_loss": 8.0}])["train final"]
+    nan
     """
     val = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    if not val:
+        raise ValueError("loss_curve: the history has no validation loss (train with eval_steps)")
     best_step, best = min(val, key=lambda p: p[1])
+    nearest = min(train, key=lambda p: abs(p[0] - best_step))[1] if train else float("nan")
     return {"start": val[0][1], "best": best, "best step": best_step, "final": val[-1][1],
-            "last step": val[-1][0], "train at best": min(train, key=lambda p: abs(p[0] - best_step))[1],
-            "train final": train[-1][1]}
+            "last step": val[-1][0], "train at best": nearest, "train final": train[-1][1] if train else float("nan")}
 
 
 def check_history(log_history: list[dict], window: int = 3, min_drop: float = 0.05) -> list[Finding]:
