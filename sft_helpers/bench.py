@@ -1042,8 +1042,10 @@ def _timed(name: str, run) -> tuple[object, dict]:
     result = run()
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     workers = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
-    return result, {"step": name, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - p0 + workers,
-                    "peak_mb": _status_mb("VmHWM"), **({"worker_peak_mb": c1.ru_maxrss / 1024} if workers else {})}
+    worker_peak = {"worker_peak_mb": c1.ru_maxrss / 1024} if workers else {}
+    return result, {"step": name, "seconds": time.perf_counter() - t0,
+                    "cpu_s": time.process_time() - p0 + workers, "peak_mb": _status_mb("VmHWM"),
+                    **worker_peak}
 
 
 def labelling_run(n: int, list_n: int, num_proc: int, mode: str = "completion_only", max_length: int = 512,
@@ -1066,17 +1068,20 @@ def labelling_run(n: int, list_n: int, num_proc: int, mode: str = "completion_on
     rows, big, small = [], os.path.join(folder, "big.jsonl"), os.path.join(folder, "small.jsonl")
     write_course_jsonl(big, n)
     write_course_jsonl(small, list_n)
-    label = {"mode": mode, "max_length": max_length}
-    data, row = _timed(f"read {n:,} (datasets json loader, checked)", lambda: read_dataset(big, num_proc)[0])
+    label = {"mode": mode, "max_length": max_length, "cache_dir": os.path.join(folder, "labels")}
+    data, row = _timed(f"read {n:,} (train.read_dataset)", lambda: read_dataset(big, num_proc)[0])
     labelled, row2 = _timed(f"label_dataset, num_proc={num_proc}", lambda: label_dataset(data, tok, **label,
                                                                                        num_proc=num_proc))
-    _, row3 = _timed("label_dataset again (cached)", lambda: label_dataset(data, tok, **label, num_proc=num_proc))
+    _, row3 = _timed("label_dataset again (cached)",
+                     lambda: label_dataset(data, tok, **label, num_proc=num_proc))
     (packed, stats), row4 = _timed(f"pack_dataset_columnar (rows of {max_length})",
                                    lambda: pack_dataset_columnar(labelled[0], max_length, shuffle_seed=0))
     rows += [{"path": "columnar", "examples": n, **r} for r in (row, row2, row3, row4)]
     records, row = _timed(f"read {list_n:,} (read_records)", lambda: read_records(small)[0])
-    examples, row2 = _timed("build_labels", lambda: build_labels(records, tok, **label, on_error="skip")[0])
-    _, row3 = _timed(f"pack_examples (rows of {max_length})", lambda: pack_examples(examples, max_length, shuffle_seed=0))
+    examples, row2 = _timed("build_labels",
+                            lambda: build_labels(records, tok, mode, max_length, on_error="skip")[0])
+    _, row3 = _timed(f"pack_examples (rows of {max_length})",
+                     lambda: pack_examples(examples, max_length, shuffle_seed=0))
     rows += [{"path": "lists", "examples": list_n, **r} for r in (row, row2, row3)]
     rows.append({"path": "columnar", "examples": n, "step": "result", "kept": labelled[1].kept,
                  "packed_rows": stats["rows"], "tokens": stats["tokens"], "efficiency": stats["efficiency"]})
@@ -1092,8 +1097,9 @@ def bench_labelling(n: int, list_n: int, num_proc: int, command: str) -> str:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-labelling-") as tmp:
         args = json.dumps({"n": n, "list_n": list_n, "num_proc": num_proc, "folder": tmp})
+        env = {**os.environ, "HF_DATASETS_CACHE": os.path.join(tmp, "cache")}
         done = subprocess.run([sys.executable, "-m", "sft_helpers.bench", "labelling-one", args], text=True,
-                              capture_output=True, env={**os.environ, "HF_DATASETS_CACHE": os.path.join(tmp, "cache")})
+                              capture_output=True, env=env)
     if done.returncode:
         raise RuntimeError(f"labelling run failed:\n{done.stderr[-3000:]}")
     rows = json.loads(done.stdout.strip().splitlines()[-1])
@@ -1109,9 +1115,10 @@ def bench_labelling(n: int, list_n: int, num_proc: int, command: str) -> str:
 
 Machine: {machine()}; load average {load:.1f} when it started (a shared machine: CPU seconds are the steadier
 figure). Data: the course's training split repeated with varied ids (`bench.write_course_jsonl`), tiny
-tokenizer, completion-only labels, max_length 512. Columnar: `train.read_dataset` (datasets' json loader,
-every record checked), `labelling.label_dataset` ({num_proc} processes, written to an Arrow file and
-memory-mapped), the same call again (it reopens the cached file), `pack_dataset_columnar`. Lists (the
+tokenizer, completion-only labels, max_length 512. Columnar: `train.read_dataset` (above 64 MB
+datasets' json loader, every record checked), `labelling.label_dataset` ({num_proc} processes, written
+to an Arrow file and memory-mapped), the same call again (it reopens the cached file),
+`pack_dataset_columnar`. Lists (the
 previous `sft-train` path, at a smaller size): `read_records`, `build_labels`, `pack_examples`. Peak RSS is
 the main process's peak during the step (VmHWM, reset before it); worker peak the largest worker's.
 
@@ -1192,7 +1199,7 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--threshold", type=float, default=0.7, help="MinHash Jaccard threshold")
     d.add_argument("--num-perm", type=int, default=128)
     d.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
-    lab = sub.add_parser("labelling", help="label_dataset (columnar, cached) vs build_labels on course conversations")
+    lab = sub.add_parser("labelling", help="label_dataset (columnar, cached) vs build_labels, course data")
     lab.add_argument("--n", type=int, default=100_000, help="conversations for the columnar path")
     lab.add_argument("--list-n", type=int, default=20_000, help="conversations for the list path")
     lab.add_argument("--num-proc", type=int, default=2)

@@ -118,7 +118,8 @@ def label_dataset(data: Dataset | list[dict], tokenizer, mode: str = "completion
 
     >>> from sft_helpers.models import load_tokenizer
     >>> msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes."}]
-    >>> ds, report = label_dataset([{"messages": msgs}, {"messages": msgs[:1]}], load_tokenizer("tiny", verbose=False))
+    >>> tok = load_tokenizer("tiny", verbose=False)
+    >>> ds, report = label_dataset([{"messages": msgs}, {"messages": msgs[:1]}], tok)
     >>> ds.column_names, report.kept, report.dropped
     (['input_ids', 'labels', 'id', 'task'], 1, ['#1: bad conversation: no assistant turn'])
     """
@@ -133,22 +134,25 @@ def label_dataset(data: Dataset | list[dict], tokenizer, mode: str = "completion
         features = _features(prompt_weight)
         empty = Dataset.from_dict({k: [] for k in features}, features=features)
         return empty.remove_columns(list(HELPER_COLUMNS)), LabelReport()
-    settings = {"mode": mode, "max_length": max_length, "truncation": truncation, "prompt_weight": prompt_weight,
-                "on_error": "skip"}
+    settings = {"mode": mode, "max_length": max_length, "truncation": truncation,
+                "prompt_weight": prompt_weight, "on_error": "skip"}
     fingerprint = labels_fingerprint(data, tokenizer, settings)
     if num_proc and num_proc > 1:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread per worker, no fork warning
     labelled = data.map(_label_batch, with_indices=True, batched=True, remove_columns=data.column_names,
-                        fn_kwargs={"tokenizer": tokenizer, "settings": settings}, features=_features(prompt_weight),
+                        fn_kwargs={"tokenizer": tokenizer, "settings": settings},
+                        features=_features(prompt_weight),
                         num_proc=num_proc if num_proc and num_proc > 1 and len(data) > 1 else None,
-                        cache_file_name=_cache_file(data, fingerprint, cache_dir), new_fingerprint=fingerprint,
+                        cache_file_name=_cache_file(data, fingerprint, cache_dir),
+                        new_fingerprint=fingerprint,
                         desc=f"labelling ({mode if prompt_weight is None else 'prompt weight'})")
     table = labelled.data
     dropped = pc.drop_null(table.column("dropped")).to_pylist()
-    report = LabelReport(kept=len(labelled) - len(dropped), truncated=pc.sum(table.column("truncated")).as_py() or 0,
-                         dropped=dropped)
+    truncated = pc.sum(table.column("truncated")).as_py() or 0
+    report = LabelReport(kept=len(labelled) - len(dropped), truncated=truncated, dropped=dropped)
     if dropped:  # keep the labelled rows, contiguous on disk (what the packer reads without a copy)
         kept = np.flatnonzero(pc.is_null(table.column("dropped")).to_numpy(zero_copy_only=False))
         out = _cache_file(data, f"{fingerprint}-kept", cache_dir)
-        labelled = labelled.select(kept).flatten_indices(cache_file_name=out, new_fingerprint=f"{fingerprint}k")
+        labelled = labelled.select(kept).flatten_indices(cache_file_name=out,
+                                                         new_fingerprint=f"{fingerprint}k")
     return labelled.remove_columns(list(HELPER_COLUMNS)), report

@@ -608,14 +608,16 @@ def check_label_settings(mode: str, on_all_masked: str = "drop", on_error: str =
 
 
 def label_record(rec, i: int, tokenizer, mode: str = "completion_only", max_length: int | None = None,
-                 truncation: str = "keep_start", on_all_masked: str = "drop", prompt_weight: float | None = None,
-                 on_error: str = "raise") -> tuple[dict | None, str | None, bool]:
+                 truncation: str = "keep_start", on_all_masked: str = "drop",
+                 prompt_weight: float | None = None, on_error: str = "raise"
+                 ) -> tuple[dict | None, str | None, bool]:
     """One record of `build_labels` (record number `i`, its id when it has none): `(example, None,
     truncated)`, or `(None, reason, False)` when it is dropped; raises where `build_labels` raises.
     The whole of `build_labels`' per-record work, shared with `labelling.label_dataset`.
 
     >>> from sft_helpers.models import load_tokenizer
-    >>> label_record({"messages": [{"role": "user", "content": "Hi"}]}, 7, load_tokenizer("tiny", verbose=False))
+    >>> tok = load_tokenizer("tiny", verbose=False)
+    >>> label_record({"messages": [{"role": "user", "content": "Hi"}]}, 7, tok)
     (None, '#7: bad conversation: no assistant turn', False)
     """
     rid = rec.get("id", f"#{i}") if isinstance(rec, dict) else f"#{i}"  # a non-dict: bad, reported below
@@ -642,7 +644,8 @@ def label_record(rec, i: int, tokenizer, mode: str = "completion_only", max_leng
             return None, f"{rid}: longer than max_length={max_length} (policy 'drop')", False
     weights = ex.get("loss_weights") or [1.0] * len(ex["labels"])
     if not any(lab != IGNORE and w > 0 for lab, w in zip(ex["labels"][1:], weights[1:])):
-        reason = f"{rid}: no trained token left" + (f" after truncation to {max_length}" if max_length else "")
+        after = f" after truncation to {max_length}" if max_length else ""
+        reason = f"{rid}: no trained token left{after}"
         if on_all_masked == "raise":
             raise AllMaskedError(reason)
         return None, reason, False

@@ -461,8 +461,9 @@ def prepare(cfg: dict, tokenizer) -> dict:
     # the validation loss is always on the responses (completion-only), comparable across masks
     val, _ = build_labels(val_records, tokenizer, "completion_only", max_length=cfg["max_length"],
                           truncation=cfg["truncation"], on_error="skip")
-    return {"records": records_of(data, _sample(len(data), PREFLIGHT_SAMPLE, cfg["seed"])), "n_records": len(data),
-            "train": train, "validation": val, "test": test_records, "bad": bad, "label_report": report}
+    sample = records_of(data, _sample(len(data), PREFLIGHT_SAMPLE, cfg["seed"]))
+    return {"records": sample, "n_records": len(data), "train": train, "validation": val,
+            "test": test_records, "bad": bad, "label_report": report}
 
 
 # --- preflight -----------------------------------------------------------------------------------

@@ -35,8 +35,8 @@ def _columns(examples: list[dict]) -> list[tuple]:
     """What training reads of each example; loss weights as the float32 the collators make of them."""
     import numpy as np
 
-    return [(list(e["input_ids"]), list(e["labels"]), np.float32(e.get("loss_weights", [])).tolist(), str(e["id"]),
-             e["task"]) for e in examples]
+    return [(list(e["input_ids"]), list(e["labels"]), np.float32(e.get("loss_weights", [])).tolist(),
+             str(e["id"]), e["task"]) for e in examples]
 
 
 @pytest.mark.parametrize("settings", [
@@ -54,7 +54,8 @@ def test_same_labels_and_report_as_build_labels(tok, records, settings):
     assert report == expected_report  # kept, truncated, and every dropped record's reason, in order
     assert {"planted-no-reply", "planted-blank"} <= {r.split(":")[0] for r in report.dropped}
     assert labelled.features["input_ids"].feature.dtype == "int32"
-    assert report.truncated > 0 if settings.get("truncation") in ("keep_start", "keep_end") else not report.truncated
+    cuts = settings.get("truncation") in ("keep_start", "keep_end")
+    assert report.truncated > 0 if cuts else not report.truncated
 
 
 def test_output_feeds_the_packer_and_the_collators(tok, records):
@@ -64,7 +65,8 @@ def test_output_feeds_the_packer_and_the_collators(tok, records):
     rows, expected_stats = pack_examples(expected, 256, shuffle_seed=0)
     assert packed.to_list() == rows and stats == expected_stats
     as_numpy = [labelled.with_format("numpy")[i] for i in range(4)]
-    batch, expected_batch = PaddedCollator(tok.pad_token_id)(as_numpy), PaddedCollator(tok.pad_token_id)(expected[:4])
+    collate = PaddedCollator(tok.pad_token_id)
+    batch, expected_batch = collate(as_numpy), collate(expected[:4])
     assert all(batch[k].equal(expected_batch[k]) and batch[k].dtype == expected_batch[k].dtype for k in batch)
 
 
@@ -73,8 +75,8 @@ def test_a_second_call_reopens_the_cached_labels(tok, records, tmp_path):
 
     Dataset.from_list(records[:40]).save_to_disk(str(tmp_path / "data"))
     data = load_from_disk(str(tmp_path / "data"))
-    settings = {"mode": "completion_only", "max_length": None, "truncation": "keep_start", "prompt_weight": None,
-                "on_error": "skip"}
+    settings = {"mode": "completion_only", "max_length": None, "truncation": "keep_start",
+                "prompt_weight": None, "on_error": "skip"}
     first, report = label_dataset(data, tok)
     assert report.dropped  # so the kept rows went to a second cached file too
     files = [f["filename"] for f in first.cache_files]
@@ -88,5 +90,5 @@ def test_a_second_call_reopens_the_cached_labels(tok, records, tmp_path):
     assert second.to_list() == first.to_list()
     other, _ = label_dataset(data, tok, "full")  # other settings: another file
     assert [f["filename"] for f in other.cache_files] != files
-    cached, _ = label_dataset(records[:5], tok, cache_dir=str(tmp_path / "cache"))  # in-memory data, cache_dir
+    cached, _ = label_dataset(records[:5], tok, cache_dir=str(tmp_path / "cache"))  # in memory, cache_dir
     assert cached.cache_files[0]["filename"].startswith(str(tmp_path / "cache" / "labels-"))
