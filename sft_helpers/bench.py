@@ -5,6 +5,7 @@
     python -m sft_helpers.bench gpu [--model tiny|smollm2-135m|Llama-0.2B|<hub id or folder>] [--steps 5]
     python -m sft_helpers.bench gpu --device cpu --smoke
     python -m sft_helpers.bench dedup [--n 100000] [--threshold 0.7]
+    python -m sft_helpers.bench labelling [--n 100000] [--list-n 20000] [--num-proc 2]
 
 `packing` measures (lesson 02): packing efficiency of sequential / FFD / BFD at max_length 2048 on
 10k long-tailed lengths; the same packing job (labelled examples to packed rows) by our
@@ -25,6 +26,11 @@ dtypes of what trains and of AdamW's states, the loss scaler, the peak memory ag
 packed against padded logits and the merged model's forward. A random ~0.22B Llama is built offline
 (no hub). `--device cpu --smoke` runs the same code on the tiny base, the half-precision lanes
 emulated on the CPU (slowly: about 5 s of CPU per half-precision run).
+
+`labelling` (issue 14) times the labelling path of `sft-train` on `--n` course conversations (json
+loader, `labelling.label_dataset` with `--num-proc` workers, again from its cache, columnar packing) and
+the list path (`read_records`, `build_labels`, `pack_examples`) on `--list-n`, in a fresh process
+with an empty datasets cache: wall and CPU seconds (workers included) and peak memory.
 
 `dedup` (issue 15) times `dedup.exact_duplicates` and `dedup.near_duplicates` (MinHash + LSH) on
 100k synthetic conversations with planted exact and near duplicates (`dedup.synthetic_conversations`,
@@ -1013,6 +1019,118 @@ conversation's 3-word shingles); `dedup.threshold_curve` shows what a lower thre
 """
 
 
+def write_course_jsonl(path: str, n: int) -> None:
+    """`n` conversations for the labelling bench: the course's training split repeated, each copy's
+    ids suffixed with its pass number (`<id>~3`), written as JSONL."""
+    import json
+
+    from .data import load_split
+
+    base = load_split("train")
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            r = base[i % len(base)]
+            f.write(json.dumps({**r, "id": f"{r['id']}~{i // len(base)}"}) + "\n")
+
+
+def _timed(name: str, run) -> tuple[object, dict]:
+    """`(result, row)`: `run()` timed: wall and CPU seconds (this process and its finished workers),
+    this process's peak resident memory (VmHWM, reset before) and the largest worker's."""
+    _reset_peak_rss()
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0, p0 = time.perf_counter(), time.process_time()
+    result = run()
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    workers = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
+    worker_peak = {"worker_peak_mb": c1.ru_maxrss / 1024} if workers else {}
+    return result, {"step": name, "seconds": time.perf_counter() - t0,
+                    "cpu_s": time.process_time() - p0 + workers, "peak_mb": _status_mb("VmHWM"),
+                    **worker_peak}
+
+
+def labelling_run(n: int, list_n: int, num_proc: int, mode: str = "completion_only", max_length: int = 512,
+                  folder: str = ".") -> list[dict]:
+    """The labelling bench, in this process (whose datasets cache should be empty): `n` course
+    conversations (`write_course_jsonl`) read by `train.read_dataset` (json loader, checked),
+    labelled by `label_dataset` with `num_proc` workers, labelled again (the cache), packed by
+    `pack_dataset_columnar` (BFD, shuffled, rows of `max_length`); then the list path on `list_n`:
+    `read_records`, `build_labels`, `pack_examples`."""
+    from datasets.utils.logging import disable_progress_bar
+
+    from .labelling import label_dataset
+    from .masking import build_labels
+    from .models import load_tokenizer
+    from .packing import pack_dataset_columnar, pack_examples
+    from .train import read_dataset, read_records
+
+    disable_progress_bar()
+    tok = load_tokenizer("tiny", verbose=False)
+    rows, big, small = [], os.path.join(folder, "big.jsonl"), os.path.join(folder, "small.jsonl")
+    write_course_jsonl(big, n)
+    write_course_jsonl(small, list_n)
+    label = {"mode": mode, "max_length": max_length, "cache_dir": os.path.join(folder, "labels")}
+    data, row = _timed(f"read {n:,} (train.read_dataset)", lambda: read_dataset(big, num_proc)[0])
+    labelled, row2 = _timed(f"label_dataset, num_proc={num_proc}", lambda: label_dataset(data, tok, **label,
+                                                                                       num_proc=num_proc))
+    _, row3 = _timed("label_dataset again (cached)",
+                     lambda: label_dataset(data, tok, **label, num_proc=num_proc))
+    (packed, stats), row4 = _timed(f"pack_dataset_columnar (rows of {max_length})",
+                                   lambda: pack_dataset_columnar(labelled[0], max_length, shuffle_seed=0))
+    rows += [{"path": "columnar", "examples": n, **r} for r in (row, row2, row3, row4)]
+    records, row = _timed(f"read {list_n:,} (read_records)", lambda: read_records(small)[0])
+    examples, row2 = _timed("build_labels",
+                            lambda: build_labels(records, tok, mode, max_length, on_error="skip")[0])
+    _, row3 = _timed(f"pack_examples (rows of {max_length})",
+                     lambda: pack_examples(examples, max_length, shuffle_seed=0))
+    rows += [{"path": "lists", "examples": list_n, **r} for r in (row, row2, row3)]
+    rows.append({"path": "columnar", "examples": n, "step": "result", "kept": labelled[1].kept,
+                 "packed_rows": stats["rows"], "tokens": stats["tokens"], "efficiency": stats["efficiency"]})
+    return rows
+
+
+def bench_labelling(n: int, list_n: int, num_proc: int, command: str) -> str:
+    """Run `labelling_run` in a fresh process with an empty datasets cache; the section's text."""
+    import json
+    import subprocess
+    import tempfile
+
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-labelling-") as tmp:
+        args = json.dumps({"n": n, "list_n": list_n, "num_proc": num_proc, "folder": tmp})
+        env = {**os.environ, "HF_DATASETS_CACHE": os.path.join(tmp, "cache")}
+        done = subprocess.run([sys.executable, "-m", "sft_helpers.bench", "labelling-one", args], text=True,
+                              capture_output=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"labelling run failed:\n{done.stderr[-3000:]}")
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    result = rows.pop()
+    for r in rows:
+        r["per_1k"] = r["cpu_s"] / r["examples"] * 1000
+    label = {r["path"]: r for r in rows if r["step"].startswith(("label_dataset,", "build_labels"))}
+    columns = {"path": ("path", "{}"), "examples": ("examples", "{:,}"), "step": ("step", "{}"),
+               "wall s": ("seconds", "{:.1f}"), "CPU s (with workers)": ("cpu_s", "{:.1f}"),
+               "CPU s per 1k": ("per_1k", "{:.2f}"), "peak RSS (MB)": ("peak_mb", "{:,.0f}"),
+               "worker peak RSS (MB)": ("worker_peak_mb", "{:,.0f}")}
+    return f"""## Labelling at scale (`{command}`, {datetime.date.today()})
+
+Machine: {machine()}; load average {load:.1f} when it started (a shared machine: CPU seconds are the steadier
+figure). Data: the course's training split repeated with varied ids (`bench.write_course_jsonl`), tiny
+tokenizer, completion-only labels, max_length 512. Columnar: `train.read_dataset` (above 64 MB
+datasets' json loader, every record checked), `labelling.label_dataset` ({num_proc} processes, written
+to an Arrow file and memory-mapped), the same call again (it reopens the cached file),
+`pack_dataset_columnar`. Lists (the
+previous `sft-train` path, at a smaller size): `read_records`, `build_labels`, `pack_examples`. Peak RSS is
+the main process's peak during the step (VmHWM, reset before it); worker peak the largest worker's.
+
+{_md_table(rows, columns)}
+
+Result: {result["kept"]:,} labelled examples, {result["tokens"]:,} tokens in {result["packed_rows"]:,} packed
+rows ({result["efficiency"]:.2%} full). Labelling CPU per 1,000 conversations: columnar
+{label["columnar"]["per_1k"]:.2f} s, lists {label["lists"]["per_1k"]:.2f} s (the same per-record work,
+`masking.label_record`: the chat template and the tokenizer dominate).
+"""
+
+
 def _csv(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
@@ -1081,6 +1199,13 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--threshold", type=float, default=0.7, help="MinHash Jaccard threshold")
     d.add_argument("--num-perm", type=int, default=128)
     d.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    lab = sub.add_parser("labelling", help="label_dataset (columnar, cached) vs build_labels, course data")
+    lab.add_argument("--n", type=int, default=100_000, help="conversations for the columnar path")
+    lab.add_argument("--list-n", type=int, default=20_000, help="conversations for the list path")
+    lab.add_argument("--num-proc", type=int, default=2)
+    lab.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    lone = sub.add_parser("labelling-one", help="(internal) one labelling_run, JSON in and out")
+    lone.add_argument("kwargs")
     pone = sub.add_parser("packer-one", help="(internal) one packer_run, JSON in and out")
     pone.add_argument("kwargs")
     one = sub.add_parser("throughput-one", help="(internal) one training_throughput run, JSON in and out")
@@ -1097,6 +1222,17 @@ def main(argv: list[str] | None = None) -> None:
         import json
 
         print(json.dumps(packer_run(**json.loads(args.kwargs))))
+        return
+    if args.command == "labelling-one":
+        import json
+
+        print(json.dumps(labelling_run(**json.loads(args.kwargs))))
+        return
+    if args.command == "labelling":
+        body = bench_labelling(args.n, args.list_n, args.num_proc,
+                               "python -m sft_helpers.bench " + " ".join(args.argv))
+        write_section("labelling", body, args.out)
+        print(body)
         return
     if args.command == "gpu":
         bench_gpu(args)

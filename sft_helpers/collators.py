@@ -42,7 +42,7 @@ class PaddedCollator:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
 
         def pad(key, value):
-            return [list(f[key]) + [value] * (width - len(f[key])) for f in features]
+            return [_as_list(f[key]) + [value] * (width - len(f[key])) for f in features]
 
         batch = {"input_ids": torch.tensor(pad("input_ids", self.pad_token_id)),
                  "attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"]))

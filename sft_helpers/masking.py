@@ -583,50 +583,73 @@ def build_labels(records: list[dict], tokenizer, mode: str = "completion_only", 
 
     Returns `(examples, report)`; each example keeps the record's `id` and `task`.
     """
+    check_label_settings(mode, on_all_masked, on_error)
+    report, out = LabelReport(), []
+    for i, rec in enumerate(records):
+        ex, reason, cut = label_record(rec, i, tokenizer, mode, max_length, truncation, on_all_masked,
+                                       prompt_weight, on_error)
+        if ex is None:
+            report.dropped.append(reason)
+            continue
+        report.truncated += cut
+        out.append(ex)
+    report.kept = len(out)
+    return out, report
+
+
+def check_label_settings(mode: str, on_all_masked: str = "drop", on_error: str = "raise") -> None:
+    """ValueError naming the setting when `build_labels` / `labelling.label_dataset` would refuse it."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if on_all_masked not in ("drop", "raise"):
         raise ValueError(f"on_all_masked must be 'drop' or 'raise', not {on_all_masked!r}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-    report, out = LabelReport(), []
-    for i, rec in enumerate(records):
-        rid = rec.get("id", f"#{i}") if isinstance(rec, dict) else f"#{i}"  # a non-dict: bad, reported below
-        problems = conversation_problems(rec)
-        if problems:
-            reason = f"{rid}: bad conversation: " + "; ".join(problems)
-            if on_all_masked == "raise":
-                raise AllMaskedError(reason)
-            report.dropped.append(reason)
-            continue
-        try:
-            if prompt_weight is not None:
-                ex = prompt_weighted_labels(tokenizer, rec["messages"], prompt_weight)
-            else:
-                ex = LABELLERS[mode](tokenizer, rec["messages"])
-        except MaskError as e:
-            if on_error == "raise":
-                raise MaskError(f"{rid}: {e}") from e
-            report.dropped.append(f"{rid}: {e}")
-            continue
-        ex = {k: v for k, v in ex.items() if k != "prefix_ok"}
-        cut = max_length is not None and len(ex["input_ids"]) > max_length
-        if cut:
-            ex = truncate(ex, max_length, truncation)
-            if ex is None:
-                report.dropped.append(f"{rid}: longer than max_length={max_length} (policy 'drop')")
-                continue
-        weights = ex.get("loss_weights") or [1.0] * len(ex["labels"])
-        if not any(lab != IGNORE and w > 0 for lab, w in zip(ex["labels"][1:], weights[1:])):
-            reason = f"{rid}: no trained token left" + (f" after truncation to {max_length}" if max_length else "")
-            if on_all_masked == "raise":
-                raise AllMaskedError(reason)
-            report.dropped.append(reason)
-            continue
-        report.truncated += cut
-        out.append({"id": rid, "task": rec.get("task"), **ex})
-    report.kept = len(out)
-    return out, report
+
+
+def label_record(rec, i: int, tokenizer, mode: str = "completion_only", max_length: int | None = None,
+                 truncation: str = "keep_start", on_all_masked: str = "drop",
+                 prompt_weight: float | None = None, on_error: str = "raise"
+                 ) -> tuple[dict | None, str | None, bool]:
+    """One record of `build_labels` (record number `i`, its id when it has none): `(example, None,
+    truncated)`, or `(None, reason, False)` when it is dropped; raises where `build_labels` raises.
+    The whole of `build_labels`' per-record work, shared with `labelling.label_dataset`.
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> tok = load_tokenizer("tiny", verbose=False)
+    >>> label_record({"messages": [{"role": "user", "content": "Hi"}]}, 7, tok)
+    (None, '#7: bad conversation: no assistant turn', False)
+    """
+    rid = rec.get("id", f"#{i}") if isinstance(rec, dict) else f"#{i}"  # a non-dict: bad, reported below
+    problems = conversation_problems(rec)
+    if problems:
+        reason = f"{rid}: bad conversation: " + "; ".join(problems)
+        if on_all_masked == "raise":
+            raise AllMaskedError(reason)
+        return None, reason, False
+    try:
+        if prompt_weight is not None:
+            ex = prompt_weighted_labels(tokenizer, rec["messages"], prompt_weight)
+        else:
+            ex = LABELLERS[mode](tokenizer, rec["messages"])
+    except MaskError as e:
+        if on_error == "raise":
+            raise MaskError(f"{rid}: {e}") from e
+        return None, f"{rid}: {e}", False
+    ex = {k: v for k, v in ex.items() if k != "prefix_ok"}
+    cut = max_length is not None and len(ex["input_ids"]) > max_length
+    if cut:
+        ex = truncate(ex, max_length, truncation)
+        if ex is None:
+            return None, f"{rid}: longer than max_length={max_length} (policy 'drop')", False
+    weights = ex.get("loss_weights") or [1.0] * len(ex["labels"])
+    if not any(lab != IGNORE and w > 0 for lab, w in zip(ex["labels"][1:], weights[1:])):
+        after = f" after truncation to {max_length}" if max_length else ""
+        reason = f"{rid}: no trained token left{after}"
+        if on_all_masked == "raise":
+            raise AllMaskedError(reason)
+        return None, reason, False
+    return {"id": rid, "task": rec.get("task"), **ex}, None, bool(cut)
 
 
 def trained_text(example: dict, tokenizer) -> str:

@@ -3,8 +3,10 @@
 One flat YAML file of the keys in `FIELDS` (model, data, labels, batching, method, hyperparameters,
 evaluation, checkpoints, output); `--key value` on the command line overrides a key. The config is
 checked before anything loads (`check_config`: an unknown key names the closest valid one, a wrong type
-or value names the key and why; every problem at once). Then the data are read and labelled, and
-`preflight`'s findings and the memory estimate for this device are printed; `--dry-run` stops there
+or value names the key and why; every problem at once). Then the data are read and labelled (as
+Arrow columns by `labelling.label_dataset`: `num_proc` workers, cached next to the data, memory-mapped,
+so a million conversations fit), and `preflight`'s findings (on a random sample of at most
+`PREFLIGHT_SAMPLE` records) and the memory estimate for this device are printed; `--dry-run` stops there
 (exit 1 when there are errors, and a real run refuses to start on them). Training is `train_sft`; the
 run folder (`output_dir`) receives `config.yaml` (the resolved config), `log_history.jsonl`,
 `loss.png`, the adapter and/or model, and `chat_eval.json` when a `test` file is given.
@@ -27,8 +29,14 @@ import difflib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    from datasets import Dataset
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -87,6 +95,8 @@ FIELDS: dict[str, Field] = {
                                check=_at_least_one),
     "bad_records": Field(STR, "error", "malformed records: 'error' (stop) or 'skip' (drop, with a warning)",
                          ("error", "skip")),
+    "num_proc": Field(INT + NONE, None, "processes that label the training data (datasets.map); null: one",
+                      check=_at_least_one),
     "template": Field(STR + NONE, None,
                       "chat template: a Jinja file, or the template itself; null: the tokenizer's"),
     # labels
@@ -302,43 +312,101 @@ def _relative_paths(raw: dict, config_path: Path) -> dict:
 
 # --- data ---------------------------------------------------------------------------------------
 
+SMALL_FILE_BYTES = 64 * 2**20  # JSONL files up to this size are read and checked line by line
+PREFLIGHT_SAMPLE = 5000  # records (and labelled examples) the preflight checks, drawn at random
+
+
+def read_dataset(source, num_proc: int | None = None) -> tuple[Dataset, list[str]]:
+    """Records from JSONL file(s) or a saved `datasets` folder (its `train` split, or the only one) as
+    one `datasets.Dataset` of the valid records; returns `(dataset, bad)` where `bad` names each
+    malformed record. A JSONL file up to `SMALL_FILE_BYTES` is read by `load_conversations`
+    (`file:line: reason`, any encoding it reads); a larger one by `datasets`' json loader (cached
+    Arrow, memory-mapped) and, like a folder, checked by a batched map (`path[index]: reason`).
+
+    >>> from sft_helpers.data import data_path
+    >>> ds, bad = read_dataset(str(data_path("sft_test.jsonl")))
+    >>> len(ds) > 0, bad
+    (True, [])
+    """
+    from datasets import Dataset, concatenate_datasets
+
+    from .data import load_conversations
+
+    small, parts, bad = [], [], []
+    for path in source if isinstance(source, list) else [source]:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"data file or folder {str(path)!r} does not exist")
+        if p.is_file() and p.stat().st_size <= SMALL_FILE_BYTES:
+            good, report = load_conversations(p, on_error="skip")
+            small += good
+            bad += report.skipped
+            continue
+        ds, ds_bad = _checked(_load_large(p), p, num_proc)
+        parts.append(ds)
+        bad += ds_bad
+    if small or not parts:
+        parts.insert(0, Dataset.from_list(small))
+    return (parts[0] if len(parts) == 1 else concatenate_datasets(parts)), bad
+
+
+def _load_large(p: Path) -> Dataset:
+    """A saved datasets folder (its train split, or the only one), or a large JSONL file by the json
+    loader (cached under the datasets cache, keyed by the file's path and modification time)."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    if p.is_dir():
+        ds = load_from_disk(str(p))
+        if isinstance(ds, DatasetDict):
+            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        return ds
+    return load_dataset("json", data_files=str(p), split="train")
+
+
+def _problems_batch(batch: dict) -> dict:
+    from .data import conversation_problems
+    from .labelling import plain_record
+
+    rows = [plain_record({k: v[n] for k, v in batch.items()}) for n in range(len(next(iter(batch.values()))))]
+    return {"problems": ["; ".join(conversation_problems(r)) or None for r in rows]}
+
+
+def _checked(ds: Dataset, p: Path, num_proc: int | None) -> tuple[Dataset, list[str]]:
+    """`(valid rows, bad)`: every row checked by `conversation_problems` in a batched (cached) map."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    problems = ds.map(_problems_batch, batched=True, remove_columns=ds.column_names, desc="checking records",
+                      num_proc=num_proc if num_proc and num_proc > 1 else None).data.column("problems")
+    bad = np.flatnonzero(pc.is_valid(problems).to_numpy(zero_copy_only=False))
+    if not len(bad):
+        return ds, []
+    good = np.flatnonzero(pc.is_null(problems).to_numpy(zero_copy_only=False))
+    return ds.select(good), [f"{p}[{i}]: {problems[int(i)].as_py()}" for i in bad]
+
+
+def records_of(ds: Dataset, indices=None) -> list[dict]:
+    """Rows of `ds` (all, or `indices`) as the records they were read from (`labelling.plain_record`)."""
+    from .labelling import plain_record
+
+    return [plain_record(r) for r in (ds if indices is None else ds.select(indices))]
+
+
 def read_records(source) -> tuple[list[dict], list[str]]:
-    """Records from JSONL file(s) or a saved `datasets` folder (its `train` split, or the only one);
-    returns `(records, bad)` where `bad` names each malformed record (`file:line: reason`).
+    """`read_dataset` as `(records, bad)`: a list of record dicts.
 
     >>> from sft_helpers.data import data_path
     >>> records, bad = read_records(str(data_path("sft_test.jsonl")))
     >>> len(records) > 0, bad
     (True, [])
     """
-    from .data import conversation_problems, load_conversations
-
-    records, bad = [], []
-    for path in source if isinstance(source, list) else [source]:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"data file or folder {str(path)!r} does not exist")
-        if p.is_dir():
-            from datasets import DatasetDict, load_from_disk
-
-            ds = load_from_disk(str(p))
-            if isinstance(ds, DatasetDict):
-                ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-            for i, r in enumerate(ds):
-                problems = conversation_problems(r)
-                if problems:
-                    bad.append(f"{p}[{i}]: " + "; ".join(problems))
-                else:
-                    records.append(r)
-        else:
-            good, report = load_conversations(p, on_error="skip")
-            records += good
-            bad += report.skipped
-    return records, bad
+    ds, bad = read_dataset(source)
+    return records_of(ds), bad
 
 
-def split_validation(records: list[dict], fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """`(train, validation)`: a seeded random `fraction` of `records` held out (at least one).
+def split_validation(records: list[dict] | Dataset, fraction: float, seed: int = 0) -> tuple:
+    """`(train, validation)`: a seeded random `fraction` of `records` (a list, or a Dataset: then two
+    Datasets) held out (at least one).
 
     >>> train, val = split_validation([{"id": i} for i in range(10)], 0.2)
     >>> len(train), len(val)
@@ -350,36 +418,52 @@ def split_validation(records: list[dict], fraction: float, seed: int = 0) -> tup
     random.Random(seed).shuffle(order)
     n = max(1, round(fraction * len(records)))
     held = set(order[:n])
-    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
+    keep = [i for i in range(len(records)) if i not in held]
+    if isinstance(records, list):
+        return [records[i] for i in keep], [records[i] for i in sorted(held)]
+    return records.select(keep), records.select(sorted(held))
+
+
+def _sample(n_rows: int, size: int, seed: int) -> list[int]:
+    """`size` row numbers of `n_rows` drawn at random (all of them when there are no more), in order."""
+    import random
+
+    return list(range(n_rows)) if n_rows <= size else sorted(random.Random(seed).sample(range(n_rows), size))
 
 
 def prepare(cfg: dict, tokenizer) -> dict:
-    """Read, split and label the data of `cfg`: `{"records", "train", "validation", "test",
-    "bad", "label_report"}` (`train`/`validation` labelled; `bad` the malformed records' reasons)."""
+    """Read, split and label the data of `cfg`: `{"records", "n_records", "train", "validation",
+    "test", "bad", "label_report"}`. `train` is a memory-mapped `datasets.Dataset` from
+    `labelling.label_dataset` (`num_proc` processes, cached next to the data); `records` are at most
+    `PREFLIGHT_SAMPLE` of the `n_records` training records (drawn at random, as dicts: what the
+    preflight checks); `validation` (labelled) and `test` are lists of at most `max_eval_examples`;
+    `bad` the malformed records' reasons."""
+    from .labelling import label_dataset
     from .masking import build_labels
 
-    records, bad = read_records(cfg["train"])
+    data, bad = read_dataset(cfg["train"], cfg["num_proc"])
     if cfg["max_train_examples"]:
-        records = records[:cfg["max_train_examples"]]
+        data = data.select(range(min(cfg["max_train_examples"], len(data))))
     val_records, test_records = [], []
-    if cfg["validation"]:
-        val_records, val_bad = read_records(cfg["validation"])
-        bad += val_bad
-    elif cfg["validation_fraction"]:
-        records, val_records = split_validation(records, cfg["validation_fraction"], cfg["seed"])
-    if cfg["test"]:
-        test_records, test_bad = read_records(cfg["test"])
-        bad += test_bad
     n = cfg["max_eval_examples"]
-    val_records, test_records = val_records[:n], test_records[:n]
-    train, report = build_labels(records, tokenizer, cfg["mask"], max_length=cfg["max_length"],
-                                 truncation=cfg["truncation"], prompt_weight=cfg["prompt_weight"],
-                                 on_error="skip")
+    if cfg["validation"]:
+        val, val_bad = read_dataset(cfg["validation"])
+        val_records, bad = records_of(val, range(min(n, len(val)))), bad + val_bad
+    elif cfg["validation_fraction"]:
+        data, val = split_validation(data, cfg["validation_fraction"], cfg["seed"])
+        val_records = records_of(val, range(min(n, len(val))))
+    if cfg["test"]:
+        test, test_bad = read_dataset(cfg["test"])
+        test_records, bad = records_of(test, range(min(n, len(test)))), bad + test_bad
+    train, report = label_dataset(data, tokenizer, cfg["mask"], max_length=cfg["max_length"],
+                                  truncation=cfg["truncation"], prompt_weight=cfg["prompt_weight"],
+                                  num_proc=cfg["num_proc"])
     # the validation loss is always on the responses (completion-only), comparable across masks
     val, _ = build_labels(val_records, tokenizer, "completion_only", max_length=cfg["max_length"],
                           truncation=cfg["truncation"], on_error="skip")
-    return {"records": records, "train": train, "validation": val, "test": test_records, "bad": bad,
-            "label_report": report}
+    sample = records_of(data, _sample(len(data), PREFLIGHT_SAMPLE, cfg["seed"]))
+    return {"records": sample, "n_records": len(data), "train": train, "validation": val,
+            "test": test_records, "bad": bad, "label_report": report}
 
 
 # --- preflight -----------------------------------------------------------------------------------
@@ -433,7 +517,7 @@ def run_preflight(cfg: dict, tokenizer, data: dict, model_config, device: str, v
                              f"{len(data['bad'])} record(s) are not valid chat "
                              f"conversations{skipped}:{shown}",
                              "fix them, or set bad_records: skip to train without them"))
-    if not data["train"]:
+    if not len(data["train"]):
         extra.append(Finding("error", "no training examples", "no example is left after labelling "
                              f"({len(data['label_report'].dropped)} dropped)",
                              "check the data, mask and max_length"))
@@ -441,7 +525,9 @@ def run_preflight(cfg: dict, tokenizer, data: dict, model_config, device: str, v
         extra.append(Finding("warning", "dropped examples", str(data["label_report"]).replace("\n", "\n    "),
                              "check the mask mode and max_length"))
     params = _params(model_config)
-    findings = preflight(data["records"], tokenizer, data["train"] or None, lr=cfg["lr"],
+    train = data["train"]
+    examples = records_of(train, _sample(len(train), PREFLIGHT_SAMPLE, cfg["seed"])) if len(train) else None
+    findings = preflight(data["records"], tokenizer, examples, lr=cfg["lr"],
                          method=cfg["method"], warmup=cfg["warmup"], epochs=cfg["epochs"],
                          max_length=cfg["max_length"],
                          model_params=params, verbose=False)
@@ -458,7 +544,8 @@ def run_preflight(cfg: dict, tokenizer, data: dict, model_config, device: str, v
     findings = sorted(extra + findings, key=lambda f: ("error", "warning", "info").index(f.severity))
     if verbose:
         counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
-        print(f"preflight: {len(data['records'])} records, {len(data['train'])} training examples, "
+        print(f"preflight: checked {len(data['records'])} of {data['n_records']} records, "
+              f"{len(data['train'])} training examples, "
               f"{len(data['validation'])} validation, {len(data['test'])} test; {counts['error']} errors, "
               f"{counts['warning']} warnings, {counts['info']} notes")
         for f in findings:
@@ -480,11 +567,23 @@ def _params(model_config) -> int | None:
         return None
 
 
-def row_length(cfg: dict, train: list[dict]) -> int:
+def example_lengths(examples: list[dict] | Dataset) -> np.ndarray:
+    """Tokens of every labelled example: read from the Arrow column of a Dataset (no rows decoded)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if isinstance(examples, list):
+        return np.array([len(e["input_ids"]) for e in examples], dtype=np.int64)
+    column = examples.with_format("arrow")["input_ids"]
+    return pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def row_length(cfg: dict, train: list[dict] | Dataset) -> int:
     """Tokens per row of a micro-batch: the packed row length, else the longest example."""
-    longest = max((len(e["input_ids"]) for e in train), default=cfg["max_length"])
+    lengths = example_lengths(train)
+    longest = int(lengths.max()) if len(lengths) else cfg["max_length"]
     if cfg["batching"] == "packed" and cfg["samples_per_step"]:
-        mean = sum(len(e["input_ids"]) for e in train) / max(1, len(train))
+        mean = lengths.sum() / max(1, len(lengths))
         return max(longest, round(cfg["samples_per_step"] * mean / cfg["batch_size"]))
     return cfg["max_length"] if cfg["batching"] == "packed" else longest  # padded, padding-free: at most
 
@@ -520,10 +619,11 @@ def apply_template(cfg: dict, tokenizer) -> None:
     tokenizer.chat_template = t
 
 
-def batches(cfg: dict, tokenizer, train: list[dict]) -> tuple[object, object]:
-    """`(rows, collator)` for the config's batching. Packed rows are a `datasets.Dataset` from
-    `pack_dataset_columnar` (the rows of `pack_examples`, gathered columnar: far less memory on large
-    data), each `row_length` tokens (what the preflight's memory estimate assumed)."""
+def batches(cfg: dict, tokenizer, train: list[dict] | Dataset) -> tuple[object, object]:
+    """`(rows, collator)` for the config's batching: the labelled examples (padded, padding-free), or
+    packed rows from `pack_dataset_columnar` (the rows of `pack_examples`, gathered columnar from the
+    memory-mapped labels and cached next to them), each `row_length` tokens (what the preflight's
+    memory estimate assumed)."""
     from .collators import PackedCollator, PaddedCollator, PaddingFreeCollator
     from .packing import pack_dataset_columnar
 
@@ -601,7 +701,11 @@ def run(cfg: dict, dry_run: bool = False) -> int:
     device = device_of(cfg)
     tokenizer = load_tokenizer(cfg["model"], verbose=False)
     apply_template(cfg, tokenizer)
+    started = time.perf_counter()
     data = prepare(cfg, tokenizer)
+    if main:
+        print(f"data: {data['n_records']:,} records read, {len(data['train']):,} labelled in "
+              f"{time.perf_counter() - started:.1f} s")
     model_config = AutoConfig.from_pretrained(model_folder(cfg["model"]))
     findings = run_preflight(cfg, tokenizer, data, model_config, device, verbose=main)
     errors = [f for f in findings if f.severity == "error"]
@@ -610,7 +714,10 @@ def run(cfg: dict, dry_run: bool = False) -> int:
             print(f"{len(errors)} error(s): nothing trained" if errors else "dry run: config and data OK")
         return 1 if errors else 0
     model, tokenizer = build_model(cfg, device)
+    started = time.perf_counter()
     rows, collator = batches(cfg, tokenizer, data["train"])
+    if main:
+        print(f"batches: {len(rows):,} {cfg['batching']} rows in {time.perf_counter() - started:.1f} s")
     run_dir = Path(cfg["output_dir"])
     history = train_sft(model, tokenizer, rows, data["validation"] or None, lr=cfg["lr"],
                         epochs=cfg["epochs"], max_steps=cfg["max_steps"], batch_size=cfg["batch_size"],

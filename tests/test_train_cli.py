@@ -167,3 +167,19 @@ def test_save_both_keeps_adapter_and_an_equivalent_merged_model(tmp_path, one_th
         a, m = adapter(input_ids=ids).logits, merged(input_ids=ids).logits
     assert (a - base).abs().max() > 1e-4  # the adapter changed something
     assert (a - m).abs().max() < 1e-4
+
+
+def test_large_file_path_reports_bad_records_and_checks_a_sample(tmp_path, capsys, monkeypatch):
+    import sft_helpers.train as train
+
+    records = load_split("train")[:30]
+    records[4] = {"messages": records[4]["messages"][:-1]}  # planted: the reply is gone
+    path = _config(tmp_path, records, num_proc=2)
+    monkeypatch.setattr(train, "SMALL_FILE_BYTES", 0)  # the json loader's path, as for a file of > 64 MB
+    monkeypatch.setattr(train, "PREFLIGHT_SAMPLE", 10)
+    assert main([path, "--dry-run"]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'train.jsonl'}[4]: " in out and "[error] malformed records" in out
+    assert "preflight: checked 10 of 29 records, 29 training examples" in out
+    assert main([path, "--bad_records", "skip", "--max_train_examples", "20", "--dry-run"]) == 0
+    assert "preflight: checked 10 of 20 records, 20 training examples" in capsys.readouterr().out
