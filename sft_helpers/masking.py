@@ -662,15 +662,10 @@ def trained_text(example: dict, tokenizer) -> str:
     >>> trained_text({"labels": [-100, 104, 105, -100, 33]}, Tok())
     'hi | !'
     """
-    spans, current = [], []
-    for label in example["labels"]:
-        if label == IGNORE:
-            if current:
-                spans.append(current)
-            current = []
-        else:
-            current.append(label)
-    spans += [current] if current else []
+    from itertools import groupby
+
+    spans = [list(span) for masked, span in groupby(example["labels"], key=lambda lab: lab == IGNORE)
+             if not masked]
     return " | ".join(tokenizer.decode(span, skip_special_tokens=False) for span in spans)
 
 
