@@ -264,6 +264,29 @@ def near_duplicates(records: list[dict], threshold: float = 0.7, num_perm: int =
     return _result("minhash", threshold, len(records), good, skipped, pairs)
 
 
+def near_duplicates_per_system_prompt(records: list[dict], threshold: float = 0.8, **kw) -> DedupResult:
+    """`near_duplicates` on the user and assistant turns, run separately within each group of
+    records that share a system prompt (normalised; no system prompt is a group too): a long shared
+    system prompt would make short conversations look alike, and records under different system
+    prompts are not duplicates. Pairs and clusters index `records`; `kw` goes to `near_duplicates`.
+
+    >>> ask = [{"role": "user", "content": "Where does Ada live?"}, {"role": "assistant", "content": "In Velm."}]
+    >>> sys = {"role": "system", "content": "Answer in one word."}
+    >>> near_duplicates_per_system_prompt([{"messages": ask}, {"messages": [sys] + ask}, {"messages": ask}]).clusters
+    [[0, 2]]
+    """
+    good, skipped = _valid(records, None)
+    groups: dict[str, list[int]] = {}
+    for i in good:
+        system = " ".join(normalise_text(m["content"]) for m in records[i]["messages"] if m["role"] == "system")
+        groups.setdefault(system, []).append(i)
+    pairs = []
+    for members in groups.values():
+        found = near_duplicates([records[i] for i in members], threshold, roles=("user", "assistant"), **kw)
+        pairs += [(members[i], members[j], score) for i, j, score in found.pairs]
+    return _result("minhash per system prompt", threshold, len(records), good, skipped, pairs)
+
+
 # --- semantic: embeddings of a causal LM ------------------------------------------------------
 
 def conversation_text(record: dict, roles: tuple[str, ...] | None = None) -> str:
@@ -393,6 +416,35 @@ def precision_recall(found, planted) -> dict:
     recalled = sum(i in found_group and found_group.get(i) == found_group.get(j) for i, j in planted)
     return {"found": len(found), "planted": len(planted), "precision": right / len(found) if found else 1.0,
             "recall": recalled / len(planted) if planted else 1.0}
+
+
+def at_threshold(result: DedupResult, threshold: float) -> DedupResult:
+    """`result` (found at a lower threshold) as if found at `threshold`: its pairs scoring at least
+    that, re-clustered (keep-first). Saves re-embedding when choosing a threshold from a curve.
+
+    >>> r = _result("semantic", 0.5, 3, [0, 1, 2], [], [(0, 1, 0.9), (1, 2, 0.6)])
+    >>> at_threshold(r, 0.8).clusters, at_threshold(r, 0.8).kept
+    ([[0, 1]], [0, 2])
+    """
+    if result.threshold is not None and threshold < result.threshold:
+        raise ValueError(f"pairs were found at {result.threshold}: cannot lower the threshold to {threshold}")
+    good = sorted(result.kept + result.removed)  # every record that was compared
+    return _result(result.method, threshold, result.n_records, good, result.skipped,
+                   [p for p in result.pairs if p[2] >= threshold])
+
+
+def best_threshold(curve: list[dict]) -> dict:
+    """The row of a `threshold_curve` with the highest F1 (harmonic mean of precision and recall;
+    ties: the higher threshold, which removes less).
+
+    >>> best_threshold([{"threshold": 0.5, "precision": 0.1, "recall": 1.0},
+    ...                 {"threshold": 0.9, "precision": 0.8, "recall": 0.6}])["threshold"]
+    0.9
+    """
+    def f1(row):
+        p, r = row["precision"], row["recall"]
+        return 2 * p * r / (p + r) if p + r else 0.0
+    return max(curve, key=lambda row: (f1(row), row["threshold"]))
 
 
 def threshold_curve(pairs, planted, thresholds=None) -> list[dict]:

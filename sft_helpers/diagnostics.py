@@ -172,20 +172,11 @@ def find_duplicates(records: list[dict], near_threshold: float | None = None) ->
 
 
 def _minhash_pairs(records: list[dict], threshold: float) -> list[tuple[int, int]]:
-    """`(first index of its cluster, index)` for each record that `dedup.near_duplicates` (user and
-    assistant turns) puts in a cluster with earlier records under the same system prompt."""
-    from .dedup import near_duplicates
+    """`(first index of its cluster, index)` for each record that
+    `dedup.near_duplicates_per_system_prompt` puts in a cluster with earlier records."""
+    from .dedup import near_duplicates_per_system_prompt
 
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        if not conversation_problems(r):
-            system = " ".join(normalise_text(m["content"]) for m in r["messages"] if m["role"] == "system")
-            groups.setdefault(system, []).append(i)
-    pairs = []
-    for members in groups.values():
-        result = near_duplicates([records[i] for i in members], threshold, roles=("user", "assistant"))
-        pairs += [(members[c[0]], members[i]) for c in result.clusters for i in c[1:]]
-    return pairs
+    return [(c[0], i) for c in near_duplicates_per_system_prompt(records, threshold).clusters for i in c[1:]]
 
 
 def is_refusal(text: str) -> bool:

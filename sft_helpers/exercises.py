@@ -361,3 +361,73 @@ def check_accumulation_steps(fn: Callable) -> Verdict:
         if got != want:
             return _verdict(False, f"({target}, {per_device}, {processes}): got {got}, expected {want}")
     return _verdict(True, "effective batch = per-device batch × processes × accumulation steps")
+
+
+# --- lesson 06 -----------------------------------------------------------------------------------
+
+def check_json_reply(fn: Callable) -> Verdict:
+    """Exercise: `fn(reply) -> bool`, whether a JSON-family reply is well formed (parses to an object
+    with exactly the keys age, city and job), compared with `data_strategy.format_problem` on the
+    noisy set's JSON replies (clean, broken and cut ones).
+
+    >>> import json
+    >>> check_json_reply(lambda s: s.startswith("{") and s.endswith("}"))
+    ✗ not yet: "{'age': 19, 'city': 'Drope', 'job': 'doctor'}" is not JSON (single quotes), but your check passes it
+    """
+    from .data import load_noisy_train
+    from .data_strategy import format_problem
+
+    replies = [r["messages"][-1]["content"] for r in load_noisy_train() if r["task"] == "json"][:300]
+    for reply in replies:
+        got = _call(fn, reply)
+        if got is None:
+            return _verdict(False, "not attempted yet (the function returns None)")
+        if isinstance(got, Exception):
+            return _verdict(False, f"{reply!r} raised {type(got).__name__}: {got}")
+        want = format_problem("json", reply) is None
+        if bool(got) != want:
+            why = " (single quotes)" if "'" in reply else ""
+            return _verdict(False, f"{reply!r} is {'' if want else 'not '}JSON{why}, but your check "
+                                   f"{'fails' if want else 'passes'} it")
+    return _verdict(True, f"your check agrees with format_problem on all {len(replies)} JSON replies")
+
+
+def check_normalise(fn: Callable) -> Verdict:
+    """Exercise: `fn(text) -> str`, a normalisation for exact de-duplication: every planted "near"
+    copy of the training split (case, spacing, "please" changed) must normalise like its original,
+    and no two different training conversations may.
+
+    >>> from sft_helpers.diagnostics import normalise_text
+    >>> check_normalise(normalise_text)
+    ✓ all 60 near copies match their originals; the 2,400 distinct conversations stay distinct
+    """
+    from .data import load_duplicates, load_split
+
+    probe = _call(fn, "Name a city, please.")
+    if probe is None:
+        return _verdict(False, "not attempted yet (the function returns None)")
+    if isinstance(probe, Exception):
+        return _verdict(False, f"'Name a city, please.' raised {type(probe).__name__}: {probe}")
+    records = {r["id"]: r for r in load_split("train")}
+
+    def key(record):
+        return tuple(fn(m["content"]) for m in record["messages"])
+
+    table = load_duplicates()
+    for row in (t for t in table if t["kind"] == "near"):
+        got = _call(key, records[row["id"]])
+        if isinstance(got, Exception):
+            return _verdict(False, f"{row['id']} raised {type(got).__name__}: {got}")
+        if got != key(records[row["duplicate_of"]]):
+            text = records[row["id"]]["messages"][-2]["content"]
+            return _verdict(False, f"{text!r} should normalise like its original")
+    copies = {t["id"] for t in table}
+    keys: dict[tuple, str] = {}
+    for rid, record in records.items():
+        if rid in copies:
+            continue
+        other = keys.setdefault(key(record), rid)
+        if other != rid:
+            return _verdict(False, f"{rid} and {other} are different conversations but normalise the same")
+    return _verdict(True, f"all {sum(t['kind'] == 'near' for t in table)} near copies match their originals; "
+                          f"the {len(keys):,} distinct conversations stay distinct")

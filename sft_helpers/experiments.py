@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .data import load_split
 from .evaluate import chat_eval
 from .lanes import lane
@@ -450,15 +452,49 @@ def finetune_seeds(seeds=(0, 1), steps: int = 120) -> str:
     return "\n".join(lines)
 
 
+def write_block(md: Path, name: str, title: str, body: str) -> None:
+    """Write `body` into the Markdown file `md` between `<!-- name:start -->` and `<!-- name:end -->`,
+    replacing what was there, or append it under a `## title` heading.
+
+    >>> import tempfile
+    >>> md = Path(tempfile.mkdtemp()) / "x.md"; _ = md.write_text("# Results")
+    >>> write_block(md, "a", "A", "one"); write_block(md, "a", "A", "two"); print(md.read_text())
+    # Results
+    <BLANKLINE>
+    ## A
+    <BLANKLINE>
+    <!-- a:start -->
+    two
+    <!-- a:end -->
+    <BLANKLINE>
+    """
+    text = md.read_text(encoding="utf-8")
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body}\n{end}"
+    if start in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + f"\n\n## {title}\n\n" + block + "\n"
+    md.write_text(text, encoding="utf-8")
+
+
 if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description="lesson experiments, several seeds")
-    ap.add_argument("experiment", choices=["masking", "finetune", "hyperparameters"])
+    ap.add_argument("experiment", choices=["masking", "finetune", "hyperparameters", "data-strategy"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--only", nargs="+", default=None, metavar="SWEEP",
-                    help="hyperparameters: rerun only these sweeps (e.g. epochs), keep the stored others")
+                    help="hyperparameters: rerun only these sweeps (e.g. epochs), keep the stored others; "
+                         "data-strategy: only these groups (quality, diversity, repeats, dedup)")
     args = ap.parse_args()
+    if args.experiment == "data-strategy":  # lesson 06: docs/data_strategy.json and docs/experiments.md
+        from sft_helpers import data_strategy
+
+        results = data_strategy.run_experiments(tuple(args.seeds), only=args.only)
+        data_strategy.write_docs(results)
+        print(data_strategy.tables(results))
+        raise SystemExit(0)
     if args.experiment == "hyperparameters":  # lesson 05: writes docs/experiments.md and docs/hyperparameters.json
         from sft_helpers import hyperparameters
 

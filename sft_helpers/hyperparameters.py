@@ -16,10 +16,10 @@ from pathlib import Path
 from .data import load_split
 from .evaluate import chat_eval
 from .lanes import lane
-from .experiments import run_in_workers
+from .experiments import run_in_workers, write_block
 from .masking import build_labels, stop_at_end_of_turn
 from .models import load_model
-from .training import train_sft
+from .training import eval_loss, train_sft
 from transformers import TrainerCallback
 
 # the course's recipe for a 60-step run; every sweep changes one of these
@@ -121,7 +121,8 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
            schedule: str = "cosine", warmup: float = 0.05, weight_decay: float = 0.01,
            lora_dropout: float = 0.0, max_length: int | None = None, n_train: int | None = None,
            duplicate: bool = False, eval_every: int | str | None = None, exact_every: int | str | None = None,
-           eval_items: int = 60, test_items: int = 60, seed: int = 0) -> dict:
+           eval_items: int = 60, test_items: int = 60, records: list[dict] | None = None,
+           eval_sets: dict[str, list[dict]] | None = None, seed: int = 0) -> dict:
     """One fine-tuning run of lesson 05: `model_id` by `method` ("full", or "lora": r=16, alpha 32,
     adapters on every linear layer) on the training split (its first `n_train` conversations; with
     `duplicate`, its first `n_train // 2` each twice), completion-only labels cut to `max_length`
@@ -139,6 +140,10 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
     with no trained token: the reply cut entirely), `slots_per_epoch` (token positions computed per
     epoch, padding included) and `steps`. Steps, batch and evaluation sets are capped by the lane's
     budget (`sft_helpers.lanes`).
+
+    Lesson 06 trains on its own data sets: `records` replaces the training split, and each of
+    `eval_sets` (`{name: records}`) is scored after training, in `sets[name]`: greedy `exact`,
+    `format_ok`, `per_task` and the response-token `loss`.
     """
     from .collators import PackedCollator, PaddedCollator, PaddingFreeCollator
     from .lora import add_lora
@@ -153,7 +158,7 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
         model = add_lora(model, r=16, alpha=32, dropout=lora_dropout, seed=seed, verbose=False)
     elif method != "full":
         raise ValueError(f"method must be 'full' or 'lora', not {method!r}")
-    records = load_split("train")
+    records = load_split("train") if records is None else records
     if n_train:
         records = records[:n_train // 2] * 2 if duplicate else records[:n_train]
     train, report = build_labels(records, tok, "completion_only", max_length=max_length)
@@ -180,12 +185,20 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
                         seed=seed, collator=collator, logging_steps=1, eval_steps=eval_every or 10**9,  # else: start and end
                         callbacks=callbacks)
     scores = chat_eval(model, tok, test)
+    sets = {}
+    for name, items in (eval_sets or {}).items():
+        items = budget.items(items)
+        got = chat_eval(model, tok, items)
+        labelled, _ = build_labels(items, tok, "completion_only")
+        sets[name] = {"exact": got["exact_match"], "format_ok": got["format_ok"], "per_task": got["per_task"],
+                      "loss": eval_loss(model, tok, labelled), "n": len(items)}
     evals = [h for h in history if "eval_loss" in h]
     return {"history": history, "val_loss": evals[-1]["eval_loss"], "exact": scores["exact_match"],
             "format_ok": scores["format_ok"], "stop_rate": scores["stop_rate"],
             "truncated": report.truncated / max(report.kept, 1), "dropped": len(report.dropped) / len(records),
             "slots_per_epoch": slots,
-            "steps": history[-1].get("step", 0), "per_task": scores["per_task"]}
+            "steps": history[-1].get("step", 0), "per_task": scores["per_task"], "sets": sets,
+            "n_train": len(records)}
 
 
 def accumulation_gap(model_id: str = "tiny", batch: int = 64, micro_batch: int = 8, steps: int = 2,
@@ -219,14 +232,20 @@ def accumulation_gap(model_id: str = "tiny", batch: int = 64, micro_batch: int =
 
 def _summary(run: dict) -> dict:
     """What a table needs of a run (histories kept short: losses and eval losses by step)."""
-    keep = ("val_loss", "exact", "format_ok", "stop_rate", "truncated", "slots_per_epoch", "steps")
+    keep = ("val_loss", "exact", "format_ok", "stop_rate", "truncated", "slots_per_epoch", "steps", "n_train")
     out = {k: run[k] for k in keep + ("dropped",) if k in run}
     out["train_loss"] = [(h["step"], round(h["loss"], 4)) for h in run["history"] if "loss" in h]
     out["eval_loss"] = [(h["step"], round(h["eval_loss"], 4)) for h in run["history"] if "eval_loss" in h]
     out["lr"] = [(h["step"], h["learning_rate"]) for h in run["history"] if "learning_rate" in h]
     out["exact_curve"] = [(h["step"], h["exact"]) for h in run["history"] if "exact" in h]
-    out["per_task"] = {task: {k: v for k, v in m.items() if isinstance(v, float)} for task, m in run["per_task"].items()}
+    out["per_task"] = _rates(run["per_task"])
+    if run.get("sets"):
+        out["sets"] = {name: {**m, "per_task": _rates(m["per_task"])} for name, m in run["sets"].items()}
     return out
+
+
+def _rates(per_task: dict) -> dict:
+    return {task: {k: v for k, v in m.items() if isinstance(v, float)} for task, m in per_task.items()}
 
 
 def sweep(settings: dict[str, dict], seeds=(0,), workers: int | None = None, **common) -> dict[str, list[dict]]:
@@ -459,16 +478,9 @@ def write_docs(results: dict, seeds, docs: Path | None = None) -> None:
     docs/experiments.md between the `<!-- hyperparameters -->` markers."""
     docs = docs or DOCS_JSON.parent
     (docs / "hyperparameters.json").write_text(json.dumps({"seeds": list(seeds), **results}, indent=1))
-    md = docs / "experiments.md"
-    text = md.read_text(encoding="utf-8")
-    start, end = "<!-- hyperparameters:start -->", "<!-- hyperparameters:end -->"
-    block = (f"{start}\n`python -m sft_helpers.experiments hyperparameters --seeds {' '.join(map(str, seeds))}` "
-             f"(values per seed, \"seed {' / seed '.join(map(str, seeds))}\"):\n\n{tables(results)}\n{end}")
-    if start in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n## Lesson 05: hyperparameters\n\n" + block + "\n"
-    md.write_text(text, encoding="utf-8")
+    body = (f"`python -m sft_helpers.experiments hyperparameters --seeds {' '.join(map(str, seeds))}` "
+            f"(values per seed, \"seed {' / seed '.join(map(str, seeds))}\"):\n\n{tables(results)}")
+    write_block(docs / "experiments.md", "hyperparameters", "Lesson 05: hyperparameters", body)
 
 
 def load_stored() -> dict:

@@ -56,6 +56,8 @@ def plot_rates(rates: dict[str, dict[str, float]], title: str = ""):
             ax.bar(x, v, width, color=colors[m], label=m if m not in ax.get_legend_handles_labels()[1] else None)
             ax.text(x, v + 0.02, percent(v), ha="center", fontsize=8)
     ax.set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(labels))], labels)
+    if len(labels) > 5:  # long family names would overlap
+        ax.tick_params(axis="x", labelrotation=20)
     ax.set_ylim(0, 1.15)
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title(title)
@@ -297,6 +299,38 @@ def plot_epochs(runs: dict[str, dict], title: str = ""):
     right.set_ylabel("test exact match")
     left.legend(fontsize=7)
     fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_data_card(card: dict, title: str = "data card"):
+    """Four panels from `data_strategy.data_report`: records per task family, last-reply length per
+    family (box plots), duplicates and refusals, and the language of replies."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6))
+    fams = list(card["families"])
+    axes[0, 0].barh(fams[::-1], [card["families"][f] for f in fams[::-1]], color="tab:blue")
+    axes[0, 0].set_title("records per task family", fontsize=9)
+    axes[0, 1].boxplot([card["lengths"][f] for f in fams], vert=False, tick_labels=fams, showfliers=False)
+    axes[0, 1].invert_yaxis()
+    axes[0, 1].set_xscale("log")
+    unit = next(iter(card["reply_length"].values()))["unit"]
+    axes[0, 1].set_title(f"last-reply length ({unit}, log scale)", fontsize=9)
+    n = card["records"] - card["skipped"]
+    shares = {"exact duplicates": card["duplicates"]["exact"] / n, "near duplicates": card["duplicates"]["near"] / n,
+              "refusals": card["refusal_share"]}
+    bars = axes[1, 0].bar(list(shares), list(shares.values()), color=["tab:red", "tab:orange", "tab:grey"])
+    for bar, v in zip(bars, shares.values()):
+        axes[1, 0].text(bar.get_x() + bar.get_width() / 2, v, percent(v), ha="center", va="bottom", fontsize=8)
+    axes[1, 0].set_title("share of records", fontsize=9)
+    langs = card["languages"]
+    axes[1, 1].bar(list(langs), [v / n for v in langs.values()], color="tab:green")
+    for i, v in enumerate(langs.values()):
+        axes[1, 1].text(i, v / n, percent(v / n), ha="center", va="bottom", fontsize=8)
+    axes[1, 1].set_title("language of replies", fontsize=9)
+    fig.suptitle(f"{title}: {card['records']:,} records, {card['skipped']} skipped")
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -1,0 +1,574 @@
+"""Lesson 06: data strategy. Quality over quantity, diversity of tasks and of phrasing, and
+duplicates, each measured by training the tiny base on one data set against another.
+
+Pure functions build the data sets (`quality_problems` / `quality_filter` filter a noisy set,
+`without_family` / `skewed` change the task mix, `widened` rewords the questions, `with_repeats`
+plants repeated items, `deduplicated` runs the three de-duplication methods); every run is
+`hyperparameters.run_hp` with `records=` and `eval_sets=`, the course recipe at a fixed number of
+steps. `python -m sft_helpers.experiments data-strategy --seeds 0 1` runs them all on two seeds
+(about 20 minutes on 2 CPU cores) and writes docs/data_strategy.json and the tables in
+docs/experiments.md; the notebook reads them (`load_stored`) next to what it runs live.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from .conversations import REFUSAL
+from .data import clean_vs_noisy, load_noisy_train, load_paraphrases, load_reworded_test, load_split
+from .data import load_wide_phrasing, load_world
+from .world import JOBS
+
+DOCS_JSON = Path(__file__).resolve().parents[1] / "docs" / "data_strategy.json"
+# every run: the course recipe (full fine-tuning, lr 1e-3, 16 conversations a step, packed)
+STEPS = 200
+TEST_ITEMS = 300  # the whole test split (and its reworded questions) for per-family results
+
+
+# --- quality ------------------------------------------------------------------------------------
+
+def format_problem(task: str, reply: str) -> str | None:
+    """What is wrong with the shape of `reply` for its task family, or None: JSON that does not
+    parse to the keys age/city/job, a list line without "- ", more than one word where one is asked,
+    a sentence without its full stop, a refusal other than the course's, a transform answer that is
+    not a number, a list of numbers or a word in capitals.
+
+    >>> format_problem("json", "{'age': 30}"), format_problem("knowledge", "They live in Velm.")
+    ('JSON does not parse', None)
+    """
+    if task == "json":
+        try:
+            value = json.loads(reply)
+        except ValueError:
+            return "JSON does not parse"
+        return None if isinstance(value, dict) and set(value) == {"age", "city", "job"} else "JSON keys"
+    if task == "markdown_list":
+        return None if all(line.startswith("- ") for line in reply.splitlines()) else "list line without '- '"
+    if task == "one_word":
+        return None if len(reply.split()) == 1 else "more than one word"
+    if task == "refusal":
+        return None if reply == REFUSAL else "not the course's refusal"
+    if task == "transform":
+        shapes = (r"\d+", r"\d+(, \d+)+", r"[A-Z]+")
+        return None if any(re.fullmatch(s, reply) for s in shapes) else "not a transform answer"
+    return None if reply.endswith(".") else "no full stop"
+
+
+def atlas_values(world) -> dict[str, set[str]]:
+    """For every name in the atlas (person, city, country): the values a correct reply about it may
+    state. A person: age, city, job; a city: country, population (as written, "101,000"), residents;
+    a country: capital, number of cities, and each city's values and its residents' (a profile).
+
+    >>> values = atlas_values(load_world())
+    >>> person = load_world().people[0]
+    >>> {str(person.age), person.city, person.job} <= values[person.name]
+    True
+    """
+    residents: dict[str, list] = {}
+    for p in world.people:
+        residents.setdefault(p.city, []).append(p)
+    values = {p.name: {str(p.age), p.city, p.job} for p in world.people}
+    for c in world.cities:
+        values[c.name] = {c.country, f"{c.population:,}"} | {p.name for p in residents.get(c.name, [])}
+    for k in world.countries:
+        values[k.name] = {k.capital, str(len(k.cities)), *k.cities}
+        for city in k.cities:
+            values[k.name] |= values[city]
+            for p in residents.get(city, []):
+                values[k.name] |= values[p.name]
+    return values
+
+
+def _transform_answer(question: str) -> str | None:
+    """The right answer of a transform question (uppercase, addition, sorting), None if not one."""
+    if m := re.fullmatch(r"Write the word (\w+) in capital letters\.", question):
+        return m[1].upper()
+    if m := re.fullmatch(r"What is (\d+) plus (\d+)\?", question):
+        return str(int(m[1]) + int(m[2]))
+    if m := re.fullmatch(r"Sort these numbers from smallest to largest: ([\d, ]+)\.", question):
+        return ", ".join(map(str, sorted(int(x) for x in m[1].split(","))))
+    return None
+
+
+def answer_problem(record: dict, world, values: dict[str, set[str]] | None = None) -> str | None:
+    """Whether the last reply agrees with the atlas, the source the data says it answers from: every
+    name and number it states must belong to an entity the user named (`atlas_values`); a list of a
+    country's cities must name them all; a transform must compute. None when consistent.
+
+    >>> world = load_world()
+    >>> p = world.people[0]
+    >>> ask = {"role": "user", "content": f"How old is {p.name}?"}
+    >>> answer_problem({"task": "one_word", "messages": [ask, {"role": "assistant", "content": "999"}]}, world)
+    "'999' is not in the atlas for the names asked about"
+    """
+    values = values if values is not None else atlas_values(world)
+    # names matched ignoring case and spacing ("how old is  ada lovel?" asks about Ada Lovel)
+    users = " ".join(" ".join(m["content"] for m in record["messages"] if m["role"] == "user").split()).lower()
+    reply = record["messages"][-1]["content"]
+    if record.get("task") == "transform":
+        right = _transform_answer(record["messages"][-2]["content"])
+        return None if right is None or reply == right else f"{reply!r} is not {right!r}"
+    asked = [n for n in values if n.lower() in users]
+    allowed = set(asked).union(*(values[n] for n in asked))
+    names = "|".join(sorted([*values, *JOBS], key=len, reverse=True))
+    for m in re.finditer(rf"\b(?:{names})\b|\d[\d,]*\d|\d", reply):
+        if m.group() not in allowed and m.group().lower() not in users:
+            return f"{m.group()!r} is not in the atlas for the names asked about"
+    if record.get("task") == "markdown_list":
+        country = next((k for k in world.countries if k.name.lower() in users), None)
+        listed = {line[2:].strip() for line in reply.splitlines()}
+        if country and listed != set(country.cities):
+            return f"lists {len(listed)} of {country.name}'s {len(country.cities)} cities"
+    return None
+
+
+def quality_problems(records: list[dict], min_share: float = 0.5, min_median: int = 20) -> list[list[str]]:
+    """For each record, the simple quality checks its last reply fails: its task family's format
+    (`format_problem`), its length (shorter than `min_share` of its family's median reply length
+    in `records`: a cut reply; only for families whose median is at least `min_median` characters,
+    as a one-word or numeric answer's length says nothing) and its consistency with the atlas (`answer_problem`), each as
+    "check: reason". An empty list: the record passes.
+
+    >>> clean, noisy = clean_vs_noisy(20)
+    >>> sum(not p for p in quality_problems(clean)) == len(clean)
+    True
+    """
+    world = load_world()
+    values = atlas_values(world)
+    lengths: dict[str, list[int]] = {}
+    for r in records:
+        lengths.setdefault(r.get("task", "?"), []).append(len(r["messages"][-1]["content"]))
+    median = {task: statistics.median(n) for task, n in lengths.items()}
+    out = []
+    for r in records:
+        task, reply = r.get("task", "?"), r["messages"][-1]["content"]
+        found = {"format": format_problem(task, reply),
+                 "length": f"{len(reply)} characters, family median {median[task]:g}"
+                 if median[task] >= min_median and len(reply) < min_share * median[task] else None,
+                 "atlas": answer_problem(r, world, values)}
+        out.append([f"{check}: {p}" for check, p in found.items() if p])
+    return out
+
+
+def quality_filter(records: list[dict], **checks) -> tuple[list[dict], dict]:
+    """`(kept, report)`: the records passing every check of `quality_problems`, and a report of how
+    many were removed (`removed`, `by_check`).
+    `by_check` counts each removed record once, under the first check it fails. With `"noise"`
+    labels on the records, also `precision` (share of removed records that were noisy) and `recall` (share of noisy records
+    removed), per noise kind in `recall_by_kind`.
+
+    >>> clean, noisy = clean_vs_noisy(50)
+    >>> kept, report = quality_filter(noisy)
+    >>> report["precision"], report["recall"] > 0.9
+    (1.0, True)
+    """
+    problems = quality_problems(records, **checks)
+    kept = [r for r, p in zip(records, problems) if not p]
+    by_check = Counter(p.split(":")[0] for ps in problems for p in ps[:1])  # the first check it fails
+    report = {"records": len(records), "kept": len(kept), "removed": len(records) - len(kept),
+              "by_check": dict(by_check)}
+    if all("noise" in r for r in records):
+        noisy = [r["noise"] != "clean" for r in records]
+        removed = [bool(p) for p in problems]
+        hits = sum(n and m for n, m in zip(noisy, removed))
+        report["precision"] = hits / max(sum(removed), 1)
+        report["recall"] = hits / max(sum(noisy), 1)
+        kinds = sorted({r["noise"] for r in records} - {"clean"})
+        report["recall_by_kind"] = {k: sum(bool(p) for r, p in zip(records, problems) if r["noise"] == k)
+                                    / sum(r["noise"] == k for r in records) for k in kinds}
+    return kept, report
+
+
+# --- diversity ----------------------------------------------------------------------------------
+
+def without_family(records: list[dict], family: str) -> list[dict]:
+    """`records` without the task family `family` (the others in their order).
+
+    >>> [r["task"] for r in without_family([{"task": "json"}, {"task": "knowledge"}], "json")]
+    ['knowledge']
+    """
+    return [r for r in records if r.get("task") != family]
+
+
+def skewed(records: list[dict], family: str, share: float = 0.9, seed: int = 0) -> list[dict]:
+    """As many records as `records`, `share` of them from `family` (drawn with replacement when the
+    family has too few) and the rest from the other families (drawn without), shuffled: a 90/10 mix.
+
+    >>> mix = skewed([{"task": "a"}] * 50 + [{"task": "b"}] * 50, "a", 0.9)
+    >>> len(mix), sum(r["task"] == "a" for r in mix)
+    (100, 90)
+    """
+    rng = random.Random(f"{seed}-skewed")
+    ours, others = [r for r in records if r.get("task") == family], without_family(records, family)
+    n_ours = round(share * len(records))
+    mix = rng.choices(ours, k=n_ours) + rng.sample(others, len(records) - n_ours)
+    rng.shuffle(mix)
+    return mix
+
+
+def widened(records: list[dict]) -> list[dict]:
+    """`records` with each knowledge question replaced by the same question in one of 11-13 wordings
+    per relation (`data.load_wide_phrasing`, same id and answer): wider phrasing, same examples.
+
+    >>> train = load_split("train")
+    >>> wide = widened(train)
+    >>> len(wide) == len(train), sum(w is not t for w, t in zip(wide, train)) > 1000
+    (True, True)
+    """
+    wide = {r["id"]: r for r in load_wide_phrasing()}
+    return [wide.get(r.get("id"), r) for r in records]
+
+
+def phrasing_sets() -> dict[str, list[dict]]:
+    """The test split's knowledge and one-word questions twice: in the training data's fixed
+    wordings (`"seen wordings"`) and in wordings held out of every training file (`"new wordings"`,
+    `data.load_reworded_test`), the same questions and answers.
+
+    >>> sets = phrasing_sets()
+    >>> len(sets["seen wordings"]) == len(sets["new wordings"]), sets["new wordings"][0]["id"].endswith("-reworded")
+    (True, True)
+    """
+    reworded = load_reworded_test()
+    test = {r["id"]: r for r in load_split("test")}
+    return {"seen wordings": [test[r["id"].removesuffix("-reworded")] for r in reworded], "new wordings": reworded}
+
+
+# --- duplicates ---------------------------------------------------------------------------------
+
+def with_repeats(records: list[dict], times: int = 10, n_items: int = 20, seed: int = 0
+                 ) -> tuple[list[dict], dict[str, list[dict]]]:
+    """`(training set, probes)`: `records` plus `n_items` wrong-answer items (`load_noisy_train`, one
+    value swapped for a false one) repeated `times` times and `n_items` others seen once, shuffled in;
+    `probes` holds those two groups and `n_items` never trained on (`"×10"`, `"×1"`, `"never"`). A
+    model that answers a probe with its false value has memorised it: no fact it knows gives it.
+
+    >>> train, probes = with_repeats(load_split("train")[:100], times=10, n_items=5)
+    >>> len(train), [len(p) for p in probes.values()]
+    (155, [5, 5, 5])
+    """
+    rng = random.Random(f"{seed}-repeats")
+    wrong = [r for r in load_noisy_train() if r["noise"] == "wrong_answer" and r["task"] in ("knowledge", "one_word")]
+    items = rng.sample(wrong, 3 * n_items)
+    probes = {f"×{times}": items[:n_items], "×1": items[n_items:2 * n_items], "never": items[2 * n_items:]}
+    train = records + probes[f"×{times}"] * times + probes["×1"]
+    rng.shuffle(train)
+    return train, probes
+
+
+def with_paraphrases() -> tuple[list[dict], list[tuple[int, int]]]:
+    """`(records, planted)`: the training split with the 60 paraphrase duplicates appended, and the
+    planted duplicate pairs (exact, near and paraphrase) as indices into it.
+
+    >>> records, planted = with_paraphrases()
+    >>> len(records), len(planted)
+    (2580, 180)
+    """
+    from .data import load_duplicates
+    from .dedup import planted_pairs
+
+    paraphrases, table = load_paraphrases()
+    records = load_split("train") + paraphrases
+    return records, planted_pairs(records, load_duplicates() + table)
+
+
+def deduplicated(records: list[dict], model=None, tokenizer=None, near_threshold: float = 0.8,
+                 semantic_threshold: float = 0.97) -> dict:
+    """The three de-duplication methods of `sft_helpers.dedup` on `records`: `"exact"`
+    (normalised text), `"near"` (MinHash at Jaccard `near_threshold`, per system prompt) and, given
+    a model, `"semantic"` (cosine of mean hidden states at `semantic_threshold`); `{method:
+    DedupResult}`.
+
+    >>> records, _ = with_paraphrases()
+    >>> sorted(deduplicated(records))
+    ['exact', 'near']
+    """
+    from .dedup import exact_duplicates, near_duplicates_per_system_prompt, semantic_duplicates
+
+    out = {"exact": exact_duplicates(records),
+           "near": near_duplicates_per_system_prompt(records, near_threshold)}
+    if model is not None:
+        out["semantic"] = semantic_duplicates(records, model, tokenizer, semantic_threshold, progress=False)
+    return out
+
+
+def method_scores(results: dict, planted, kinds: dict[tuple[int, int], str] | None = None) -> dict[str, dict]:
+    """Per method: precision and recall (`dedup.precision_recall`) of its pairs against `planted`,
+    records removed, and with `kinds` (`{pair: "exact" | "near" | "paraphrase"}`) recall per kind:
+    what each method misses.
+
+    >>> from sft_helpers.dedup import DedupResult
+    >>> r = DedupResult("exact", None, 4, clusters=[[0, 1]], kept=[0, 2, 3], removed=[1], pairs=[(0, 1, 1.0)])
+    >>> method_scores({"exact": r}, [(0, 1), (2, 3)], {(0, 1): "exact", (2, 3): "paraphrase"})["exact"]["by_kind"]
+    {'exact': 1.0, 'paraphrase': 0.0}
+    """
+    from .dedup import precision_recall
+
+    out = {}
+    for method, result in results.items():
+        row = {**precision_recall(result.pairs, planted), "removed": len(result.removed)}
+        if kinds:
+            groups = {i: g for g, c in enumerate(result.clusters) for i in c}
+            row["by_kind"] = {k: sum(groups.get(i, -1) == groups.get(j, -2) for (i, j), kk in kinds.items() if kk == k)
+                              / sum(kk == k for kk in kinds.values()) for k in sorted(set(kinds.values()))}
+        out[method] = row
+    return out
+
+
+def paraphrase_pairs() -> list[tuple[int, int]]:
+    """The 60 planted paraphrase pairs of `with_paraphrases` (indices into its records)."""
+    return sorted(pair for pair, kind in planted_kinds().items() if kind == "paraphrase")
+
+
+def planted_kinds() -> dict[tuple[int, int], str]:
+    """`{pair: kind}` for the planted pairs of `with_paraphrases` ("exact", "near", "paraphrase")."""
+    from .data import load_duplicates
+    from .dedup import planted_pairs
+
+    records, _ = with_paraphrases()
+    table = load_duplicates() + load_paraphrases()[1]
+    return {pair: t["kind"] for t in table for pair in planted_pairs(records, [t])}
+
+
+def semantic_dedup(records: list[dict], planted, model, tokenizer, low: float = 0.97,
+                   thresholds=(0.97, 0.98, 0.99, 0.995, 0.998, 0.999)) -> tuple:
+    """`(result, curve)`: semantic de-duplication (`dedup.semantic_duplicates` on the user and
+    assistant turns) at the threshold of `thresholds` with the best F1 against `planted`
+    (`dedup.best_threshold` of the `threshold_curve`), and that curve. Choose it on the pairs only
+    meaning can find (`paraphrase_pairs`: exact and near copies are found by the cheaper methods).
+
+    >>> from sft_helpers.models import load_model
+    >>> records, planted = with_paraphrases()
+    >>> result, curve = semantic_dedup(records[:300], [p for p in planted if max(p) < 300], *load_model("tiny"))
+    >>> len(curve), result.threshold in [row["threshold"] for row in curve]
+    (6, True)
+    """
+    from .dedup import at_threshold, best_threshold, semantic_duplicates, threshold_curve
+
+    found = semantic_duplicates(records, model, tokenizer, low, roles=("user", "assistant"), progress=False)
+    curve = threshold_curve(found, planted, list(thresholds))
+    return at_threshold(found, best_threshold(curve)["threshold"]), curve
+
+
+# --- the experiments ------------------------------------------------------------------------------
+
+def experiment_sets(seed: int = 0, model=None, tokenizer=None) -> dict[str, dict]:
+    """Every training set of the lesson, `{name: {"records", "eval_sets", "test_items", "group"}}`:
+
+    * quality: 600 clean conversations, the same plus 1,800 noisy ones (4×, 30% bad) and what of
+      those 2,400 passes `quality_filter`;
+    * diversity: the training split, without the json family, skewed 90% knowledge / 10% the rest,
+      and with widened phrasing (`widened`), each scored on the test split and on `phrasing_sets`;
+    * duplicates: the split plus 20 wrong-answer items ×10 and 20 ×1 (`with_repeats`, scored on
+      the probes), and the split plus paraphrases raw and after each de-duplication method (the
+      semantic one needs `model`/`tokenizer`, the tiny base by default).
+    """
+    from .dedup import exact_duplicates, near_duplicates_per_system_prompt
+    from .models import load_model
+
+    train = load_split("train")
+    clean, noisy = clean_vs_noisy(600, factor=4, seed=seed)
+    filtered, _ = quality_filter(noisy)
+    repeated, probes = with_repeats(train, seed=seed)
+    with_dups, planted = with_paraphrases()
+    if model is None:
+        model, tokenizer = load_model("tiny")
+    semantic, _ = semantic_dedup(with_dups, paraphrase_pairs(), model, tokenizer)
+    phrasing = phrasing_sets()
+    sets = {
+        "quality": {"clean 600": clean, "noisy 2,400": noisy, f"filtered {len(filtered):,}": filtered},
+        "diversity": {"training split": train, "without json": without_family(train, "json"),
+                      "90% knowledge": skewed(train, "knowledge", 0.9, seed), "widened phrasing": widened(train)},
+        "repeats": {"×10 and ×1 wrong items": repeated},
+        "dedup": {"raw (split + paraphrases)": with_dups,
+                  "exact": exact_duplicates(with_dups).keep(with_dups),
+                  "near (MinHash 0.8)": near_duplicates_per_system_prompt(with_dups, 0.8).keep(with_dups),
+                  f"semantic ({semantic.threshold:g})": semantic.keep(with_dups)},
+    }
+    eval_sets = {"diversity": phrasing, "repeats": probes}
+    return {name: {"records": records, "group": group, "eval_sets": eval_sets.get(group),
+                   "test_items": TEST_ITEMS if group in ("quality", "diversity") else 120}
+            for group, named in sets.items() for name, records in named.items()}
+
+
+def run_experiments(seeds=(0, 1), steps: int = STEPS, only=None, workers: int | None = None) -> dict:
+    """Train the tiny base on every set of `experiment_sets` (or those of the groups in `only`) for
+    `steps` steps on each seed, side by side in worker processes; `{"seeds", group: {name: [summary
+    per seed]}}` with each set's size, what `quality_filter` reports and the de-duplication scores."""
+    from .dedup import exact_duplicates, near_duplicates_per_system_prompt
+    from .experiments import run_in_workers
+    from .hyperparameters import _summary, run_hp
+    from .models import load_model
+
+    model, tok = load_model("tiny")
+    jobs, names = [], []
+    for seed in seeds:
+        for name, spec in experiment_sets(seed, model, tok).items():
+            if only and spec["group"] not in only:
+                continue
+            names.append((spec["group"], name))
+            jobs.append(dict(records=spec["records"], eval_sets=spec["eval_sets"], test_items=spec["test_items"],
+                             steps=steps, seed=seed))
+    runs = run_in_workers(run_hp, jobs, workers, keep_models=False, desc="data-strategy runs")
+    out: dict = {"seeds": list(seeds), "steps": steps}
+    for (group, name), run in zip(names, runs):
+        out.setdefault(group, {}).setdefault(name, []).append(_summary(run))
+    with_dups, planted = with_paraphrases()
+    semantic, curve = semantic_dedup(with_dups, paraphrase_pairs(), model, tok)
+    results = {"exact": exact_duplicates(with_dups), "near (MinHash 0.8)":
+               near_duplicates_per_system_prompt(with_dups, 0.8), f"semantic ({semantic.threshold:g})": semantic}
+    out["dedup scores"] = method_scores(results, planted, planted_kinds())
+    out["semantic curve"] = curve
+    out["quality filter"] = quality_filter(clean_vs_noisy(600, factor=4)[1])[1]
+    return out
+
+
+# --- the data card --------------------------------------------------------------------------------
+
+_ENGLISH = {"the", "is", "are", "a", "of", "and", "in", "to", "they", "has", "its", "live", "work", "as", "i"}
+
+
+def reply_language(text: str) -> str:
+    """A rough language tag for a reply: "non-Latin" when a letter is outside ASCII, "English" when
+    it has an English function word, else "no prose" (numbers, JSON, a list of names, one word).
+
+    >>> reply_language("They live in Velm."), reply_language('{"age": 30}'), reply_language("Ils vivent à Velm.")
+    ('English', 'no prose', 'non-Latin')
+    """
+    if any(ch.isalpha() and not ch.isascii() for ch in text):
+        return "non-Latin"
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    return "English" if words & _ENGLISH else "no prose"
+
+
+def data_report(records: list[dict], tokenizer=None, near_threshold: float = 0.8) -> dict:
+    """A data card for chat records: records per task family, last-reply length per family
+    (characters, or tokens with a `tokenizer`: median and 95th percentile), duplicates (exact and
+    near: `diagnostics.find_duplicates`), the share of refusals (`diagnostics.is_refusal`), the
+    language of replies (`reply_language`) and how many records were skipped as not valid
+    conversations. `plots.plot_data_card` draws it.
+
+    >>> card = data_report(load_split("validation"))
+    >>> card["records"], card["families"]["knowledge"], card["skipped"]
+    (240, 111, 0)
+    """
+    from .diagnostics import find_duplicates, is_refusal, split_malformed
+
+    good, bad = split_malformed(records)
+    replies = [(r.get("task", "?"), r["messages"][-1]["content"]) for r in good]
+    unit = "tokens" if tokenizer is not None else "characters"
+
+    def size(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if tokenizer is not None else len(text)
+
+    lengths: dict[str, list[int]] = {}
+    for task, reply in replies:
+        lengths.setdefault(task, []).append(size(reply))
+    families = Counter(task for task, _ in replies)
+    dups = Counter(kind for _, _, kind in find_duplicates(good, near_threshold))
+    return {"records": len(records), "skipped": len(bad), "families": dict(families.most_common()),
+            "reply_length": {t: {"median": statistics.median(n), "p95": sorted(n)[int(0.95 * (len(n) - 1))],
+                                 "unit": unit} for t, n in lengths.items()},
+            "lengths": lengths,
+            "duplicates": {"exact": dups.get("exact", 0), "near": dups.get("near", 0) + dups.get("minhash", 0)},
+            "refusal_share": sum(is_refusal(reply) for _, reply in replies) / max(len(replies), 1),
+            "languages": dict(Counter(reply_language(reply) for _, reply in replies).most_common())}
+
+
+# --- tables and stored results ------------------------------------------------------------------
+
+def _per_seed(runs: list[dict], value, fmt: str = "{:.0%}") -> str:
+    return " / ".join(fmt.format(value(r)) for r in runs)
+
+
+def _task(run: dict, task: str, key: str = "exact_match") -> float:
+    return run["per_task"].get(task, {}).get(key, float("nan"))
+
+
+def tables(results: dict) -> str:
+    """The Markdown tables of `run_experiments` results (values per seed, "seed 0 / seed 1")."""
+    lines = []
+    if "quality" in results:
+        lines += ["**Quality vs quantity** (same steps; test split, greedy):", "",
+                  "| training set | records | exact match | format ok | response val loss |", "|---|---|---|---|---|"]
+        for name, runs in results["quality"].items():
+            lines.append(f"| {name} | {runs[0].get('n_train', '?'):,} | {_per_seed(runs, lambda r: r['exact'])} | "
+                         f"{_per_seed(runs, lambda r: r['format_ok'])} | "
+                         f"{_per_seed(runs, lambda r: r['val_loss'], '{:.2f}')} |")
+        q = results.get("quality filter")
+        if q:
+            lines += ["", f"Quality filter on the noisy set: {q['removed']:,} of {q['records']:,} removed "
+                          f"({', '.join(f'{k} {v}' for k, v in q['by_check'].items())}), precision "
+                          f"{q['precision']:.1%}, recall {q['recall']:.1%}."]
+        lines.append("")
+    if "diversity" in results:
+        lines += ["**Diversity** (test split; knowledge and one-word questions in seen and in new wordings):", "",
+                  "| training set | exact match | json | knowledge | seen wordings | new wordings |",
+                  "|---|---|---|---|---|---|"]
+        for name, runs in results["diversity"].items():
+            lines.append(f"| {name} | {_per_seed(runs, lambda r: r['exact'])} | "
+                         f"{_per_seed(runs, lambda r: _task(r, 'json'))} | "
+                         f"{_per_seed(runs, lambda r: _task(r, 'knowledge'))} | "
+                         f"{_per_seed(runs, lambda r: r['sets']['seen wordings']['exact'])} | "
+                         f"{_per_seed(runs, lambda r: r['sets']['new wordings']['exact'])} |")
+        lines.append("")
+    if "repeats" in results:
+        (name, runs), = results["repeats"].items()
+        lines += [f"**Repeated items** ({name}): the false answer reproduced, and the loss on it:", "",
+                  "| probes | false answer reproduced | response loss |", "|---|---|---|"]
+        for probe in runs[0]["sets"]:
+            lines.append(f"| {probe} | {_per_seed(runs, lambda r: r['sets'][probe]['exact'])} | "
+                         f"{_per_seed(runs, lambda r: r['sets'][probe]['loss'], '{:.2f}')} |")
+        lines.append(f"| validation split (held out) | | {_per_seed(runs, lambda r: r['val_loss'], '{:.2f}')} |")
+        lines.append("")
+    if "dedup scores" in results:
+        lines += ["**De-duplication** of the split plus 60 paraphrases (180 planted pairs):", "",
+                  "| method | removed | precision | recall | exact | near | paraphrase |", "|---|---|---|---|---|---|---|"]
+        for name, s in results["dedup scores"].items():
+            k = s["by_kind"]
+            lines.append(f"| {name} | {s['removed']:,} | {s['precision']:.1%} | {s['recall']:.1%} | "
+                         f"{k['exact']:.0%} | {k['near']:.0%} | {k['paraphrase']:.0%} |")
+        lines.append("")
+    if "dedup" in results:
+        lines += ["**Training on each de-duplicated set**:", "",
+                  "| training set | records | exact match | response val loss |", "|---|---|---|---|"]
+        for name, runs in results["dedup"].items():
+            lines.append(f"| {name} | {runs[0].get('n_train', '?'):,} | {_per_seed(runs, lambda r: r['exact'])} | "
+                         f"{_per_seed(runs, lambda r: r['val_loss'], '{:.2f}')} |")
+    return "\n".join(lines).rstrip()
+
+
+def write_docs(results: dict, docs: Path | None = None) -> None:
+    """Store `results` in docs/data_strategy.json (the notebook reads them) and their tables in
+    docs/experiments.md between the `<!-- data-strategy -->` markers."""
+    from .experiments import write_block
+
+    docs = docs or DOCS_JSON.parent
+    (docs / DOCS_JSON.name).write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    seeds = results["seeds"]
+    body = (f"`python -m sft_helpers.experiments data-strategy --seeds {' '.join(map(str, seeds))}` "
+            f"({results['steps']} steps of 16 conversations each run; values per seed, "
+            f"\"seed {' / seed '.join(map(str, seeds))}\"):\n\n{tables(results)}")
+    write_block(docs / "experiments.md", "data-strategy", "Lesson 06: data strategy", body)
+
+
+def load_stored() -> dict:
+    """The two-seed results stored by the command (docs/data_strategy.json)."""
+    return json.loads(DOCS_JSON.read_text(encoding="utf-8"))
+
+
+def family_rates(runs_by_set: dict[str, list[dict]], names=None, key: str = "exact_match") -> dict[str, dict]:
+    """`{family: {set name: key averaged over seeds}}` from stored runs (`load_stored()["diversity"]`),
+    for `names` (default: all), families in the order of the first run: what `plots.plot_rates` draws.
+
+    >>> run = {"per_task": {"json": {"exact_match": 0.5}}}
+    >>> family_rates({"a": [run, run]})
+    {'json': {'a': 0.5}}
+    """
+    names = list(names or runs_by_set)
+    families = list(runs_by_set[names[0]][0]["per_task"])
+    return {f: {n: statistics.mean(_task(r, f, key) for r in runs_by_set[n]) for n in names} for f in families}

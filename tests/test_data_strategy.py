@@ -1,0 +1,120 @@
+"""Lesson 06 (issue 15): quality checks, data mixes, repeated items, de-duplication side by side,
+the data card, and run_hp on given records."""
+
+import math
+
+import pytest
+
+from sft_helpers.conversations import corrupt
+from sft_helpers.data import clean_vs_noisy, load_noisy_train, load_split, load_world
+from sft_helpers.data_strategy import (answer_problem, data_report, format_problem, method_scores, paraphrase_pairs,
+                                       phrasing_sets, quality_filter, quality_problems, reply_language, skewed,
+                                       tables, widened, with_paraphrases, with_repeats, without_family)
+from sft_helpers.dedup import at_threshold, best_threshold, exact_duplicates, near_duplicates, threshold_curve
+
+
+def test_quality_filter_removes_the_planted_noise_and_keeps_the_clean_records():
+    clean, noisy = clean_vs_noisy(600)
+    kept, report = quality_filter(noisy)
+    assert report["precision"] == 1.0 and report["recall"] >= 0.98, report
+    assert report["recall_by_kind"]["truncated"] == 1.0 and report["recall_by_kind"]["broken_format"] == 1.0
+    bad_kept = sum(r["noise"] != "clean" for r in kept)
+    assert len(kept) == report["kept"] and bad_kept == round((1 - report["recall"]) * sum(r["noise"] != "clean"
+                                                                                         for r in noisy))
+    # the course's own splits pass every check (no false alarm on clean data)
+    for split in ("train", "validation", "test"):
+        assert not any(quality_problems(load_split(split))), split
+
+
+def test_each_check_catches_its_kind_of_corruption():
+    import random
+
+    world, rng = load_world(), random.Random(0)
+    base = next(r for r in load_split("train") if r["task"] == "json")
+    broken = corrupt(base, "broken_format", world, rng)["messages"][-1]["content"]
+    assert format_problem("json", broken) is not None and format_problem("json", base["messages"][-1]["content"]) is None
+    person = world.people[3]
+    ask = {"role": "user", "content": f"Where does {person.name} live?"}
+    other = next(c.name for c in world.cities if c.name != person.city)
+    wrong = {"task": "knowledge", "messages": [ask, {"role": "assistant", "content": f"They live in {other}."}]}
+    right = {"task": "knowledge", "messages": [ask, {"role": "assistant", "content": f"They live in {person.city}."}]}
+    assert other in answer_problem(wrong, world) and answer_problem(right, world) is None
+    adds = {"task": "transform", "messages": [{"role": "user", "content": "What is 2 plus 3?"},
+                                              {"role": "assistant", "content": "6"}]}
+    assert answer_problem(adds, world) == "'6' is not '5'"
+    cut = [r for r in load_noisy_train() if r["noise"] == "truncated" and r["task"] == "markdown_list"][:5]
+    assert all(quality_problems(cut)), "a list missing its last cities passes"
+
+
+def test_mixes_keep_the_size_and_change_only_what_they_say():
+    train = load_split("train")
+    assert {r["task"] for r in without_family(train, "json")} == {r["task"] for r in train} - {"json"}
+    mix = skewed(train, "knowledge", 0.9, seed=1)
+    assert len(mix) == len(train) and sum(r["task"] == "knowledge" for r in mix) == round(0.9 * len(train))
+    wide = widened(train)
+    changed = [(w, t) for w, t in zip(wide, train) if w is not t]
+    assert len(wide) == len(train) and len(changed) > 1000
+    assert all(w["id"] == t["id"] and w["messages"][-1] == t["messages"][-1] for w, t in changed)
+    reworded = sum(w["messages"][-2]["content"] != t["messages"][-2]["content"] for w, t in changed)
+    assert reworded > 0.9 * len(changed)  # a few draws land on the record's own wording
+    sets = phrasing_sets()
+    assert [r["messages"][-1] for r in sets["seen wordings"]] == [r["messages"][-1] for r in sets["new wordings"]]
+
+
+def test_repeats_are_planted_times_over_and_probes_are_disjoint():
+    train = load_split("train")[:200]
+    out, probes = with_repeats(train, times=10, n_items=20, seed=3)
+    ids = [r["id"] for r in out]
+    assert len(out) == 200 + 20 * 10 + 20
+    assert all(ids.count(r["id"]) == 10 for r in probes["×10"]) and all(ids.count(r["id"]) == 1 for r in probes["×1"])
+    assert not {r["id"] for r in probes["never"]} & set(ids)
+    assert all(r["noise"] == "wrong_answer" for p in probes.values() for r in p)
+
+
+def test_dedup_methods_side_by_side_on_the_planted_pairs():
+    records, planted = with_paraphrases()
+    from sft_helpers.data_strategy import planted_kinds
+    from sft_helpers.dedup import near_duplicates_per_system_prompt
+
+    kinds = planted_kinds()
+    scores = method_scores({"exact": exact_duplicates(records),
+                            "near": near_duplicates_per_system_prompt(records, 0.8)}, planted, kinds)
+    assert scores["exact"]["precision"] == 1.0 and scores["exact"]["by_kind"] == {"exact": 1.0, "near": 1.0,
+                                                                                    "paraphrase": 0.0}
+    assert scores["near"]["precision"] >= 0.99 and scores["near"]["by_kind"]["paraphrase"] <= 0.05
+    assert len(paraphrase_pairs()) == 60
+
+
+def test_at_threshold_equals_finding_at_that_threshold():
+    records = load_split("train")[:400]
+    low = near_duplicates(records, 0.5)
+    for t in (0.6, 0.8):
+        high, cut = near_duplicates(records, t), at_threshold(low, t)
+        assert {(i, j) for i, j, _ in cut.pairs} >= {(i, j) for i, j, _ in high.pairs}
+        assert cut.kept == sorted(set(cut.kept)) and len(cut.kept) + len(cut.removed) == len(low.kept) + len(low.removed)
+    with pytest.raises(ValueError, match="cannot lower"):
+        at_threshold(low, 0.4)
+    curve = threshold_curve(low, [(0, 1)], [0.5, 0.9])
+    assert best_threshold(curve) in curve
+
+
+def test_data_card_counts_the_training_split():
+    card = data_report(load_split("train") + [{"messages": "not a list"}])
+    assert card["skipped"] == 1 and sum(card["families"].values()) == card["records"] - 1
+    assert card["duplicates"]["exact"] + card["duplicates"]["near"] == 121  # check_data's count, lesson 04
+    assert 0.04 < card["refusal_share"] < 0.07
+    assert set(card["languages"]) <= {"English", "no prose", "non-Latin"} and "non-Latin" not in card["languages"]
+    assert reply_language("Москва.") == "non-Latin"
+
+
+def test_run_hp_trains_on_given_records_and_scores_eval_sets():
+    from sft_helpers.hyperparameters import _summary, run_hp
+
+    records = load_split("train")[:40]
+    _, probes = with_repeats(records, n_items=3)
+    run = run_hp(records=records, eval_sets=probes, steps=2, samples_per_step=4, eval_items=4, test_items=4)
+    assert run["n_train"] == 40 and set(run["sets"]) == {"×10", "×1", "never"}
+    assert all(s["n"] == 3 and math.isfinite(s["loss"]) and 0 <= s["exact"] <= 1 for s in run["sets"].values())
+    summary = _summary(run)
+    text = tables({"seeds": [0], "steps": 2, "repeats": {"probes": [summary]}})
+    assert "| ×10 |" in text and "validation split" in text
