@@ -3,10 +3,10 @@ duplicates, each measured by training the tiny base on one data set against anot
 
 Pure functions build the data sets (`quality_problems` / `quality_filter` filter a noisy set,
 `without_family` / `skewed` change the task mix, `widened` rewords the questions, `with_repeats`
-plants repeated items, `deduplicated` runs the three de-duplication methods); every run is
-`hyperparameters.run_hp` with `records=` and `eval_sets=`, the course recipe at a fixed number of
-steps. `python -m sft_helpers.experiments data-strategy --seeds 0 1` runs them all on two seeds
-(about 20 minutes on 2 CPU cores) and writes docs/data_strategy.json and the tables in
+plants repeated items, `deduplicated` and `semantic_dedup` run the three de-duplication
+methods); every run is `hyperparameters.run_hp` with `records=` and `eval_sets=`, the course
+recipe at a fixed number of steps. `python -m sft_helpers.experiments data-strategy --seeds 0 1` runs them all on two seeds
+(25 minutes on 2 CPU cores) and writes docs/data_strategy.json and the tables in
 docs/experiments.md; the notebook reads them (`load_stored`) next to what it runs live.
 """
 
@@ -276,24 +276,18 @@ def with_paraphrases() -> tuple[list[dict], list[tuple[int, int]]]:
     return records, planted_pairs(records, load_duplicates() + table)
 
 
-def deduplicated(records: list[dict], model=None, tokenizer=None, near_threshold: float = 0.8,
-                 semantic_threshold: float = 0.97) -> dict:
-    """The three de-duplication methods of `sft_helpers.dedup` on `records`: `"exact"`
-    (normalised text), `"near"` (MinHash at Jaccard `near_threshold`, per system prompt) and, given
-    a model, `"semantic"` (cosine of mean hidden states at `semantic_threshold`); `{method:
-    DedupResult}`.
+def deduplicated(records: list[dict], near_threshold: float = 0.8) -> dict:
+    """The two cheap de-duplication methods of `sft_helpers.dedup` on `records`: `"exact"`
+    (normalised text) and `"near"` (MinHash at Jaccard `near_threshold`, per system prompt);
+    `{method: DedupResult}`. `semantic_dedup` adds the third.
 
     >>> records, _ = with_paraphrases()
-    >>> sorted(deduplicated(records))
-    ['exact', 'near']
+    >>> {name: len(result.removed) for name, result in deduplicated(records).items()}
+    {'exact': 120, 'near': 122}
     """
-    from .dedup import exact_duplicates, near_duplicates_per_system_prompt, semantic_duplicates
+    from .dedup import exact_duplicates, near_duplicates_per_system_prompt
 
-    out = {"exact": exact_duplicates(records),
-           "near": near_duplicates_per_system_prompt(records, near_threshold)}
-    if model is not None:
-        out["semantic"] = semantic_duplicates(records, model, tokenizer, semantic_threshold, progress=False)
-    return out
+    return {"exact": exact_duplicates(records), "near": near_duplicates_per_system_prompt(records, near_threshold)}
 
 
 def method_scores(results: dict, planted, kinds: dict[tuple[int, int], str] | None = None) -> dict[str, dict]:
@@ -354,6 +348,16 @@ def semantic_dedup(records: list[dict], planted, model, tokenizer, low: float = 
     return at_threshold(found, best_threshold(curve)["threshold"]), curve
 
 
+def lesson_dedup(model, tokenizer) -> tuple[dict, list[dict]]:
+    """`(results, curve)`: the three methods on `with_paraphrases()` records, named as the tables
+    name them ("exact", "near (MinHash 0.8)", "semantic (<threshold>)"), and the semantic curve."""
+    records, _ = with_paraphrases()
+    found = deduplicated(records)
+    semantic, curve = semantic_dedup(records, paraphrase_pairs(), model, tokenizer)
+    return {"exact": found["exact"], "near (MinHash 0.8)": found["near"],
+            f"semantic ({semantic.threshold:g})": semantic}, curve
+
+
 # --- the experiments ------------------------------------------------------------------------------
 
 def experiment_sets(seed: int = 0, model=None, tokenizer=None) -> dict[str, dict]:
@@ -367,17 +371,16 @@ def experiment_sets(seed: int = 0, model=None, tokenizer=None) -> dict[str, dict
       the probes), and the split plus paraphrases raw and after each de-duplication method (the
       semantic one needs `model`/`tokenizer`, the tiny base by default).
     """
-    from .dedup import exact_duplicates, near_duplicates_per_system_prompt
     from .models import load_model
 
     train = load_split("train")
     clean, noisy = clean_vs_noisy(600, factor=4, seed=seed)
     filtered, _ = quality_filter(noisy)
     repeated, probes = with_repeats(train, seed=seed)
-    with_dups, planted = with_paraphrases()
+    with_dups, _ = with_paraphrases()
     if model is None:
         model, tokenizer = load_model("tiny")
-    semantic, _ = semantic_dedup(with_dups, paraphrase_pairs(), model, tokenizer)
+    dedup_results, _ = lesson_dedup(model, tokenizer)
     phrasing = phrasing_sets()
     sets = {
         "quality": {"clean 600": clean, "noisy 2,400": noisy, f"filtered {len(filtered):,}": filtered},
@@ -385,9 +388,7 @@ def experiment_sets(seed: int = 0, model=None, tokenizer=None) -> dict[str, dict
                       "90% knowledge": skewed(train, "knowledge", 0.9, seed), "widened phrasing": widened(train)},
         "repeats": {"×10 and ×1 wrong items": repeated},
         "dedup": {"raw (split + paraphrases)": with_dups,
-                  "exact": exact_duplicates(with_dups).keep(with_dups),
-                  "near (MinHash 0.8)": near_duplicates_per_system_prompt(with_dups, 0.8).keep(with_dups),
-                  f"semantic ({semantic.threshold:g})": semantic.keep(with_dups)},
+                  **{name: result.keep(with_dups) for name, result in dedup_results.items()}},
     }
     eval_sets = {"diversity": phrasing, "repeats": probes}
     return {name: {"records": records, "group": group, "eval_sets": eval_sets.get(group),
@@ -399,7 +400,6 @@ def run_experiments(seeds=(0, 1), steps: int = STEPS, only=None, workers: int | 
     """Train the tiny base on every set of `experiment_sets` (or those of the groups in `only`) for
     `steps` steps on each seed, side by side in worker processes; `{"seeds", group: {name: [summary
     per seed]}}` with each set's size, what `quality_filter` reports and the de-duplication scores."""
-    from .dedup import exact_duplicates, near_duplicates_per_system_prompt
     from .experiments import run_in_workers
     from .hyperparameters import _summary, run_hp
     from .models import load_model
@@ -417,11 +417,8 @@ def run_experiments(seeds=(0, 1), steps: int = STEPS, only=None, workers: int | 
     out: dict = {"seeds": list(seeds), "steps": steps}
     for (group, name), run in zip(names, runs):
         out.setdefault(group, {}).setdefault(name, []).append(_summary(run))
-    with_dups, planted = with_paraphrases()
-    semantic, curve = semantic_dedup(with_dups, paraphrase_pairs(), model, tok)
-    results = {"exact": exact_duplicates(with_dups), "near (MinHash 0.8)":
-               near_duplicates_per_system_prompt(with_dups, 0.8), f"semantic ({semantic.threshold:g})": semantic}
-    out["dedup scores"] = method_scores(results, planted, planted_kinds())
+    results, curve = lesson_dedup(model, tok)
+    out["dedup scores"] = method_scores(results, with_paraphrases()[1], planted_kinds())
     out["semantic curve"] = curve
     out["quality filter"] = quality_filter(clean_vs_noisy(600, factor=4)[1])[1]
     return out

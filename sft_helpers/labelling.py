@@ -107,7 +107,7 @@ def _cache_file(data: Dataset, fingerprint: str, cache_dir: str | None) -> str |
 def label_dataset(data: Dataset | list[dict], tokenizer, mode: str = "completion_only",
                   max_length: int | None = None, truncation: str = "keep_start",
                   prompt_weight: float | None = None, num_proc: int | None = None,
-                  cache_dir: str | None = None) -> tuple[Dataset, LabelReport]:
+                  cache_dir: str | None = None, checked: bool = False) -> tuple[Dataset, LabelReport]:
     """`build_labels(records, ..., on_error="skip")` as a `datasets.Dataset`: returns `(examples,
     report)` with the same examples (columns `input_ids`, `labels`, `loss_weights` with a prompt
     weight, `id`, `task`) and the same report (kept, truncated, each dropped record's reason, in
@@ -115,6 +115,8 @@ def label_dataset(data: Dataset | list[dict], tokenizer, mode: str = "completion
     keys a record lacks, are left out) or a list of records. Labelled by `num_proc` processes,
     written to `labels-<labels_fingerprint>.arrow` in `cache_dir` (default: next to the input's
     Arrow files, when it has some) and memory-mapped; a second call with the same inputs reuses it.
+    With `checked`, every record is known to be a valid conversation (`train.read_dataset` checked
+    them while reading) and `label_record` does not check it again.
 
     >>> from sft_helpers.models import load_tokenizer
     >>> msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes."}]
@@ -135,7 +137,7 @@ def label_dataset(data: Dataset | list[dict], tokenizer, mode: str = "completion
         empty = Dataset.from_dict({k: [] for k in features}, features=features)
         return empty.remove_columns(list(HELPER_COLUMNS)), LabelReport()
     settings = {"mode": mode, "max_length": max_length, "truncation": truncation,
-                "prompt_weight": prompt_weight, "on_error": "skip"}
+                "prompt_weight": prompt_weight, "on_error": "skip", "checked": checked}
     fingerprint = labels_fingerprint(data, tokenizer, settings)
     if num_proc and num_proc > 1:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread per worker, no fork warning

@@ -609,11 +609,13 @@ def check_label_settings(mode: str, on_all_masked: str = "drop", on_error: str =
 
 def label_record(rec, i: int, tokenizer, mode: str = "completion_only", max_length: int | None = None,
                  truncation: str = "keep_start", on_all_masked: str = "drop",
-                 prompt_weight: float | None = None, on_error: str = "raise"
+                 prompt_weight: float | None = None, on_error: str = "raise", checked: bool = False
                  ) -> tuple[dict | None, str | None, bool]:
     """One record of `build_labels` (record number `i`, its id when it has none): `(example, None,
     truncated)`, or `(None, reason, False)` when it is dropped; raises where `build_labels` raises.
-    The whole of `build_labels`' per-record work, shared with `labelling.label_dataset`.
+    The whole of `build_labels`' per-record work, shared with `labelling.label_dataset`. With
+    `checked`, the record is known to pass `conversation_problems` (the caller checked it while
+    reading, as `sft-train` does) and is not checked again.
 
     >>> from sft_helpers.models import load_tokenizer
     >>> tok = load_tokenizer("tiny", verbose=False)
@@ -621,7 +623,7 @@ def label_record(rec, i: int, tokenizer, mode: str = "completion_only", max_leng
     (None, '#7: bad conversation: no assistant turn', False)
     """
     rid = rec.get("id", f"#{i}") if isinstance(rec, dict) else f"#{i}"  # a non-dict: bad, reported below
-    problems = conversation_problems(rec)
+    problems = [] if checked else conversation_problems(rec)
     if problems:
         reason = f"{rid}: bad conversation: " + "; ".join(problems)
         if on_all_masked == "raise":

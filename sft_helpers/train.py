@@ -457,7 +457,7 @@ def prepare(cfg: dict, tokenizer) -> dict:
         test_records, bad = records_of(test, range(min(n, len(test)))), bad + test_bad
     train, report = label_dataset(data, tokenizer, cfg["mask"], max_length=cfg["max_length"],
                                   truncation=cfg["truncation"], prompt_weight=cfg["prompt_weight"],
-                                  num_proc=cfg["num_proc"])
+                                  num_proc=cfg["num_proc"], checked=True)  # read_dataset checked them
     # the validation loss is always on the responses (completion-only), comparable across masks
     val, _ = build_labels(val_records, tokenizer, "completion_only", max_length=cfg["max_length"],
                           truncation=cfg["truncation"], on_error="skip")

@@ -76,7 +76,7 @@ def test_a_second_call_reopens_the_cached_labels(tok, records, tmp_path):
     Dataset.from_list(records[:40]).save_to_disk(str(tmp_path / "data"))
     data = load_from_disk(str(tmp_path / "data"))
     settings = {"mode": "completion_only", "max_length": None, "truncation": "keep_start",
-                "prompt_weight": None, "on_error": "skip"}
+                "prompt_weight": None, "on_error": "skip", "checked": False}
     first, report = label_dataset(data, tok)
     assert report.dropped  # so the kept rows went to a second cached file too
     files = [f["filename"] for f in first.cache_files]
@@ -92,3 +92,31 @@ def test_a_second_call_reopens_the_cached_labels(tok, records, tmp_path):
     assert [f["filename"] for f in other.cache_files] != files
     cached, _ = label_dataset(records[:5], tok, cache_dir=str(tmp_path / "cache"))  # in memory, cache_dir
     assert cached.cache_files[0]["filename"].startswith(str(tmp_path / "cache" / "labels-"))
+
+
+def test_checked_records_are_not_checked_again(tok, monkeypatch):
+    """sft-train checks every record while reading (train.read_dataset); labelling with checked=True
+    must not run conversation_problems a second time, and must give the same labels."""
+    import sft_helpers.masking as masking
+
+    records = load_split("train")[:20]  # valid conversations
+    want, _ = label_dataset(records, tok)
+    calls = []
+    real = masking.conversation_problems
+    monkeypatch.setattr(masking, "conversation_problems", lambda r: calls.append(1) or real(r))
+    got, report = label_dataset(records, tok, checked=True)
+    assert not calls and report.kept == 20 and got["input_ids"] == want["input_ids"]
+    label_dataset(records, tok)
+    assert len(calls) == 20  # unchecked input is checked, once per record
+
+
+def test_sft_train_labels_checked_records(monkeypatch):
+    import sft_helpers.labelling as labelling
+    from sft_helpers import train
+
+    seen = {}
+    real = labelling.label_dataset
+    monkeypatch.setattr(labelling, "label_dataset", lambda *a, **kw: seen.update(kw) or real(*a, **kw))
+    cfg = train.load_config("full-tiny", ["--max_train_examples", "8", "--max_eval_examples", "2"])
+    data = train.prepare(cfg, load_tokenizer("tiny", verbose=False))
+    assert seen.get("checked") is True and data["label_report"].kept == 8
