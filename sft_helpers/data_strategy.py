@@ -290,21 +290,63 @@ def deduplicated(records: list[dict], near_threshold: float = 0.8) -> dict:
     return {"exact": exact_duplicates(records), "near": near_duplicates_per_system_prompt(records, near_threshold)}
 
 
-def method_scores(results: dict, planted, kinds: dict[tuple[int, int], str] | None = None) -> dict[str, dict]:
+def asked_entities(record: dict, values: dict[str, set[str]]) -> frozenset[str]:
+    """The atlas names (`atlas_values` keys) the user turns of `record` mention, ignoring case and
+    spacing.
+
+    >>> p = load_world().people[0]
+    >>> asked_entities({"messages": [{"role": "user", "content": f"how old is {p.name.lower()}?"}]},
+    ...                atlas_values(load_world())) == {p.name}
+    True
+    """
+    users = " ".join(" ".join(m["content"] for m in record["messages"] if m["role"] == "user").split()).lower()
+    return frozenset(n for n in values if n.lower() in users)
+
+
+def same_fact(a: dict, b: dict, values: dict[str, set[str]]) -> bool:
+    """Whether two records ask about the same entities and get the same answer (normalised): the
+    same fact asked twice, in the same or another wording, a semantic duplicate nobody planted.
+
+    >>> v = atlas_values(load_world()); p = load_world().people[0]
+    >>> ask = lambda q: {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "42."}]}
+    >>> same_fact(ask(f"How old is {p.name}?"), ask(f"What is the age of {p.name}?"), v)
+    True
+    """
+    from .diagnostics import normalise_text
+
+    entities = asked_entities(a, values)
+    return bool(entities) and entities == asked_entities(b, values) and \
+        normalise_text(a["messages"][-1]["content"]) == normalise_text(b["messages"][-1]["content"])
+
+
+def method_scores(results: dict, planted, kinds: dict[tuple[int, int], str] | None = None,
+                  records: list[dict] | None = None) -> dict[str, dict]:
     """Per method: precision and recall (`dedup.precision_recall`) of its pairs against `planted`,
     records removed, and with `kinds` (`{pair: "exact" | "near" | "paraphrase"}`) recall per kind:
-    what each method misses.
+    what each method misses. With the `records`, also `same_fact`: the share of its pairs that are
+    planted or ask the same fact (`same_fact`), and `removed_same_fact`: the share of removed
+    records that ask the same fact as the record their cluster keeps.
 
     >>> from sft_helpers.dedup import DedupResult
     >>> r = DedupResult("exact", None, 4, clusters=[[0, 1]], kept=[0, 2, 3], removed=[1], pairs=[(0, 1, 1.0)])
     >>> method_scores({"exact": r}, [(0, 1), (2, 3)], {(0, 1): "exact", (2, 3): "paraphrase"})["exact"]["by_kind"]
     {'exact': 1.0, 'paraphrase': 0.0}
     """
-    from .dedup import precision_recall
+    from .dedup import clusters_from_pairs, precision_recall
 
     out = {}
     for method, result in results.items():
         row = {**precision_recall(result.pairs, planted), "removed": len(result.removed)}
+        if records is not None:
+            values = atlas_values(load_world())
+            groups = {i: g for g, c in enumerate(clusters_from_pairs(len(records), planted)) for i in c}
+            right = sum(groups.get(i, -1) == groups.get(j, -2) or same_fact(records[i], records[j], values)
+                        for i, j, *_ in result.pairs)
+            row["same_fact"] = right / max(len(result.pairs), 1)
+            kept_of = {i: c[0] for c in result.clusters for i in c[1:]}
+            row["removed_same_fact"] = sum(groups.get(i, -1) == groups.get(k, -2) or
+                                           same_fact(records[i], records[k], values)
+                                           for i, k in kept_of.items()) / max(len(kept_of), 1)
         if kinds:
             groups = {i: g for g, c in enumerate(result.clusters) for i in c}
             row["by_kind"] = {k: sum(groups.get(i, -1) == groups.get(j, -2) for (i, j), kk in kinds.items() if kk == k)
@@ -418,7 +460,8 @@ def run_experiments(seeds=(0, 1), steps: int = STEPS, only=None, workers: int | 
     for (group, name), run in zip(names, runs):
         out.setdefault(group, {}).setdefault(name, []).append(_summary(run))
     results, curve = lesson_dedup(model, tok)
-    out["dedup scores"] = method_scores(results, with_paraphrases()[1], planted_kinds())
+    records, planted = with_paraphrases()
+    out["dedup scores"] = method_scores(results, planted, planted_kinds(), records)
     out["semantic curve"] = curve
     out["quality filter"] = quality_filter(clean_vs_noisy(600, factor=4)[1])[1]
     return out
@@ -524,11 +567,13 @@ def tables(results: dict) -> str:
         lines.append("")
     if "dedup scores" in results:
         lines += ["**De-duplication** of the split plus 60 paraphrases (180 planted pairs):", "",
-                  "| method | removed | precision | recall | exact | near | paraphrase |", "|---|---|---|---|---|---|---|"]
+                  "| method | removed | precision | recall | exact | near | paraphrase | pairs planted or same fact |"
+                  " removed: same fact as kept |", "|---|---|---|---|---|---|---|---|---|"]
         for name, s in results["dedup scores"].items():
             k = s["by_kind"]
             lines.append(f"| {name} | {s['removed']:,} | {s['precision']:.1%} | {s['recall']:.1%} | "
-                         f"{k['exact']:.0%} | {k['near']:.0%} | {k['paraphrase']:.0%} |")
+                         f"{k['exact']:.0%} | {k['near']:.0%} | {k['paraphrase']:.0%} | "
+                         f"{s.get('same_fact', float('nan')):.1%} | {s.get('removed_same_fact', float('nan')):.1%} |")
         lines.append("")
     if "dedup" in results:
         lines += ["**Training on each de-duplicated set**:", "",

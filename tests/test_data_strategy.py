@@ -118,3 +118,26 @@ def test_run_hp_trains_on_given_records_and_scores_eval_sets():
     summary = _summary(run)
     text = tables({"seeds": [0], "steps": 2, "repeats": {"probes": [summary]}})
     assert "| ×10 |" in text and "validation split" in text
+
+
+def test_same_fact_pairs_count_as_right_and_distinct_questions_do_not():
+    from sft_helpers.dedup import DedupResult
+    from sft_helpers.data_strategy import atlas_values, same_fact
+
+    world = load_world()
+    values = atlas_values(world)
+    a, b = world.people[0], world.people[1]
+
+    def ask(question, reply):
+        return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]}
+
+    records = [ask(f"How old is {a.name}?", "They are 40 years old."),
+               ask(f"What is the age of {a.name}?", "They are 40 years old."),  # the same fact, reworded
+               ask(f"How old is {b.name}?", "They are 40 years old."),  # same answer, another person
+               ask(f"How old is {b.name}?", "They are 41 years old.")]
+    assert same_fact(records[0], records[1], values) and not same_fact(records[0], records[2], values)
+    assert not same_fact(records[2], records[3], values)
+    merged = DedupResult("semantic", 0.9, 4, clusters=[[0, 1, 2, 3]], kept=[0], removed=[1, 2, 3],
+                         pairs=[(0, 1, 0.99), (0, 2, 0.98), (2, 3, 0.97)])
+    row = method_scores({"semantic": merged}, planted=[], records=records)["semantic"]
+    assert row["same_fact"] == 1 / 3 and row["removed_same_fact"] == 1 / 3
