@@ -8,6 +8,7 @@ validated loading), `tokenizer` (ChatML BPE), `models` (lanes: tiny / smollm2-13
 `diagnostics` (pre-flight checks and symptom detectors, lesson 04), `hyperparameters` (lesson 05's
 sweeps, `length_coverage`, `recommend_max_length`), `dedup` (exact, MinHash and
 semantic de-duplication of chat data, with precision / recall against planted duplicates),
+`data_strategy` (lesson 06: quality filter, task mixes, phrasing, repetition, the data card),
 `precision` (the dtype of every weight, gradient and optimizer state per lane), `lanes` (per-lane
 budgets and assertions),
 `templates` (chat-template families, TRL's training twins; `python -m sft_helpers.templates`),
