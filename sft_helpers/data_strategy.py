@@ -84,6 +84,12 @@ def atlas_values(world) -> dict[str, set[str]]:
     return values
 
 
+def _user_text(record: dict) -> str:
+    """The user turns, lower-cased with spacing collapsed: names match ignoring case and spacing
+    ("how old is  ada lovel?" asks about Ada Lovel)."""
+    return " ".join(" ".join(m["content"] for m in record["messages"] if m["role"] == "user").split()).lower()
+
+
 def _transform_answer(question: str) -> str | None:
     """The right answer of a transform question (uppercase, addition, sorting), None if not one."""
     if m := re.fullmatch(r"Write the word (\w+) in capital letters\.", question):
@@ -107,13 +113,12 @@ def answer_problem(record: dict, world, values: dict[str, set[str]] | None = Non
     "'999' is not in the atlas for the names asked about"
     """
     values = values if values is not None else atlas_values(world)
-    # names matched ignoring case and spacing ("how old is  ada lovel?" asks about Ada Lovel)
-    users = " ".join(" ".join(m["content"] for m in record["messages"] if m["role"] == "user").split()).lower()
+    users = _user_text(record)
     reply = record["messages"][-1]["content"]
     if record.get("task") == "transform":
         right = _transform_answer(record["messages"][-2]["content"])
         return None if right is None or reply == right else f"{reply!r} is not {right!r}"
-    asked = [n for n in values if n.lower() in users]
+    asked = asked_entities(record, values)
     allowed = set(asked).union(*(values[n] for n in asked))
     names = "|".join(sorted([*values, *JOBS], key=len, reverse=True))
     for m in re.finditer(rf"\b(?:{names})\b|\d[\d,]*\d|\d", reply):
@@ -299,7 +304,7 @@ def asked_entities(record: dict, values: dict[str, set[str]]) -> frozenset[str]:
     ...                atlas_values(load_world())) == {p.name}
     True
     """
-    users = " ".join(" ".join(m["content"] for m in record["messages"] if m["role"] == "user").split()).lower()
+    users = _user_text(record)
     return frozenset(n for n in values if n.lower() in users)
 
 
@@ -521,24 +526,25 @@ def data_report(records: list[dict], tokenizer=None, near_threshold: float = 0.8
 
 # --- tables and stored results ------------------------------------------------------------------
 
-def _per_seed(runs: list[dict], value, fmt: str = "{:.0%}") -> str:
-    return " / ".join(fmt.format(value(r)) for r in runs)
-
-
 def _task(run: dict, task: str, key: str = "exact_match") -> float:
     return run["per_task"].get(task, {}).get(key, float("nan"))
 
 
 def tables(results: dict) -> str:
     """The Markdown tables of `run_experiments` results (values per seed, "seed 0 / seed 1")."""
+    from functools import partial
+
+    from .hyperparameters import _per_seed
+
+    per_seed = partial(_per_seed, fmt="{:.0%}")  # shares, unless a format is given
     lines = []
     if "quality" in results:
         lines += ["**Quality vs quantity** (same steps; test split, greedy):", "",
                   "| training set | records | exact match | format ok | response val loss |", "|---|---|---|---|---|"]
         for name, runs in results["quality"].items():
-            lines.append(f"| {name} | {runs[0].get('n_train', '?'):,} | {_per_seed(runs, lambda r: r['exact'])} | "
-                         f"{_per_seed(runs, lambda r: r['format_ok'])} | "
-                         f"{_per_seed(runs, lambda r: r['val_loss'], '{:.2f}')} |")
+            lines.append(f"| {name} | {runs[0].get('n_train', '?'):,} | {per_seed(runs, lambda r: r['exact'])} | "
+                         f"{per_seed(runs, lambda r: r['format_ok'])} | "
+                         f"{per_seed(runs, lambda r: r['val_loss'], fmt='{:.2f}')} |")
         q = results.get("quality filter")
         if q:
             lines += ["", f"Quality filter on the noisy set: {q['removed']:,} of {q['records']:,} removed "
@@ -550,20 +556,20 @@ def tables(results: dict) -> str:
                   "| training set | exact match | json | knowledge | seen wordings | new wordings |",
                   "|---|---|---|---|---|---|"]
         for name, runs in results["diversity"].items():
-            lines.append(f"| {name} | {_per_seed(runs, lambda r: r['exact'])} | "
-                         f"{_per_seed(runs, lambda r: _task(r, 'json'))} | "
-                         f"{_per_seed(runs, lambda r: _task(r, 'knowledge'))} | "
-                         f"{_per_seed(runs, lambda r: r['sets']['seen wordings']['exact'])} | "
-                         f"{_per_seed(runs, lambda r: r['sets']['new wordings']['exact'])} |")
+            lines.append(f"| {name} | {per_seed(runs, lambda r: r['exact'])} | "
+                         f"{per_seed(runs, lambda r: _task(r, 'json'))} | "
+                         f"{per_seed(runs, lambda r: _task(r, 'knowledge'))} | "
+                         f"{per_seed(runs, lambda r: r['sets']['seen wordings']['exact'])} | "
+                         f"{per_seed(runs, lambda r: r['sets']['new wordings']['exact'])} |")
         lines.append("")
     if "repeats" in results:
         (name, runs), = results["repeats"].items()
         lines += [f"**Repeated items** ({name}): the false answer reproduced, and the loss on it:", "",
                   "| probes | false answer reproduced | response loss |", "|---|---|---|"]
         for probe in runs[0]["sets"]:
-            lines.append(f"| {probe} | {_per_seed(runs, lambda r: r['sets'][probe]['exact'])} | "
-                         f"{_per_seed(runs, lambda r: r['sets'][probe]['loss'], '{:.2f}')} |")
-        lines.append(f"| validation split (held out) | | {_per_seed(runs, lambda r: r['val_loss'], '{:.2f}')} |")
+            lines.append(f"| {probe} | {per_seed(runs, lambda r: r['sets'][probe]['exact'])} | "
+                         f"{per_seed(runs, lambda r: r['sets'][probe]['loss'], fmt='{:.2f}')} |")
+        lines.append(f"| validation split (held out) | | {per_seed(runs, lambda r: r['val_loss'], fmt='{:.2f}')} |")
         lines.append("")
     if "dedup scores" in results:
         lines += ["**De-duplication** of the split plus 60 paraphrases (180 planted pairs):", "",
@@ -579,8 +585,8 @@ def tables(results: dict) -> str:
         lines += ["**Training on each de-duplicated set**:", "",
                   "| training set | records | exact match | response val loss |", "|---|---|---|---|"]
         for name, runs in results["dedup"].items():
-            lines.append(f"| {name} | {runs[0].get('n_train', '?'):,} | {_per_seed(runs, lambda r: r['exact'])} | "
-                         f"{_per_seed(runs, lambda r: r['val_loss'], '{:.2f}')} |")
+            lines.append(f"| {name} | {runs[0].get('n_train', '?'):,} | {per_seed(runs, lambda r: r['exact'])} | "
+                         f"{per_seed(runs, lambda r: r['val_loss'], fmt='{:.2f}')} |")
     return "\n".join(lines).rstrip()
 
 
