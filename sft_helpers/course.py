@@ -5,6 +5,8 @@
     sft-course build-data          regenerate data/ from the seed (byte for byte)
     sft-course pretrain            pre-train the embedded tiny base (once, ~20 min on 2 CPU cores)
     sft-course sync-install-cell   write the Colab install cell (sft_helpers.colab) into every notebook
+    sft-course spread              measure how far each notebook number moves on other CPU settings
+                                   (sft_helpers.portability; writes the spreads nbval's check uses)
 
 `run` executes `notebooks/NN_*.ipynb` in name order with a progress bar per notebook, writes the
 executed copies to `build/notebooks/` and an HTML rendering to `build/html/`, and stops with exit
@@ -61,14 +63,15 @@ def set_model_id(nb, model_id: str) -> int:
 
 
 def execute_notebook(path: Path, out_dir: Path, timeout: int = 900, progress: bool = True,
-                     in_place: bool = False, model_id: str | None = None) -> Path:
+                     in_place: bool = False, model_id: str | None = None,
+                     keep_going: bool = False) -> Path:
     """Execute one notebook cell by cell (with a progress bar) in its own folder; write the executed
     copy and an HTML rendering under `out_dir` (and back over `path` with `in_place`, for authors
     committing outputs). `model_id` runs it on another lane (`set_model_id`). Raises `CellFailed` at
-    the first failing cell."""
+    the first failing cell (with `keep_going`, after the last cell, naming every failed one)."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
     from nbconvert import HTMLExporter
     from tqdm.auto import tqdm
 
@@ -78,7 +81,7 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 900, progress: bo
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,  # no timestamps
                             resources={"metadata": {"path": str(path.parent.resolve())}})
     code_cells = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    failure = None
+    failures = []
     # kernels run without progress bars, so executed copies match the committed outputs
     with client.setup_kernel(env={**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}):
         for n, (index, cell) in enumerate(tqdm(code_cells, desc=path.name, unit="cell", disable=not progress)):
@@ -88,8 +91,13 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 900, progress: bo
                 plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # tracebacks come with terminal colours
                 last = (plain.strip().splitlines() or ["?"])[-1]
                 first_line = (cell.source.splitlines() or [""])[0]
-                failure = CellFailed(f"{path.name}: code cell {n + 1} (cell index {index}) failed: {last}\n"
-                                     f"  the cell starts with: {first_line}")
+                failures.append(f"{path.name}: code cell {n + 1} (cell index {index}) failed: {last}\n"
+                                f"  the cell starts with: {first_line}")
+                if not keep_going:
+                    break
+            except CellTimeoutError:  # the kernel may still be busy with it: stop this notebook here
+                failures.append(f"{path.name}: code cell {n + 1} (cell index {index}) ran past the "
+                                f"{timeout} s timeout (--timeout)")
                 break
     (out_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     (out_dir / "html").mkdir(parents=True, exist_ok=True)
@@ -97,8 +105,8 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 900, progress: bo
     nbformat.write(nb, executed)
     html, _ = HTMLExporter().from_notebook_node(nb)
     (out_dir / "html" / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
-    if failure:
-        raise failure
+    if failures:
+        raise CellFailed("\n".join(failures))
     if in_place:
         nbformat.write(nb, path)
     return executed
@@ -106,9 +114,10 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 900, progress: bo
 
 def run_course(notebooks: str | Path = "notebooks", out_dir: str | Path | None = None,
                only: list[str] | None = None, in_place: bool = False, model_id: str | None = None,
-               timeout: int = 900) -> int:
+               timeout: int = 900, keep_going: bool = False) -> int:
     """Execute the course's notebooks in order (on the lane `model_id`, default the notebooks' own);
-    returns a process exit status (0 ok, 1 failed)."""
+    returns a process exit status (0 ok, 1 failed). `keep_going` runs every cell of every notebook
+    and names all failures at the end (as `sft-course spread` needs)."""
     if in_place and model_id not in (None, "tiny"):
         print("--in-place stores the tiny lane's outputs only (strict nbval compares them)", file=sys.stderr)
         return 2
@@ -116,13 +125,19 @@ def run_course(notebooks: str | Path = "notebooks", out_dir: str | Path | None =
     paths = course_notebooks(notebooks)
     if only:
         paths = [p for p in paths if any(p.name.startswith(o) for o in only)]
+    failed = 0
     for i, path in enumerate(paths, start=1):
         print(f"[{i}/{len(paths)}] {path.name}", flush=True)
         try:
-            execute_notebook(path, out, timeout=timeout, in_place=in_place, model_id=model_id)
+            execute_notebook(path, out, timeout=timeout, in_place=in_place, model_id=model_id,
+                             keep_going=keep_going)
         except CellFailed as e:
             print(f"FAILED {e}", file=sys.stderr)
-            return 1
+            failed += 1
+            if not keep_going:
+                return 1
+    if failed:
+        return 1
     print(f"executed {len(paths)} notebook(s): {out / 'notebooks'}, HTML in {out / 'html'}")
     return 0
 
@@ -137,16 +152,23 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--model", default=None, help='a lane: "tiny" (default), "smollm2-135m" or a hub id')
     run.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 00 01")
     run.add_argument("--in-place", action="store_true", help="also store outputs in notebooks/ (authors)")
+    run.add_argument("--keep-going", action="store_true", help="run every cell; name all failures at the end")
     data = sub.add_parser("build-data", help="regenerate data/ from the seed")
     data.add_argument("--out", default=None)
     data.add_argument("--seed", type=int, default=0)
     sub.add_parser("pretrain", help="pre-train the tiny base (see python -m sft_helpers.pretrain -h)",
                    add_help=False)
+    sub.add_parser("spread", help="measure notebook numbers under other CPU settings (see --help)",
+                   add_help=False)
     sync = sub.add_parser("sync-install-cell", help="write the install cell into every notebook")
     sync.add_argument("--notebooks", default="notebooks")
     args, rest = ap.parse_known_args(argv)
     if args.command == "run":
-        return run_course(args.notebooks, args.out, args.only, args.in_place, args.model, args.timeout)
+        return run_course(args.notebooks, args.out, args.only, args.in_place, args.model, args.timeout,
+                          args.keep_going)
+    if args.command == "spread":
+        from .portability import main as spread_main
+        return spread_main(rest)
     if args.command == "sync-install-cell":
         from .colab import sync_install_cell
         for path in sync_install_cell(course_notebooks(args.notebooks)):

@@ -52,3 +52,27 @@ def test_cli_exit_status(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "sft_helpers.course", "run", "--notebooks", str(tmp_path),
                           "--out", str(tmp_path / "build")], capture_output=True, text=True)
     assert bad.returncode == 1 and "ZeroDivisionError" in bad.stderr
+
+
+def test_keep_going_runs_every_cell_and_names_every_failure(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    write_nb(nbs / "00_two.ipynb", "1/0", "print('after')", "raise KeyError('k')")
+    write_nb(nbs / "01_ok.ipynb", "print('still run')")
+    assert run_course(nbs, tmp_path / "build", keep_going=True) == 1
+    err = capsys.readouterr().err
+    assert "code cell 1" in err and "ZeroDivisionError" in err and "code cell 3" in err and "KeyError" in err
+    executed = nbformat.read(tmp_path / "build" / "notebooks" / "00_two.ipynb", as_version=4)
+    assert executed.cells[1].outputs[0]["text"] == "after\n"
+    assert (tmp_path / "build" / "notebooks" / "01_ok.ipynb").exists()
+
+
+def test_a_cell_past_its_timeout_is_a_named_failure(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    write_nb(nbs / "00_slow.ipynb", "import time; time.sleep(30)", "print('not reached')")
+    write_nb(nbs / "01_next.ipynb", "print('next')")
+    assert run_course(nbs, tmp_path / "build", keep_going=True, timeout=2) == 1
+    err = capsys.readouterr().err
+    assert "00_slow.ipynb: code cell 1" in err and "timeout" in err
+    assert (tmp_path / "build" / "notebooks" / "01_next.ipynb").exists()
