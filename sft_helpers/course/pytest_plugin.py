@@ -1,4 +1,4 @@
-"""Loaded by pytest (`-p sft_helpers.pytest_plugin` in pyproject.toml) before any notebook kernel starts.
+"""Loaded by pytest (`-p sft_helpers.course.pytest_plugin` in pyproject.toml) before any notebook kernel starts.
 
 Progress bars are switched off for the notebooks nbval runs (their text would never match the stored
 outputs), and the hub is made unreachable so that nothing in the suite can download weights or data.
