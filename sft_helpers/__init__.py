@@ -1,21 +1,24 @@
-"""sft_helpers: the code behind the SFT course notebooks.
+"""sft_helpers: supervised fine-tuning helpers, and the SFT course built on them.
 
-Modules mirror the lessons: `world`/`conversations`/`data` (the synthetic world and its corpora,
-validated loading), `tokenizer` (ChatML BPE), `models` (lanes: tiny / smollm2-135m / hub id),
-`evaluate` (recall, exact match, format, stopping, echo), `pretrain` (the embedded base model),
-`masking` (loss labels and their checks, lesson 01), `packing`, `collators` and `attention`
-(lesson 02), `training` (`train_sft`), `lora` and `memory` (QLoRA and what fits where, lesson 03),
-`diagnostics` (pre-flight checks and symptom detectors, lesson 04), `hyperparameters` (lesson 05's
-sweeps, `length_coverage`, `recommend_max_length`), `dedup` (exact, MinHash and
-semantic de-duplication of chat data, with precision / recall against planted duplicates),
-`data_strategy` (lesson 06: quality filter, task mixes, phrasing, repetition, the data card),
-`precision` (the dtype of every weight, gradient and optimizer state per lane), `lanes` (per-lane
-budgets and assertions),
-`templates` (chat-template families, TRL's training twins; `python -m sft_helpers.templates`),
-`reference` (TRL's own masks,
-packing and adapters, the oracle), `experiments` (seeded lesson runs), `bench` (benchmark commands
-writing `docs/benchmarks.md`), `course` (running every notebook headless), `train` (`sft-train
-CONFIG.yaml`: the helpers as a config-driven trainer, exact under data parallelism).
+Two layers. **The library** (this folder's modules) is what an engineer's script imports; it never
+imports the course (an import-linter contract in `pyproject.toml`, checked by the suite):
+
+- data in: `records` (the chat-record schema, validation, reading files as `file:line: reason`),
+  `paths` (the package's data folder);
+- labels: `templates` / `trl_templates` (chat-template families, TRL's training twins), `masking`
+  (loss labels and their self-checks), `labelling` (the same, columnar, for large sets);
+- batches: `packing`, `collators`, `attention` (packed rows that cannot leak);
+- models and memory: `models` (tiny / smollm2-135m / hub id; device, dtype, attention), `precision`,
+  `lora`, `memory`;
+- training and checks: `training` (`train_sft`), `recipe` (the config behind `sft-train`),
+  `diagnostics` (pre-flight checks, symptom detectors), `dedup`, `evaluate`, `reference` (TRL's own
+  masks, packing and adapters: the oracle), `progress`.
+
+**The course** (`sft_helpers.course`) is the machinery of the lessons: the fictional world and its
+data, tokenizer and base-model pre-training, the notebook runner (`sft-course`), lanes, the Colab cell,
+exercises, plots, reports, the lesson experiments (05, 06) and the benchmarks.
+
+>>> from sft_helpers import build_labels, train_sft, PackedCollator, pack_examples
 """
 
 import logging
@@ -24,10 +27,28 @@ import logging
 # uses its own CPU code: noise that would make notebook outputs depend on the CPU model.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-from .data import ConversationFormatError, data_path, load_conversations, load_split, load_world
+from .attention import check_packed_batch
+from .collators import PackedCollator, PaddedCollator, PaddingFreeCollator
+from .dedup import exact_duplicates, near_duplicates
+from .diagnostics import check_history, check_labels, preflight
 from .evaluate import chat_eval, cloze_recall, generate
-from .models import device_settings, load_model
+from .labelling import label_dataset
+from .lora import add_lora
+from .masking import build_labels, mask_report
+from .memory import estimate_memory
+from .models import device_settings, ensure_pad_token, load_model, load_tokenizer
+from .packing import pack_dataset_columnar, pack_examples
+from .paths import data_path
+from .recipe import load_config
+from .records import ConversationFormatError, SkipReport, conversation_problems, load_conversations
+from .training import train_sft
 
-__all__ = ["ConversationFormatError", "chat_eval", "cloze_recall", "data_path", "device_settings",
-           "generate", "load_conversations", "load_model", "load_split", "load_world"]
+__all__ = [
+    "ConversationFormatError", "PackedCollator", "PaddedCollator", "PaddingFreeCollator", "SkipReport",
+    "add_lora", "build_labels", "chat_eval", "check_history", "check_labels", "check_packed_batch",
+    "cloze_recall", "conversation_problems", "data_path", "device_settings", "ensure_pad_token",
+    "estimate_memory", "exact_duplicates", "generate", "label_dataset", "load_config",
+    "load_conversations", "load_model", "load_tokenizer", "mask_report", "near_duplicates",
+    "pack_dataset_columnar", "pack_examples", "preflight", "train_sft",
+]
 __version__ = "0.1.0"

@@ -11,11 +11,13 @@ not similar themselves).
 
 To choose a threshold: run a method at a low threshold on data with planted duplicates, then
 `threshold_curve(result.pairs, planted)` gives precision and recall at each threshold above it
-(`plots.plot_threshold_curve` draws it). `python -m sft_helpers.bench dedup` times exact and
+(`plots.plot_threshold_curve` draws it). `python -m sft_helpers.course.bench dedup` times exact and
 MinHash de-duplication on 100k synthetic conversations (`synthetic_conversations`).
 """
 
 from __future__ import annotations
+
+import re
 
 import array
 import hashlib
@@ -27,10 +29,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import conversation_problems
-from .diagnostics import normalise_text
+from .records import conversation_problems
 
 Pair = tuple[int, int]
+
+_PUNCTUATION = re.compile(r"[^\w\s]")
+# the same replacement for ASCII text by str.translate, several times faster than the regex
+_ASCII_PUNCTUATION = str.maketrans({c: " " for c in map(chr, range(128)) if _PUNCTUATION.fullmatch(c)})
+
+
+def normalise_text(text: str) -> str:
+    """Text as duplicate checks compare it: lower-cased, punctuation (anything not a word character
+    or whitespace) and the word "please" dropped, whitespace collapsed (`find_duplicates` here,
+    `dedup.exact_duplicates` and the shingles of `dedup.near_duplicates`).
+
+    >>> normalise_text("  Name a city,   PLEASE?")
+    'name a city'
+    """
+    text = text.lower()
+    words = (text.translate(_ASCII_PUNCTUATION) if text.isascii() else _PUNCTUATION.sub(" ", text)).split()
+    return " ".join([w for w in words if w != "please"] if "please" in words else words)
+
 
 
 @dataclass
@@ -140,7 +159,7 @@ def _result(method: str, threshold: float | None, n: int, good: list[int], skipp
 # --- exact --------------------------------------------------------------------------------------
 
 def exact_key(record: dict, roles: tuple[str, ...] | None = None) -> bytes:
-    """A 16-byte hash of a conversation's roles and normalised contents (`diagnostics.normalise_text`:
+    """A 16-byte hash of a conversation's roles and normalised contents (`normalise_text`:
     case, punctuation, "please" and extra whitespace do not count).
 
     >>> a = {"messages": [{"role": "user", "content": "Name a city."}]}

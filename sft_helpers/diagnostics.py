@@ -13,8 +13,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from .conversations import REFUSAL
-from .data import conversation_problems
+from .evaluate import REFUSAL
+from .records import conversation_problems
 from .masking import IGNORE, mask_report
 
 # the guide's learning-rate ranges, by method
@@ -118,24 +118,6 @@ def check_template(tokenizer, inference_template: str | None = None, messages: l
 
 
 # --- data -------------------------------------------------------------------------------------
-
-_PUNCTUATION = re.compile(r"[^\w\s]")
-# the same replacement for ASCII text by str.translate, several times faster than the regex
-_ASCII_PUNCTUATION = str.maketrans({c: " " for c in map(chr, range(128)) if _PUNCTUATION.fullmatch(c)})
-
-
-def normalise_text(text: str) -> str:
-    """Text as duplicate checks compare it: lower-cased, punctuation (anything not a word character
-    or whitespace) and the word "please" dropped, whitespace collapsed (`find_duplicates` here,
-    `dedup.exact_duplicates` and the shingles of `dedup.near_duplicates`).
-
-    >>> normalise_text("  Name a city,   PLEASE?")
-    'name a city'
-    """
-    text = text.lower()
-    words = (text.translate(_ASCII_PUNCTUATION) if text.isascii() else _PUNCTUATION.sub(" ", text)).split()
-    return " ".join([w for w in words if w != "please"] if "please" in words else words)
-
 
 # MinHash near duplicates: Jaccard of 3-word shingles at least this (one word changed in ~30; on the
 # course data no two distinct conversations under the same system prompt reach it)
@@ -422,3 +404,25 @@ def preflight(records: list[dict], tokenizer, examples: list[dict] | None = None
         for f in findings:
             print(f)
     return findings
+
+
+def plot_loss_curves(histories: dict[str, list[dict]], key: str = "eval_loss", title: str = "",
+                     log_scale: bool = True):
+    """One line per run: `key` ("loss" for training, "eval_loss") against the step, from
+    `Trainer.state.log_history` lists (what `train_sft` returns); a log y-axis by default, so the
+    end of training is not flattened by the first steps."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for label, history in histories.items():
+        points = [(h["step"], h[key]) for h in history if key in h]
+        ax.plot(*zip(*points), marker="o", ms=3, label=label)
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

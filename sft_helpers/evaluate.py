@@ -19,8 +19,9 @@ from collections import defaultdict
 
 import torch
 
-from .conversations import REFUSAL
 from .progress import progress_bar
+
+REFUSAL = "I can't help with that."  # the refusal the course's data teaches and `refusal` items expect
 
 
 @torch.no_grad()
@@ -72,7 +73,7 @@ def chat_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 64)
 
 def cloze_recall(model, tokenizer, probes: list[dict], progress: bool = False) -> dict:
     """Share of plain-text probes whose greedy continuation starts with the answer, overall and per
-    relation. `probes` come from `sft_helpers.world.cloze_probes`."""
+    relation. `probes` come from `sft_helpers.course.world.cloze_probes`."""
     gens = generate(model, tokenizer, [p["prompt"] for p in probes], max_new_tokens=8,
                     batch_size=64, progress=progress)
     per: dict[str, list[bool]] = defaultdict(list)

@@ -89,7 +89,7 @@ def labels_fingerprint(data: Dataset, tokenizer, settings: dict) -> str:
     from datasets.fingerprint import Hasher
 
     return Hasher.hash([data._fingerprint, tokenizer_fingerprint(tokenizer), sorted(settings.items()),
-                        _source_hash("masking.py", "labelling.py", "data.py")])
+                        _source_hash("masking.py", "labelling.py", "records.py")])
 
 
 def _cache_file(data: Dataset, fingerprint: str, cache_dir: str | None) -> str | None:

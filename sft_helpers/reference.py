@@ -136,7 +136,7 @@ def agreement_with_trl(tokenizer, conversations: list[list[dict]], mode: str) ->
         # TRL refuses a template without markers (SmolLM2's): give it the byte-identical template with
         # markers (TRL's own twin, or the ChatML patch) while ours reads the shipped one
         from .masking import generation_template
-        from .templates import with_template
+        from .trl_templates import with_template
 
         reference_tokenizer = with_template(tokenizer, generation_template(tokenizer.chat_template)[0])
     theirs = reference(reference_tokenizer, conversations)

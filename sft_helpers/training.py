@@ -128,7 +128,8 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
     bf16 weights and optimizer states instead (half the memory; small updates round away). On a CPU
     the fp16 lane runs as on a T4: fp16 autocast and a `torch.amp.GradScaler("cpu")`.
 
-    >>> from sft_helpers import load_model, load_split
+    >>> from sft_helpers import load_model
+    >>> from sft_helpers.course.data import load_split
     >>> from sft_helpers.masking import build_labels
     >>> model, tok = load_model("tiny")
     >>> train, _ = build_labels(load_split("train")[:32], tok, "completion_only")
@@ -199,7 +200,13 @@ def training_precision(model, precision: str | None = None, pure_bf16: bool = Fa
     ('bf16', torch.float32)
     """
     from .models import device_settings
-    from .precision import PRECISIONS, cast_trainable_to_fp32, check_precision_policy, model_precision, precision_name
+    from .precision import (
+        PRECISIONS,
+        cast_trainable_to_fp32,
+        check_precision_policy,
+        model_precision,
+        precision_name,
+    )
 
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 import transformers.modeling_flash_attention_utils as fau
 from transformers.masking_utils import find_packed_sequence_indices
 
-from sft_helpers import load_model, load_split
+from sft_helpers import load_model
+from sft_helpers.course.data import load_split
 from sft_helpers.attention import FLASH_KWARGS, attention_blocks, check_packed_batch
 from sft_helpers.collators import PackedCollator, PaddedCollator, PaddingFreeCollator
 from sft_helpers.masking import build_labels, weighted_lm_loss

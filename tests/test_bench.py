@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sft_helpers.bench import bench_rows, efficiency_table, gpu_bench, lane_run, main, write_section
+from sft_helpers.course.bench import bench_rows, efficiency_table, gpu_bench, lane_run, main, write_section
 from sft_helpers.models import load_tokenizer
 from sft_helpers.packing import long_tailed_lengths
 
@@ -58,7 +58,7 @@ def test_gpu_bench_cpu_smoke_trains_the_lane_and_says_gpu_figures_are_unmeasured
     text = out.read_text()
     section = text[text.index("<!-- bench:gpu-cpu -->"):text.index("<!-- /bench:gpu-cpu -->")]
     assert "GPU figures: unmeasured" in section and "CPU smoke run" in section
-    assert f"`python -m sft_helpers.bench gpu --device cpu --smoke --lanes {lane} --methods full`" in section
+    assert f"`python -m sft_helpers.course.bench gpu --device cpu --smoke --lanes {lane} --methods full`" in section
     assert f"\n| tiny | {lane} | sdpa | full | " in section and "1 of 1 runs pass every check" in section
     assert f"[1/1] tiny {lane} sdpa full: ok" in capsys.readouterr().out  # one progress line per run
 

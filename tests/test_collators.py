@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import DataCollatorWithFlattening
 
-from sft_helpers import load_model, load_split
+from sft_helpers import load_model
+from sft_helpers.course.data import load_split
 from sft_helpers.collators import PackedCollator, PaddedCollator, PaddingFreeCollator
 from sft_helpers.masking import build_labels
 

@@ -6,7 +6,7 @@ import sys
 import nbformat
 import pytest
 
-from sft_helpers.course import course_notebooks, run_course
+from sft_helpers.course.runner import course_notebooks, run_course
 
 
 def write_nb(path, *sources):
@@ -45,11 +45,11 @@ def test_run_stops_at_the_first_failing_cell(tmp_path, capsys):
 
 def test_cli_exit_status(tmp_path):
     write_nb(tmp_path / "00_ok.ipynb", "print('fine')")
-    ok = subprocess.run([sys.executable, "-m", "sft_helpers.course", "run", "--notebooks", str(tmp_path),
+    ok = subprocess.run([sys.executable, "-m", "sft_helpers.course.runner", "run", "--notebooks", str(tmp_path),
                          "--out", str(tmp_path / "build")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     write_nb(tmp_path / "01_bad.ipynb", "1/0")
-    bad = subprocess.run([sys.executable, "-m", "sft_helpers.course", "run", "--notebooks", str(tmp_path),
+    bad = subprocess.run([sys.executable, "-m", "sft_helpers.course.runner", "run", "--notebooks", str(tmp_path),
                           "--out", str(tmp_path / "build")], capture_output=True, text=True)
     assert bad.returncode == 1 and "ZeroDivisionError" in bad.stderr
 

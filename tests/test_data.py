@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sft_helpers.conversations import _FOLLOW_UPS, SPLIT_SIZES, TASK_MIX
-from sft_helpers.data import build_data, load_conversations
-from sft_helpers.world import SPLITS
+from sft_helpers.course.conversations import _FOLLOW_UPS, SPLIT_SIZES, TASK_MIX
+from sft_helpers.course.data import build_data
+from sft_helpers.records import load_conversations
+from sft_helpers.course.world import SPLITS
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BUILT_FILES = ["world.json", "pretrain.jsonl", "sft_train.jsonl", "sft_validation.jsonl",

@@ -28,7 +28,8 @@ def worker(batching: str, out: str) -> None:
     process with accumulation `WORLD`, or (under torchrun) `WORLD` processes with accumulation 1."""
     import torch
 
-    from sft_helpers import load_model, load_split
+    from sft_helpers import load_model
+    from sft_helpers.course.data import load_split
     from sft_helpers.collators import PackedCollator
     from sft_helpers.masking import build_labels
     from sft_helpers.packing import pack_examples
@@ -136,14 +137,14 @@ def test_two_machines_on_localhost_equal_one_with_accumulation(single, tmp_path)
 
 
 def test_sft_train_under_torchrun_equals_one_process(tmp_path):
-    """The same through the command line: `torchrun -m sft_helpers.train` (LoRA, packed rows, no dropout:
+    """The same through the command line: `torchrun -m sft_helpers.recipe` (LoRA, packed rows, no dropout:
     a dropout mask would differ between processes) against one process with accumulation 2; only rank 0
     writes the run folder."""
     import yaml
     from safetensors.torch import load_file
 
-    from sft_helpers import load_split
-    from sft_helpers.train import main
+    from sft_helpers.course.data import load_split
+    from sft_helpers.recipe import main
 
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in load_split("train")[:160]))
@@ -154,7 +155,7 @@ def test_sft_train_under_torchrun_equals_one_process(tmp_path):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert main([str(tmp_path / "cfg.yaml"), "--grad_accum", str(WORLD)]) == 0
     _run([TORCHRUN + ["--nproc_per_node", str(WORLD), "--master_addr", "127.0.0.1", "--master_port",
-                      str(_free_port()), "-m", "sft_helpers.train", str(tmp_path / "cfg.yaml"),
+                      str(_free_port()), "-m", "sft_helpers.recipe", str(tmp_path / "cfg.yaml"),
                       "--output_dir", str(tmp_path / "ddp")]])
     single = load_file(tmp_path / "single" / "adapter" / "adapter_model.safetensors")
     ddp = load_file(tmp_path / "ddp" / "adapter" / "adapter_model.safetensors")

@@ -5,11 +5,25 @@ import math
 
 import pytest
 
-from sft_helpers.conversations import corrupt
-from sft_helpers.data import clean_vs_noisy, load_noisy_train, load_split, load_world
-from sft_helpers.data_strategy import (answer_problem, data_report, format_problem, method_scores, paraphrase_pairs,
-                                       phrasing_sets, quality_filter, quality_problems, reply_language, skewed,
-                                       tables, widened, with_paraphrases, with_repeats, without_family)
+from sft_helpers.course.conversations import corrupt
+from sft_helpers.course.data import clean_vs_noisy, load_noisy_train, load_split, load_world
+from sft_helpers.course.data_strategy import (
+    answer_problem,
+    data_report,
+    format_problem,
+    method_scores,
+    paraphrase_pairs,
+    phrasing_sets,
+    quality_filter,
+    quality_problems,
+    reply_language,
+    skewed,
+    tables,
+    widened,
+    with_paraphrases,
+    with_repeats,
+    without_family,
+)
 from sft_helpers.dedup import at_threshold, best_threshold, exact_duplicates, near_duplicates, threshold_curve
 
 
@@ -73,7 +87,7 @@ def test_repeats_are_planted_times_over_and_probes_are_disjoint():
 
 def test_dedup_methods_side_by_side_on_the_planted_pairs():
     records, planted = with_paraphrases()
-    from sft_helpers.data_strategy import planted_kinds
+    from sft_helpers.course.data_strategy import planted_kinds
     from sft_helpers.dedup import near_duplicates_per_system_prompt
 
     kinds = planted_kinds()
@@ -108,7 +122,7 @@ def test_data_card_counts_the_training_split():
 
 
 def test_run_hp_trains_on_given_records_and_scores_eval_sets():
-    from sft_helpers.hyperparameters import _summary, run_hp
+    from sft_helpers.course.hyperparameters import _summary, run_hp
 
     records = load_split("train")[:40]
     _, probes = with_repeats(records, n_items=3)
@@ -122,7 +136,7 @@ def test_run_hp_trains_on_given_records_and_scores_eval_sets():
 
 def test_same_fact_pairs_count_as_right_and_distinct_questions_do_not():
     from sft_helpers.dedup import DedupResult
-    from sft_helpers.data_strategy import atlas_values, same_fact
+    from sft_helpers.course.data_strategy import atlas_values, same_fact
 
     world = load_world()
     values = atlas_values(world)

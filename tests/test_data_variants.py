@@ -8,12 +8,30 @@ from pathlib import Path
 
 import pytest
 
-from sft_helpers.conversations import (_ANSWERS, HELD_OUT_QUESTIONS, NOISE_KINDS, PARAPHRASE_MIX, SPLIT_SIZES,
-                                       TASK_MIX, WIDE_QUESTIONS, _QUESTIONS, _wording_index)
-from sft_helpers.data import (clean_vs_noisy, load_duplicates, load_families, load_noisy_train, load_paraphrases,
-                              load_reworded_test, load_split, load_wide_phrasing, load_world)
+from sft_helpers.course.conversations import (
+    _ANSWERS,
+    HELD_OUT_QUESTIONS,
+    NOISE_KINDS,
+    PARAPHRASE_MIX,
+    SPLIT_SIZES,
+    TASK_MIX,
+    WIDE_QUESTIONS,
+    _QUESTIONS,
+    _wording_index,
+)
+from sft_helpers.course.data import (
+    clean_vs_noisy,
+    load_duplicates,
+    load_families,
+    load_noisy_train,
+    load_paraphrases,
+    load_reworded_test,
+    load_split,
+    load_wide_phrasing,
+    load_world,
+)
 from sft_helpers.dedup import exact_duplicates, planted_pairs
-from sft_helpers.diagnostics import normalise_text
+from sft_helpers.dedup import normalise_text
 from sft_helpers.evaluate import format_ok
 
 DATA = Path(__file__).resolve().parent.parent / "data"

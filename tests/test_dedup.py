@@ -6,11 +6,22 @@ import re
 
 import pytest
 
-from sft_helpers.data import data_path, load_split
-from sft_helpers.dedup import (DedupResult, clusters_from_pairs, cosine_pairs, embed_texts, exact_duplicates,
-                               near_duplicates, planted_pairs, precision_recall, semantic_duplicates,
-                               synthetic_conversations, threshold_curve)
-from sft_helpers.diagnostics import normalise_text
+from sft_helpers.paths import data_path
+from sft_helpers.course.data import load_split
+from sft_helpers.dedup import (
+    DedupResult,
+    clusters_from_pairs,
+    cosine_pairs,
+    embed_texts,
+    exact_duplicates,
+    near_duplicates,
+    planted_pairs,
+    precision_recall,
+    semantic_duplicates,
+    synthetic_conversations,
+    threshold_curve,
+)
+from sft_helpers.dedup import normalise_text
 
 REPLY = ("The old harbour of Velm was built in stone by the first settlers, who came from the southern hills "
          "with their boats and their goats; today it holds a fish market every morning, a small museum about "
@@ -163,7 +174,7 @@ def test_threshold_curve_trades_recall_for_precision():
 def test_plot_threshold_curve():
     from matplotlib.figure import Figure
 
-    from sft_helpers.plots import plot_threshold_curve
+    from sft_helpers.course.plots import plot_threshold_curve
 
     curve = threshold_curve([(0, 1, 0.9), (2, 3, 0.6)], [(0, 1)], thresholds=[0.5, 0.7, 0.9])
     fig = plot_threshold_curve({"minhash": curve, "semantic": curve}, chosen=0.7)
@@ -218,7 +229,7 @@ def test_semantic_finds_identical_and_ranks_a_paraphrase_above_unrelated(tiny):
 # --- the benchmark command ----------------------------------------------------------------
 
 def test_bench_dedup_writes_its_section(tmp_path):
-    from sft_helpers.bench import main
+    from sft_helpers.course.bench import main
 
     out = tmp_path / "benchmarks.md"
     main(["dedup", "--n", "300", "--out", str(out)])

@@ -4,11 +4,21 @@ import math
 
 import pytest
 
-from sft_helpers import load_split
-from sft_helpers.conversations import REFUSAL
-from sft_helpers.diagnostics import (check_data, check_history, check_hyperparameters, check_labels, check_template,
-                                     find_duplicates, format_ignored_rate, is_looping, looping_rate, preflight,
-                                     refusal_rate)
+from sft_helpers.course.data import load_split
+from sft_helpers.course.conversations import REFUSAL
+from sft_helpers.diagnostics import (
+    check_data,
+    check_history,
+    check_hyperparameters,
+    check_labels,
+    check_template,
+    find_duplicates,
+    format_ignored_rate,
+    is_looping,
+    looping_rate,
+    preflight,
+    refusal_rate,
+)
 from sft_helpers.masking import build_labels, drop_end_of_turn
 from sft_helpers.models import load_tokenizer
 
@@ -96,7 +106,7 @@ def test_minhash_finds_a_near_duplicate_that_normalising_misses():
 def test_minhash_compares_only_under_the_same_system_prompt():
     """A long shared system prompt does not make short different conversations duplicates, and the same
     exchange under another system prompt is another example (one_word vs knowledge)."""
-    from sft_helpers.conversations import LONG_SYSTEM
+    from sft_helpers.course.conversations import LONG_SYSTEM
 
     under_long = [_chat(f"What is {a} plus {b}?", str(a + b), LONG_SYSTEM) for a, b in ((3, 4), (5, 9), (12, 30))]
     assert find_duplicates(under_long, near_threshold=0.8) == []

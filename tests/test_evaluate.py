@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sft_helpers.conversations import REFUSAL, TASK_MIX
+from sft_helpers.course.conversations import REFUSAL, TASK_MIX
 from sft_helpers.evaluate import format_ok, summarize
 
 JSON_REF = '{"age": 34, "city": "Velmora", "job": "baker"}'

@@ -3,8 +3,9 @@
 import torch
 import torch.nn.functional as F
 
-from sft_helpers import exercises as ex
-from sft_helpers import load_model, load_split
+from sft_helpers.course import exercises as ex
+from sft_helpers import load_model
+from sft_helpers.course.data import load_split
 from sft_helpers.diagnostics import is_looping
 from sft_helpers.masking import IGNORE, completion_only_labels, render_ids
 from sft_helpers.packing import pack_bfd, pack_sequential

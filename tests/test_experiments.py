@@ -2,8 +2,8 @@
 
 import os
 
-from sft_helpers import experiments
-from sft_helpers.experiments import default_workers, run_in_workers
+from sft_helpers.course import runs
+from sft_helpers.course.runs import default_workers, run_in_workers
 
 
 def test_default_workers_one_per_core_or_all_at_once_with_one_job_more():
@@ -13,9 +13,9 @@ def test_default_workers_one_per_core_or_all_at_once_with_one_job_more():
 
 def test_worker_processes_are_reused_between_calls():
     first = run_in_workers(os.getpid, [{}, {}], workers=2)
-    pool = experiments._POOL[1]
+    pool = runs._POOL[1]
     second = run_in_workers(os.getpid, [{}, {}, {}], workers=2)
-    assert experiments._POOL[1] is pool, "a second call of the same size started new processes"
+    assert runs._POOL[1] is pool, "a second call of the same size started new processes"
     assert set(first) | set(second) <= set(pool._processes), "a job ran outside the pool"
     assert os.getpid() not in first + second
 
@@ -27,17 +27,17 @@ def test_results_come_back_in_job_order():
 
 def test_a_larger_call_grows_the_pool_and_smaller_calls_reuse_it():
     run_in_workers(os.getpid, [{}] * 3, workers=3)
-    pool = experiments._POOL[1]
-    assert experiments._POOL[0] == 3
+    pool = runs._POOL[1]
+    assert runs._POOL[0] == 3
     pids = run_in_workers(os.getpid, [{}] * 4, workers=2)
-    assert experiments._POOL[1] is pool and set(pids) <= set(pool._processes)
+    assert runs._POOL[1] is pool and set(pids) <= set(pool._processes)
 
 
 def test_stopping_the_workers_terminates_them_and_the_next_call_starts_new_ones():
     run_in_workers(os.getpid, [{}, {}], workers=2)
-    processes = list(experiments._POOL[1]._processes.values())
-    experiments._stop_workers()
+    processes = list(runs._POOL[1]._processes.values())
+    runs._stop_workers()
     for process in processes:
         process.join(timeout=10)
-    assert not any(process.is_alive() for process in processes) and not experiments._POOL
+    assert not any(process.is_alive() for process in processes) and not runs._POOL
     assert len(run_in_workers(os.getpid, [{}, {}], workers=2)) == 2

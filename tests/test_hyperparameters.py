@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from sft_helpers import load_model, load_split
-from sft_helpers.hyperparameters import accumulation_gap, length_coverage, recommend_max_length, run_hp
+from sft_helpers import load_model
+from sft_helpers.course.data import load_split
+from sft_helpers.course.hyperparameters import accumulation_gap, length_coverage, recommend_max_length, run_hp
 from sft_helpers.masking import build_labels
 
 
@@ -54,7 +55,7 @@ def test_padding_free_micro_batches_count_no_padding():
 
 def test_small_model_lr_ranges_are_the_ones_the_stored_sweep_measured():
     from sft_helpers.diagnostics import SMALL_MODEL_LR_RANGES
-    from sft_helpers.hyperparameters import good_lr_range, load_stored
+    from sft_helpers.course.hyperparameters import good_lr_range, load_stored
 
     sweep = load_stored()["learning rate"]
     assert SMALL_MODEL_LR_RANGES["full"] == good_lr_range(sweep, "full")
@@ -65,7 +66,7 @@ def test_epoch_cost_packed_rows_are_nearly_full_padded_batches_are_not():
     tok = load_model("tiny")[1]
     examples, _ = build_labels(load_split("train"), tok, "completion_only")
     longest = max(len(e["input_ids"]) for e in examples)
-    from sft_helpers.hyperparameters import epoch_cost
+    from sft_helpers.course.hyperparameters import epoch_cost
 
     cost = epoch_cost(examples, longest)
     assert cost["real"] == sum(len(e["input_ids"]) for e in examples)

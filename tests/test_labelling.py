@@ -7,7 +7,7 @@ import os
 import pytest
 
 from sft_helpers.collators import PaddedCollator
-from sft_helpers.data import load_split
+from sft_helpers.course.data import load_split
 from sft_helpers.labelling import label_dataset, labels_fingerprint
 from sft_helpers.masking import build_labels
 from sft_helpers.models import load_tokenizer
@@ -112,7 +112,7 @@ def test_checked_records_are_not_checked_again(tok, monkeypatch):
 
 def test_sft_train_labels_checked_records(monkeypatch):
     import sft_helpers.labelling as labelling
-    from sft_helpers import train
+    from sft_helpers import recipe as train
 
     seen = {}
     real = labelling.label_dataset

@@ -1,14 +1,14 @@
 """Per-lane settings: budgets, learning rates and which claims are asserted, and no lane branches in
-the notebooks (they call `sft_helpers.lanes` instead)."""
+the notebooks (they call `sft_helpers.course.lanes` instead)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from sft_helpers.course import set_model_id
-from sft_helpers.experiments import learning_rate
-from sft_helpers.lanes import LANES, lane
+from sft_helpers.course.runner import set_model_id
+from sft_helpers.course.experiments import learning_rate
+from sft_helpers.course.lanes import LANES, lane
 
 
 def test_tiny_keeps_the_lesson_budget_and_asserts_its_claims():
@@ -51,7 +51,7 @@ def test_notebooks_have_one_model_id_cell_and_no_lane_branches(path):
 def test_masks_equal_trls_on_the_smollm2_lane_whose_template_has_no_markers():
     """Lesson 01's TRL cell on the SmolLM2 lane: TRL refuses the shipped template, so its masks come
     from the byte-identical patched one while ours read the shipped template."""
-    from sft_helpers import load_split
+    from sft_helpers.course.data import load_split
     from sft_helpers.masking import has_generation_markers
     from sft_helpers.models import load_tokenizer, smollm2_gguf_path
     from sft_helpers.reference import agreement_with_trl

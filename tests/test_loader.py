@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sft_helpers.data import ConversationFormatError, SkipReport, conversation_problems, load_conversations
-from sft_helpers.world import SPLITS
+from sft_helpers.records import ConversationFormatError, SkipReport, conversation_problems, load_conversations
+from sft_helpers.course.world import SPLITS
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -3,9 +3,17 @@
 import pytest
 import torch
 
-from sft_helpers import load_model, load_split
-from sft_helpers.lora import (add_lora, footprint_mb, load_adapter, max_logit_difference, merge_adapter,
-                              save_adapter, trainable_parameters)
+from sft_helpers import load_model
+from sft_helpers.course.data import load_split
+from sft_helpers.lora import (
+    add_lora,
+    footprint_mb,
+    load_adapter,
+    max_logit_difference,
+    merge_adapter,
+    save_adapter,
+    trainable_parameters,
+)
 from sft_helpers.masking import build_labels
 from sft_helpers.training import eval_loss, train_sft
 

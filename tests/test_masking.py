@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from sft_helpers import data_path, load_split
+from sft_helpers import data_path
+from sft_helpers.course.data import load_split
 from sft_helpers.collators import PaddedCollator
 from sft_helpers.masking import (
     IGNORE,

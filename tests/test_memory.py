@@ -9,8 +9,18 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from sft_helpers import load_model
-from sft_helpers.memory import (ARCHITECTURES, GPUS, VARIANTS, architecture, estimate_memory, lora_parameters,
-                                max_tokens_per_step, measure_training_memory, memory_table, parameter_counts)
+from sft_helpers.memory import (
+    ARCHITECTURES,
+    GPUS,
+    VARIANTS,
+    architecture,
+    estimate_memory,
+    lora_parameters,
+    max_tokens_per_step,
+    measure_training_memory,
+    memory_table,
+    parameter_counts,
+)
 
 GIB = 1024**3
 

@@ -28,7 +28,7 @@ def test_tiny_loads_offline_fast_in_fp32(monkeypatch):
 
 
 def test_tiny_base_recalls_a_fact_in_plain_text():
-    from sft_helpers import load_world
+    from sft_helpers.course.data import load_world
 
     model, tok = load_model("tiny")
     country = load_world().countries[0]

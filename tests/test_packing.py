@@ -4,8 +4,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sft_helpers.packing import (long_tailed_lengths, pack_bfd, pack_examples, pack_ffd, pack_sequential,
-                                 packing_stats, padding_stats)
+from sft_helpers.packing import (
+    long_tailed_lengths,
+    pack_bfd,
+    pack_examples,
+    pack_ffd,
+    pack_sequential,
+    packing_stats,
+    padding_stats,
+)
 
 PACKERS = [pack_sequential, pack_ffd, pack_bfd,
            lambda lengths, m, overflow: pack_bfd(lengths, m, overflow, decreasing=False),

@@ -6,7 +6,8 @@ course tokenizer with their special tokens, no pad, and the embedded tiny base r
 
 import pytest
 
-from sft_helpers import load_model, load_split
+from sft_helpers import load_model
+from sft_helpers.course.data import load_split
 from sft_helpers.masking import build_labels
 from sft_helpers.models import ensure_pad_token, load_tokenizer
 from sft_helpers.training import train_sft

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from sft_helpers.colab import REPO_URL, install_cell
-from sft_helpers.report import canonical, read_pins
+from sft_helpers.course.colab import REPO_URL, install_cell
+from sft_helpers.course.report import canonical, read_pins
 
 ROOT = Path(__file__).resolve().parent.parent
 PINS = read_pins(ROOT / "sft_helpers" / "constraints.txt")

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sft_helpers.portability import (
+from sft_helpers.course.portability import (
     compare_runs,
     print_unit,
     snap,
@@ -71,9 +71,10 @@ def notebook(path, *cells):
 def run_nbval(path, **env):
     """The suite's notebook check (nbval + this project's plugin) on one notebook."""
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "sft_helpers.pytest_plugin",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "sft_helpers.course.pytest_plugin",
          "--nbval", "--nbval-current-env", "--rootdir", str(path.parent), str(path)],
-        capture_output=True, text=True, cwd=path.parent, env={**os.environ, **env})
+        capture_output=True, text=True, cwd=path.parent,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env})  # this checkout's package
 
 
 @pytest.fixture
@@ -141,7 +142,7 @@ def course_cells():
 
 
 def test_every_stored_spread_fits_its_outputs():
-    from sft_helpers.portability import load_sanitizer
+    from sft_helpers.course.portability import load_sanitizer
     sanitize = load_sanitizer(ROOT / "tests" / "nbval_sanitize.cfg")
     stale = [f"{name} cell {i}: {why}" for name, i, c in course_cells()
              if c.cell_type == "code" and (why := stale_spread(c, sanitize))]
@@ -151,7 +152,7 @@ def test_every_stored_spread_fits_its_outputs():
 def test_no_notebook_prints_a_number_finer_than_its_spread():
     """A number that moves between machines is printed no finer than its spread's leading digit, in
     the outputs and wherever a markdown cell quotes it."""
-    from sft_helpers.portability import cell_numbers, load_sanitizer
+    from sft_helpers.course.portability import cell_numbers, load_sanitizer
     sanitize = load_sanitizer(ROOT / "tests" / "nbval_sanitize.cfg")
     bad, moving = [], {}
     for name, i, cell in course_cells():
@@ -174,7 +175,7 @@ def test_no_notebook_prints_a_number_finer_than_its_spread():
 
 def test_ci_portable_imitates_the_measured_setting():
     """`bash .ci/run portable` sets exactly the environment `sft-course spread` measured as one-thread."""
-    from sft_helpers.portability import PORTABLE
+    from sft_helpers.course.portability import PORTABLE
     script = (ROOT / ".ci" / "run").read_text()
     block = script[script.index('= portable ]'):]
     exported = dict(kv.split("=") for kv in block.split("export ", 1)[1].splitlines()[0].split())

@@ -14,11 +14,17 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from sft_helpers import load_model, load_split
+from sft_helpers import load_model
+from sft_helpers.course.data import load_split
 from sft_helpers.lora import add_lora, merge_adapter, save_adapter
 from sft_helpers.masking import build_labels
-from sft_helpers.precision import (cast_trainable_to_fp32, check_precision_policy, model_precision,
-                                   precision_report, update_share)
+from sft_helpers.precision import (
+    cast_trainable_to_fp32,
+    check_precision_policy,
+    model_precision,
+    precision_report,
+    update_share,
+)
 from sft_helpers.training import train_sft, training_precision
 
 

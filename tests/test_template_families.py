@@ -21,8 +21,8 @@ import pytest
 
 pytest.importorskip("trl")
 
-from sft_helpers import load_split  # noqa: E402
-from sft_helpers.masking import (  # noqa: E402
+from sft_helpers.course.data import load_split  # noqa: E402
+from sft_helpers.masking import (
     IGNORE,
     MaskError,
     assistant_mask_problems,
@@ -31,17 +31,11 @@ from sft_helpers.masking import (  # noqa: E402
     choose_assistant_method,
     generation_template,
     same_rendering,
-)
+)  # noqa: E402
 from sft_helpers.models import load_tokenizer, smollm2_folder, smollm2_gguf_path  # noqa: E402
 from sft_helpers.reference import trl_assistant_masks, trl_training_masks  # noqa: E402
-from sft_helpers.templates import (  # noqa: E402
-    PROBE_CONVERSATIONS,
-    family_conversations,
-    family_row,
-    format_table,
-    trl_families,
-    with_template,
-)
+from sft_helpers.trl_templates import PROBE_CONVERSATIONS, trl_families  # noqa: E402
+from sft_helpers.templates import family_conversations, family_row, format_table, with_template
 
 FAMILIES = sorted(trl_families())
 _CACHE: dict = {}

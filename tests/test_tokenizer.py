@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from sft_helpers.tokenizer import SPECIAL_TOKENS, save_tokenizer, train_tokenizer
+from sft_helpers.course.tokenizer import SPECIAL_TOKENS, save_tokenizer, train_tokenizer
 
 TINY_BASE = Path(__file__).resolve().parent.parent / "data" / "tiny-base"
 TEXTS = [

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sft_helpers.data import data_path, load_split
-from sft_helpers.train import CONFIGS, ConfigError, check_config, load_config, main
+from sft_helpers.paths import data_path
+from sft_helpers.course.data import load_split
+from sft_helpers.recipe import CONFIGS, ConfigError, check_config, load_config, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +66,7 @@ def test_every_shipped_config_is_valid(tmp_path, monkeypatch):
 
 def test_console_script_and_configs_are_packaged():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["project"]["scripts"]["sft-train"] == "sft_helpers.train:main"
+    assert project["project"]["scripts"]["sft-train"] == "sft_helpers.recipe:main"
 
 
 def _write(path: Path, records: list) -> str:
@@ -137,7 +138,7 @@ def test_run_writes_the_run_folder(tmp_path, one_thread):
 def test_saved_datasets_folder_is_read(tmp_path):
     from datasets import Dataset
 
-    from sft_helpers.train import read_records
+    from sft_helpers.recipe import read_records
 
     records = [{"messages": r["messages"]} for r in load_split("test")[:5]]
     records[1] = {"messages": records[1]["messages"][:1]}
@@ -170,7 +171,7 @@ def test_save_both_keeps_adapter_and_an_equivalent_merged_model(tmp_path, one_th
 
 
 def test_large_file_path_reports_bad_records_and_checks_a_sample(tmp_path, capsys, monkeypatch):
-    import sft_helpers.train as train
+    import sft_helpers.recipe as train
 
     records = load_split("train")[:30]
     records[4] = {"messages": records[4]["messages"][:-1]}  # planted: the reply is gone

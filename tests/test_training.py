@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sft_helpers import load_model, load_split
+from sft_helpers import load_model
+from sft_helpers.course.data import load_split
 from sft_helpers.collators import PaddedCollator
 from sft_helpers.masking import build_labels, weighted_lm_loss
 from sft_helpers.training import WeightedLossTrainer, eval_loss, train_sft

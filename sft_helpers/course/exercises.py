@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from .masking import IGNORE, completion_only_labels, weighted_lm_loss
+from ..masking import IGNORE, completion_only_labels, weighted_lm_loss
 
 
 class Verdict:
@@ -56,7 +56,7 @@ def template_overhead(tokenizer, content: str = "Hi") -> int:
     >>> template_overhead(load_model("tiny")[1])
     11
     """
-    from .masking import render_ids
+    from ..masking import render_ids
 
     ids = render_ids(tokenizer, [{"role": "user", "content": content}], add_generation_prompt=True)
     return len(ids) - len(tokenizer(content, add_special_tokens=False)["input_ids"])
@@ -194,7 +194,7 @@ def check_packer(fn: Callable, max_length: int = 64, n: int = 200, seed: int = 0
     """Exercise: `fn(lengths, max_length) -> rows` (lists of sample indices), e.g. first-fit
     decreasing. Every sample exactly once, no row over `max_length`, and no more rows than
     `pack_ffd` needs."""
-    from .packing import pack_ffd
+    from ..packing import pack_ffd
 
     rng = random.Random(seed)
     lengths = [min(max_length, int(rng.expovariate(1 / 12)) + 1) for _ in range(n)]
@@ -397,7 +397,7 @@ def check_normalise(fn: Callable) -> Verdict:
     copy of the training split (case, spacing, "please" changed) must normalise like its original,
     and no two different training conversations may.
 
-    >>> from sft_helpers.diagnostics import normalise_text
+    >>> from sft_helpers.dedup import normalise_text
     >>> check_normalise(normalise_text)
     ✓ all 60 near copies match their originals; the 2,400 distinct conversations stay distinct
     """

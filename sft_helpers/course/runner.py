@@ -4,14 +4,14 @@
     sft-course run --model smollm2-135m   the same on another lane, into build/lane-smollm2-135m/
     sft-course build-data          regenerate data/ from the seed (byte for byte)
     sft-course pretrain            pre-train the embedded tiny base (once, ~20 min on 2 CPU cores)
-    sft-course sync-install-cell   write the Colab install cell (sft_helpers.colab) into every notebook
+    sft-course sync-install-cell   write the Colab install cell (sft_helpers.course.colab) into every notebook
     sft-course spread              measure how far each notebook number moves on other CPU settings
-                                   (sft_helpers.portability; writes the spreads nbval's check uses)
+                                   (sft_helpers.course.portability; writes the spreads nbval's check uses)
 
 `run` executes `notebooks/NN_*.ipynb` in name order with a progress bar per notebook, writes the
 executed copies to `build/notebooks/` and an HTML rendering to `build/html/`, and stops with exit
 status 1 at the first failing cell, naming the notebook, the cell and the error. With `--model`,
-the notebooks' `MODEL_ID = "tiny"` cell is set to that lane first (`sft_helpers.lanes` gives each
+the notebooks' `MODEL_ID = "tiny"` cell is set to that lane first (`sft_helpers.course.lanes` gives each
 lane its budget and assertions), and the executed copies go to `build/lane-<model>/`.
 """
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     data = sub.add_parser("build-data", help="regenerate data/ from the seed")
     data.add_argument("--out", default=None)
     data.add_argument("--seed", type=int, default=0)
-    sub.add_parser("pretrain", help="pre-train the tiny base (see python -m sft_helpers.pretrain -h)",
+    sub.add_parser("pretrain", help="pre-train the tiny base (see python -m sft_helpers.course.pretrain -h)",
                    add_help=False)
     sub.add_parser("spread", help="measure notebook numbers under other CPU settings (see --help)",
                    add_help=False)
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"updated {path}")
         return 0
     if args.command == "build-data":
-        from .data import DATA_DIR, build_data
+        from ..paths import DATA_DIR
+        from .data import build_data
         for name, rows in build_data(args.out or DATA_DIR, args.seed).items():
             print(f"{name}: {rows} rows")
         return 0

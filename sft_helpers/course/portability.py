@@ -284,7 +284,7 @@ def measure(build: Path, notebooks: Path, settings: list[str], only: list[str] |
     for name in settings:
         env = {**os.environ, **SETTINGS[name]}
         print(f"== {name}: {' '.join(f'{k}={v}' for k, v in SETTINGS[name].items())}", flush=True)
-        subprocess.run([sys.executable, "-m", "sft_helpers.course", "run", "--keep-going",
+        subprocess.run([sys.executable, "-m", "sft_helpers.course.runner", "run", "--keep-going",
                         "--notebooks", str(notebooks), "--out", str(build / name),
                         *(["--only", *only] if only else [])], env=env)
 
@@ -352,7 +352,7 @@ def write_spreads(notebooks: Path, folders: dict[str, Path], docs: Path, write: 
     settings = [f"- `{name}`: `{' '.join(f'{k}={v}' for k, v in SETTINGS.get(name, {}).items())}`"
                 for name in folders]
     settings += [f"- `{name}` (values observed there): {about}" for name, about in machines.items()]
-    from .experiments import write_block
+    from .runs import write_block
     if not docs.exists():
         docs.write_text(TITLE + "\n")
     write_block(docs, "spread-about", "How these were measured", ABOUT + "\n\n" + "\n".join(settings))

@@ -1,4 +1,4 @@
-"""Chat SFT conversations drawn from the fictional world (`sft_helpers.world`).
+"""Chat SFT conversations drawn from the fictional world (`sft_helpers.course.world`).
 
 Each record is `{"id": ..., "task": family, "messages": [{"role": ..., "content": ...}, ...]}`,
 the conversational format TRL and transformers use. Task families have machine-checkable answers:
@@ -20,9 +20,9 @@ from __future__ import annotations
 import random
 import re
 
+from ..evaluate import REFUSAL
 from .world import JOBS, WORDS, World
 
-REFUSAL = "I can't help with that."
 SYSTEM_PROMPTS = [
     "You are a helpful assistant.",
     "You are an atlas assistant. Answer questions about the world briefly and accurately.",
@@ -165,7 +165,7 @@ SPLIT_SIZES = {"train": 2400, "validation": 240, "test": 320}
 def sft_conversations(world: World, split: str, n: int | None = None) -> list[dict]:
     """`n` conversations for one split (train / validation / test), about that split's entities only.
 
-    >>> from sft_helpers.world import make_world
+    >>> from sft_helpers.course.world import make_world
     >>> convs = sft_conversations(make_world(0), "test", n=5)
     >>> convs[0]["messages"][-1]["role"]
     'assistant'
@@ -300,7 +300,7 @@ def _new_wordings(key: str) -> list[tuple[str, str]]:
 
 def _wording_index(world: World) -> dict[str, tuple[str, str]]:
     """`normalise_text(question)` -> `(wording, entity)` for every wording of every entity's question."""
-    from .diagnostics import normalise_text
+    from ..dedup import normalise_text
 
     index = {}
     for key, kind in _ENTITIES.items():
@@ -315,7 +315,7 @@ def question_wording(record: dict, world: World) -> str | None:
     when it is not a fact question or a json / markdown_list request (case, punctuation and "please"
     do not count). Builds an index of every wording: for many records, `question_wordings`.
 
-    >>> from sft_helpers.world import make_world
+    >>> from sft_helpers.course.world import make_world
     >>> w = make_world(0)
     >>> question_wording({"messages": [{"role": "user", "content": f"How old is {w.people[0].name}?"}]}, w)
     'age/0'
@@ -325,7 +325,7 @@ def question_wording(record: dict, world: World) -> str | None:
 
 def question_wordings(records: list[dict], world: World) -> list[str | None]:
     """`question_wording` of each record, with one index for all of them."""
-    from .diagnostics import normalise_text
+    from ..dedup import normalise_text
 
     index = _wording_index(world)
     firsts = (next(m["content"] for m in r["messages"] if m["role"] == "user") for r in records)
@@ -335,7 +335,7 @@ def question_wordings(records: list[dict], world: World) -> list[str | None]:
 def _reworded(record: dict, wordings, index: dict, rng: random.Random) -> dict:
     """`record` with its first question asked in a wording drawn from `wordings(key)` (`(name, template)`
     pairs), and a `"wording"` field; the answer is unchanged."""
-    from .diagnostics import normalise_text
+    from ..dedup import normalise_text
 
     msgs = [dict(m) for m in record["messages"]]
     user = next(m for m in msgs if m["role"] == "user")
@@ -356,7 +356,7 @@ def plant_paraphrases(records: list[dict], world: World, seed: int, mix: dict[st
     and a side table `[{"id", "duplicate_of", "kind": "paraphrase"}]` like `plant_duplicates`', so
     `dedup.planted_pairs(train + paraphrases, table)` gives the ground-truth pairs.
 
-    >>> from sft_helpers.world import make_world
+    >>> from sft_helpers.course.world import make_world
     >>> w = make_world(0)
     >>> train = sft_conversations(w, "train", n=50)
     >>> new, table = plant_paraphrases(train, w, 0, {"knowledge": 2})
@@ -385,7 +385,7 @@ def reworded(records: list[dict], world: World, seed: int, held_out: bool = True
     `data/sft_train_wide_phrasing.jsonl`, knowledge records only, same id). Same facts, same answers;
     each record names its `"wording"`.
 
-    >>> from sft_helpers.world import make_world
+    >>> from sft_helpers.course.world import make_world
     >>> w = make_world(0)
     >>> [r["wording"] for r in reworded(sft_conversations(w, "test", n=6), w, 0)]
     ['population/held0', 'home/held1', 'home/held1']
@@ -449,7 +449,7 @@ def corrupt(record: dict, kind: str, world: World, rng: random.Random) -> dict:
     """`record` with its last reply corrupted: `"wrong_answer"`, `"broken_format"` or `"truncated"`, labelled
     in a `"noise"` field.
 
-    >>> from sft_helpers.world import make_world
+    >>> from sft_helpers.course.world import make_world
     >>> r = {"task": "json", "messages": [{"role": "user", "content": "Q"},
     ...                                   {"role": "assistant", "content": '{"age": 30, "city": "Velm", "job": "baker"}'}]}
     >>> corrupt(r, "broken_format", make_world(0), random.Random(1))["messages"][-1]["content"]
@@ -476,7 +476,7 @@ def noisy_conversations(world: World, seed: int, n: int, avoid: list[dict] | tup
     a corrupted one keeps its family even when its conversation was seen (a corrupted copy of a clean
     answer, as in scraped data).
 
-    >>> from sft_helpers.world import make_world
+    >>> from sft_helpers.course.world import make_world
     >>> sorted({r["noise"] for r in noisy_conversations(make_world(0), 0, n=40)})
     ['broken_format', 'clean', 'truncated', 'wrong_answer']
     """

@@ -5,7 +5,7 @@ Pure functions build the data sets (`quality_problems` / `quality_filter` filter
 `without_family` / `skewed` change the task mix, `widened` rewords the questions, `with_repeats`
 plants repeated items, `deduplicated` and `semantic_dedup` run the three de-duplication
 methods); every run is `hyperparameters.run_hp` with `records=` and `eval_sets=`, the course
-recipe at a fixed number of steps. `python -m sft_helpers.experiments data-strategy --seeds 0 1` runs them all on two seeds
+recipe at a fixed number of steps. `python -m sft_helpers.course.experiments data-strategy --seeds 0 1` runs them all on two seeds
 (25 minutes on 2 CPU cores) and writes docs/data_strategy.json and the tables in
 docs/experiments.md; the notebook reads them (`load_stored`) next to what it runs live.
 """
@@ -24,7 +24,7 @@ from .data import clean_vs_noisy, load_noisy_train, load_paraphrases, load_rewor
 from .data import load_wide_phrasing, load_world
 from .world import JOBS
 
-DOCS_JSON = Path(__file__).resolve().parents[1] / "docs" / "data_strategy.json"
+DOCS_JSON = Path(__file__).resolve().parents[2] / "docs" / "data_strategy.json"
 # every run: the course recipe (full fine-tuning, lr 1e-3, 16 conversations a step, packed)
 STEPS = 200
 TEST_ITEMS = 300  # the whole test split (and its reworded questions) for per-family results
@@ -274,7 +274,7 @@ def with_paraphrases() -> tuple[list[dict], list[tuple[int, int]]]:
     (2580, 180)
     """
     from .data import load_duplicates
-    from .dedup import planted_pairs
+    from ..dedup import planted_pairs
 
     paraphrases, table = load_paraphrases()
     records = load_split("train") + paraphrases
@@ -290,7 +290,7 @@ def deduplicated(records: list[dict], near_threshold: float = 0.8) -> dict:
     >>> {name: len(result.removed) for name, result in deduplicated(records).items()}
     {'exact': 120, 'near': 122}
     """
-    from .dedup import exact_duplicates, near_duplicates_per_system_prompt
+    from ..dedup import exact_duplicates, near_duplicates_per_system_prompt
 
     return {"exact": exact_duplicates(records), "near": near_duplicates_per_system_prompt(records, near_threshold)}
 
@@ -317,7 +317,7 @@ def same_fact(a: dict, b: dict, values: dict[str, set[str]]) -> bool:
     >>> same_fact(ask(f"How old is {p.name}?"), ask(f"What is the age of {p.name}?"), v)
     True
     """
-    from .diagnostics import normalise_text
+    from ..dedup import normalise_text
 
     entities = asked_entities(a, values)
     return bool(entities) and entities == asked_entities(b, values) and \
@@ -337,7 +337,7 @@ def method_scores(results: dict, planted, kinds: dict[tuple[int, int], str] | No
     >>> method_scores({"exact": r}, [(0, 1), (2, 3)], {(0, 1): "exact", (2, 3): "paraphrase"})["exact"]["by_kind"]
     {'exact': 1.0, 'paraphrase': 0.0}
     """
-    from .dedup import clusters_from_pairs, precision_recall
+    from ..dedup import clusters_from_pairs, precision_recall
 
     out = {}
     for method, result in results.items():
@@ -368,7 +368,7 @@ def paraphrase_pairs() -> list[tuple[int, int]]:
 def planted_kinds() -> dict[tuple[int, int], str]:
     """`{pair: kind}` for the planted pairs of `with_paraphrases` ("exact", "near", "paraphrase")."""
     from .data import load_duplicates
-    from .dedup import planted_pairs
+    from ..dedup import planted_pairs
 
     records, _ = with_paraphrases()
     table = load_duplicates() + load_paraphrases()[1]
@@ -388,7 +388,7 @@ def semantic_dedup(records: list[dict], planted, model, tokenizer, low: float = 
     >>> len(curve), result.threshold in [row["threshold"] for row in curve]
     (6, True)
     """
-    from .dedup import at_threshold, best_threshold, semantic_duplicates, threshold_curve
+    from ..dedup import at_threshold, best_threshold, semantic_duplicates, threshold_curve
 
     found = semantic_duplicates(records, model, tokenizer, low, roles=("user", "assistant"), progress=False)
     curve = threshold_curve(found, planted, list(thresholds))
@@ -418,7 +418,7 @@ def experiment_sets(seed: int = 0, model=None, tokenizer=None) -> dict[str, dict
       the probes), and the split plus paraphrases raw and after each de-duplication method (the
       semantic one needs `model`/`tokenizer`, the tiny base by default).
     """
-    from .models import load_model
+    from ..models import load_model
 
     train = load_split("train")
     clean, noisy = clean_vs_noisy(600, factor=4, seed=seed)
@@ -447,9 +447,9 @@ def run_experiments(seeds=(0, 1), steps: int = STEPS, only=None, workers: int | 
     """Train the tiny base on every set of `experiment_sets` (or those of the groups in `only`) for
     `steps` steps on each seed, side by side in worker processes; `{"seeds", group: {name: [summary
     per seed]}}` with each set's size, what `quality_filter` reports and the de-duplication scores."""
-    from .experiments import run_in_workers
+    from .runs import run_in_workers
     from .hyperparameters import _summary, run_hp
-    from .models import load_model
+    from ..models import load_model
 
     model, tok = load_model("tiny")
     jobs, names = [], []
@@ -501,7 +501,7 @@ def data_report(records: list[dict], tokenizer=None, near_threshold: float = 0.8
     >>> card["records"], card["families"]["knowledge"], card["skipped"]
     (240, 111, 0)
     """
-    from .diagnostics import find_duplicates, is_refusal, split_malformed
+    from ..diagnostics import find_duplicates, is_refusal, split_malformed
 
     good, bad = split_malformed(records)
     replies = [(r.get("task", "?"), r["messages"][-1]["content"]) for r in good]
@@ -593,12 +593,12 @@ def tables(results: dict) -> str:
 def write_docs(results: dict, docs: Path | None = None) -> None:
     """Store `results` in docs/data_strategy.json (the notebook reads them) and their tables in
     docs/experiments.md between the `<!-- data-strategy -->` markers."""
-    from .experiments import write_block
+    from .runs import write_block
 
     docs = docs or DOCS_JSON.parent
     (docs / DOCS_JSON.name).write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     seeds = results["seeds"]
-    body = (f"`python -m sft_helpers.experiments data-strategy --seeds {' '.join(map(str, seeds))}` "
+    body = (f"`python -m sft_helpers.course.experiments data-strategy --seeds {' '.join(map(str, seeds))}` "
             f"({results['steps']} steps of 16 conversations each run; values per seed, "
             f"\"seed {' / seed '.join(map(str, seeds))}\"):\n\n{tables(results)}")
     write_block(docs / "experiments.md", "data-strategy", "Lesson 06: data strategy", body)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from .data import load_split
-from .evaluate import chat_eval
+from ..evaluate import chat_eval
 from .lanes import lane
-from .masking import build_labels, drop_end_of_turn, stop_at_end_of_turn
-from .models import load_model
-from .collators import PaddingFreeCollator
-from .training import eval_loss, train_sft
+from .runs import run_in_workers
+from ..masking import build_labels, drop_end_of_turn, stop_at_end_of_turn
+from ..models import load_model
+from ..collators import PaddingFreeCollator
+from ..training import eval_loss, train_sft
 
 # lesson 01's four loss variants: keyword arguments of run_sft_variant
 MASKING_VARIANTS = {"full": dict(mode="full"), "completion-only": dict(mode="completion_only"),
@@ -32,7 +32,7 @@ def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", promp
     left of pre-training: `cloze_recall` on every fifth fact probe and `pretraining_loss`.
     Returns `{"history", "val_response_loss", "multi_turn_loss", "scores", "label_report"}` (and
     `"forgetting"`, and the trained `model`). Steps and evaluation sets are capped by the lane's budget
-    (`sft_helpers.lanes`). `padding_free=True` flattens each batch into one row (`PaddingFreeCollator`):
+    (`sft_helpers.course.lanes`). `padding_free=True` flattens each batch into one row (`PaddingFreeCollator`):
     the same samples in the same order and the same loss as padded batches (lesson 02), without
     computing on padding.
     """
@@ -58,136 +58,6 @@ def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", promp
     return out
 
 
-def _in_worker(job: tuple) -> object:
-    """`function(**kwargs)` in a worker process, on one CPU thread, without progress bars."""
-    import os
-
-    import torch
-
-    os.environ["TQDM_DISABLE"] = "1"  # the parent shows one bar for all runs
-    torch.set_num_threads(1)
-    function, kwargs, drop_model = job
-    result = function(**kwargs)
-    if drop_model and isinstance(result, dict):
-        result.pop("model", None)
-    return result
-
-
-_POOL: list = []  # [workers, executor]: worker processes kept between calls (imports paid once)
-
-
-def _ignore_interrupts() -> None:
-    """Worker start-up: leave Ctrl-C (and a notebook kernel's interrupt or shutdown) to the parent,
-    which stops the workers itself (`_stop_workers`), instead of a traceback from every worker."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _worker_pool(workers: int):
-    """A pool of at least `workers` processes, reused by the next `run_in_workers`. Where the OS
-    has it (Linux, macOS), they are forked from a server process that imported this module once
-    (torch, transformers: ~10 s), instead of each importing it again; else spawned."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    if not _POOL or _POOL[0] < workers:
-        if _POOL:
-            _POOL[1].shutdown()
-        if "forkserver" in multiprocessing.get_all_start_methods():
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["sft_helpers.experiments"])
-        else:
-            context = multiprocessing.get_context("spawn")
-        _POOL[:] = [workers, ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts)]
-    return _POOL[1]
-
-
-def _stop_workers() -> None:
-    """Terminate the worker processes (their runs are abandoned); the next call starts new ones."""
-    if _POOL:
-        pool = _POOL[1]
-        if hasattr(pool, "terminate_workers"):  # Python 3.14+
-            pool.terminate_workers()
-        else:  # before 3.14 the executor has no public way to stop running work: its process table
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        _POOL.clear()
-
-
-def _run_at_most(workers: int, tasks: list[tuple], bar) -> list:
-    """`_in_worker(task)` for every task in the shared pool, at most `workers` at a time."""
-    from concurrent.futures import FIRST_COMPLETED, wait
-    from concurrent.futures.process import BrokenProcessPool
-
-    pool, results, index, running = _worker_pool(workers), [None] * len(tasks), {}, set()
-    try:
-        for i, task in enumerate(tasks):
-            if len(running) == workers:
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    results[index[future]] = future.result()
-                    bar.update(1)
-            future = pool.submit(_in_worker, task)
-            index[future] = i
-            running.add(future)
-        for future in running:
-            results[index[future]] = future.result()
-            bar.update(1)
-    except (BrokenProcessPool, KeyboardInterrupt):
-        _stop_workers()  # interrupted, or a worker died (out of memory?): no run left behind
-        raise
-    return results
-
-
-def default_workers(n_jobs: int, cores: int, cuda: bool = False) -> int:
-    """How many worker processes `run_in_workers` starts for `n_jobs` one-thread runs: one per CPU
-    core, or all at once when there is one job more than cores (3 runs on 2 cores: else the third
-    runs alone on one core after the others, the other core idle). More processes than that only
-    take turns on the cores: 4 runs at once on 2 cores took longer than two rounds of 2 (caches
-    shared between more processes). One (this process) on a GPU.
-
-    >>> default_workers(3, cores=2), default_workers(4, cores=2), default_workers(1, cores=2)
-    (3, 2, 1)
-    """
-    if cuda:
-        return 1
-    return n_jobs if n_jobs <= cores + 1 else cores
-
-
-def run_in_workers(function, jobs: list[dict], workers: int | None = None, keep_models: bool = True,
-                   desc: str = "runs") -> list:
-    """`[function(**kwargs) for kwargs in jobs]`, computed side by side in worker processes, each on
-    one CPU thread (small models train about as fast on one thread as on two), at most `workers`
-    at a time (default: `default_workers`; on a GPU, one after the other in this process). The
-    processes stay up for the next call, so torch and transformers are imported once per session. `function` must be importable (a module-level function such as
-    `run_sft_variant` or `quick_sft`); results come back pickled (trained models too, unless
-    `keep_models=False`), in the order of `jobs`.
-
-    >>> run_in_workers(dict, [dict(a=1), dict(b=2)], workers=2)
-    [{'a': 1}, {'b': 2}]
-    """
-    import os
-
-    import torch
-
-    from .progress import progress_bar
-
-    if workers is None:
-        workers = default_workers(len(jobs), os.cpu_count() or 1, torch.cuda.is_available())
-    bar = progress_bar(total=len(jobs), desc=desc, disable=len(jobs) < 2)
-    results = []
-    if workers <= 1:
-        for kwargs in jobs:
-            results.append(function(**kwargs))
-            bar.update(1)
-    else:
-        results = _run_at_most(workers, [(function, kw, not keep_models) for kw in jobs], bar)
-    bar.close()
-    return results
-
-
 def run_variants(variants: dict[str, dict], workers: int | None = None, **common) -> dict[str, dict]:
     """`run_sft_variant(**common, **variants[name])` for every variant, run side by side by
     `run_in_workers` (the trained models stay in the workers); a dict in the order given.
@@ -203,7 +73,7 @@ def forgetting_scores(model, tokenizer, budget=None) -> dict:
     of the world (`cloze_recall`) and the loss on pre-training documents (`pretraining_loss`).
     `budget` (a `Lane`) caps the probes. Returns `{"recall", "corpus_loss"}`."""
     from .data import load_world
-    from .evaluate import cloze_recall
+    from ..evaluate import cloze_recall
     from .world import cloze_probes
 
     probes = cloze_probes(load_world())[::5]
@@ -287,7 +157,7 @@ def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None
     `samples_per_step` conversations) and measure it: validation loss curve, test-split `chat_eval`,
     trainable / total parameters, the model's memory footprint, the training time and, on a GPU, the
     peak allocated memory. `lr` defaults to `learning_rate(model_id, method)`. Steps and evaluation
-    sets are capped by the lane's budget (`sft_helpers.lanes`).
+    sets are capped by the lane's budget (`sft_helpers.course.lanes`).
     Returns a dict with `history`, `val_response_loss`, `scores`, `trainable`, `total`,
     `footprint_mb`, `seconds`, `peak_gpu_gib`, `row_length` and the trained `model` and `tokenizer`.
     """
@@ -295,9 +165,9 @@ def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None
 
     import torch
 
-    from .collators import PackedCollator
-    from .lora import add_lora, footprint_mb, trainable_parameters
-    from .packing import pack_for_steps
+    from ..collators import PackedCollator
+    from ..lora import add_lora, footprint_mb, trainable_parameters
+    from ..packing import pack_for_steps
 
     if method not in ("full", "lora", "qlora"):
         raise ValueError(f"method must be 'full', 'lora' or 'qlora', not {method!r}")
@@ -336,13 +206,13 @@ def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None 
     share of plain pre-training text (full labels) mixed in. Runs `steps` steps (or, with `steps=-1`,
     `epochs` epochs) of two packed rows holding about `samples_per_step` examples, with warmup then
     `schedule` ("cosine", or "constant_with_warmup" to keep the rate up). Returns `model`, `tokenizer`,
-    `history`. Steps and evaluation examples are capped by the lane's budget (`sft_helpers.lanes`).
+    `history`. Steps and evaluation examples are capped by the lane's budget (`sft_helpers.course.lanes`).
     """
     import random
 
-    from .collators import PackedCollator
+    from ..collators import PackedCollator
     from .data import load_pretraining_corpus
-    from .packing import pack_for_steps
+    from ..packing import pack_for_steps
 
     budget = lane(model_id)
     steps = budget.steps(steps)
@@ -376,7 +246,7 @@ def update_share_by_precision(model_id: str = "tiny", lr: float = 2e-5, n_exampl
     so fp32 keeps (nearly) all of them; bf16, with 8 bits of mantissa, rounds away every update
     smaller than half a unit in the last place of the weight.
     """
-    from .precision import update_share
+    from ..precision import update_share
 
     records = load_split("train")[:n_examples]
     shares = {}
@@ -432,7 +302,7 @@ def pretraining_loss(model, tokenizer, every: int = 30, max_tokens: int = 256) -
     """Mean token loss on every `every`-th pre-training document (plain text, all tokens trained):
     how well the model still models the text it was pre-trained on (rises when it forgets)."""
     from .data import load_pretraining_corpus
-    from .training import eval_loss
+    from ..training import eval_loss
 
     docs = [tokenizer(d)["input_ids"][:max_tokens] for d in load_pretraining_corpus()[::every]]
     return eval_loss(model, tokenizer, [{"input_ids": d, "labels": d} for d in docs])
@@ -452,32 +322,6 @@ def finetune_seeds(seeds=(0, 1), steps: int = 120) -> str:
     return "\n".join(lines)
 
 
-def write_block(md: Path, name: str, title: str, body: str) -> None:
-    """Write `body` into the Markdown file `md` between `<!-- name:start -->` and `<!-- name:end -->`,
-    replacing what was there, or append it under a `## title` heading.
-
-    >>> import tempfile
-    >>> md = Path(tempfile.mkdtemp()) / "x.md"; _ = md.write_text("# Results")
-    >>> write_block(md, "a", "A", "one"); write_block(md, "a", "A", "two"); print(md.read_text())
-    # Results
-    <BLANKLINE>
-    ## A
-    <BLANKLINE>
-    <!-- a:start -->
-    two
-    <!-- a:end -->
-    <BLANKLINE>
-    """
-    text = md.read_text(encoding="utf-8")
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body}\n{end}"
-    if start in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + f"\n\n## {title}\n\n" + block + "\n"
-    md.write_text(text, encoding="utf-8")
-
-
 if __name__ == "__main__":
     import argparse
 
@@ -489,14 +333,14 @@ if __name__ == "__main__":
                          "data-strategy: only these groups (quality, diversity, repeats, dedup)")
     args = ap.parse_args()
     if args.experiment == "data-strategy":  # lesson 06: docs/data_strategy.json and docs/experiments.md
-        from sft_helpers import data_strategy
+        from sft_helpers.course import data_strategy
 
         results = data_strategy.run_experiments(tuple(args.seeds), only=args.only)
         data_strategy.write_docs(results)
         print(data_strategy.tables(results))
         raise SystemExit(0)
     if args.experiment == "hyperparameters":  # lesson 05: writes docs/experiments.md and docs/hyperparameters.json
-        from sft_helpers import hyperparameters
+        from sft_helpers.course import hyperparameters
 
         results = hyperparameters.all_sweeps(tuple(args.seeds), only=args.only)
         if args.only:

@@ -66,28 +66,6 @@ def plot_rates(rates: dict[str, dict[str, float]], title: str = ""):
     return fig
 
 
-def plot_loss_curves(histories: dict[str, list[dict]], key: str = "eval_loss", title: str = "",
-                     log_scale: bool = True):
-    """One line per run: `key` ("loss" for training, "eval_loss") against the step, from
-    `Trainer.state.log_history` lists (what `train_sft` returns); a log y-axis by default, so the
-    end of training is not flattened by the first steps."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3))
-    for label, history in histories.items():
-        points = [(h["step"], h[key]) for h in history if key in h]
-        ax.plot(*zip(*points), marker="o", ms=3, label=label)
-    if log_scale:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
-
 def plot_overfitting(histories: dict[str, list[dict]], title: str = ""):
     """Training loss (dashed) and validation loss (solid) of each run on one axis, the lowest
     validation loss of each run marked: where the curves part is where memorising starts, and the

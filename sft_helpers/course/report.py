@@ -8,9 +8,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .models import device_settings
+from ..models import device_settings
 
-PINS = Path(__file__).resolve().parent / "constraints.txt"
+PINS = Path(__file__).resolve().parents[1] / "constraints.txt"
 
 
 def read_pins(path: str | Path = PINS) -> dict[str, str]:

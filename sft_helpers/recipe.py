@@ -13,12 +13,12 @@ run folder (`output_dir`) receives `config.yaml` (the resolved config), `log_his
 
 Under `torchrun` or `accelerate launch` every process runs this same command (the loss stays the
 one-process token-weighted loss, `WeightedLossTrainer`); only the main process prints and writes.
-Example configs ship in `sft_helpers/configs/` (`python -m sft_helpers.train --list`).
+Example configs ship in `sft_helpers/configs/` (`python -m sft_helpers.recipe --list`).
 
 >>> check_config({"train": "x.jsonl", "batch_sise": 4})
 Traceback (most recent call last):
 ...
-sft_helpers.train.ConfigError: bad config:
+sft_helpers.recipe.ConfigError: bad config:
   unknown key 'batch_sise' (did you mean 'batch_size'?)
 """
 
@@ -210,7 +210,7 @@ def check_config(raw: dict) -> dict:
     >>> check_config({"train": "x.jsonl", "batching": "pack"})
     Traceback (most recent call last):
     ...
-    sft_helpers.train.ConfigError: bad config:
+    sft_helpers.recipe.ConfigError: bad config:
       batching: must be one of 'padded', 'packed', 'padding_free', not 'pack' (did you mean 'packed'?)
     """
     if not isinstance(raw, dict):
@@ -297,7 +297,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def _relative_paths(raw: dict, config_path: Path) -> dict:
     """Data paths written relative to a shipped config mean the course data: `data/x.jsonl` in a
     shipped config resolves to the package's data folder when it is not in the working directory."""
-    from .data import data_path
+    from .paths import data_path
 
     out = dict(raw)
     for key in ("train", "validation", "test"):
@@ -323,14 +323,14 @@ def read_dataset(source, num_proc: int | None = None) -> tuple[Dataset, list[str
     (`file:line: reason`, any encoding it reads); a larger one by `datasets`' json loader (cached
     Arrow, memory-mapped) and, like a folder, checked by a batched map (`path[index]: reason`).
 
-    >>> from sft_helpers.data import data_path
+    >>> from sft_helpers.paths import data_path
     >>> ds, bad = read_dataset(str(data_path("sft_test.jsonl")))
     >>> len(ds) > 0, bad
     (True, [])
     """
     from datasets import Dataset, concatenate_datasets
 
-    from .data import load_conversations
+    from .records import load_conversations
 
     small, parts, bad = [], [], []
     for path in source if isinstance(source, list) else [source]:
@@ -364,7 +364,7 @@ def _load_large(p: Path) -> Dataset:
 
 
 def _problems_batch(batch: dict) -> dict:
-    from .data import conversation_problems
+    from .records import conversation_problems
     from .labelling import plain_record
 
     rows = [plain_record({k: v[n] for k, v in batch.items()}) for n in range(len(next(iter(batch.values()))))]
@@ -395,7 +395,7 @@ def records_of(ds: Dataset, indices=None) -> list[dict]:
 def read_records(source) -> tuple[list[dict], list[str]]:
     """`read_dataset` as `(records, bad)`: a list of record dicts.
 
-    >>> from sft_helpers.data import data_path
+    >>> from sft_helpers.paths import data_path
     >>> records, bad = read_records(str(data_path("sft_test.jsonl")))
     >>> len(records) > 0, bad
     (True, [])
@@ -645,7 +645,7 @@ def write_run(run: Path, cfg: dict, history: list[dict], model, tokenizer, score
     import yaml
 
     from .lora import _quiet, merge_adapter, save_adapter
-    from .plots import plot_loss_curves
+    from .diagnostics import plot_loss_curves
 
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")

@@ -1,11 +1,11 @@
 """Benchmarks whose figures go to `docs/benchmarks.md` (commands, never timed tests).
 
-    python -m sft_helpers.bench packing [--examples 2520] [--sizes 100000,1000000] [--speed-only]
-    python -m sft_helpers.bench qlora [--arch tiny|Llama-1B|Llama-2-7B] [--seq-len 256] [--batch 2]
-    python -m sft_helpers.bench gpu [--model tiny|smollm2-135m|Llama-0.2B|<hub id or folder>] [--steps 5]
-    python -m sft_helpers.bench gpu --device cpu --smoke
-    python -m sft_helpers.bench dedup [--n 100000] [--threshold 0.7]
-    python -m sft_helpers.bench labelling [--n 100000] [--list-n 20000] [--num-proc 2]
+    python -m sft_helpers.course.bench packing [--examples 2520] [--sizes 100000,1000000] [--speed-only]
+    python -m sft_helpers.course.bench qlora [--arch tiny|Llama-1B|Llama-2-7B] [--seq-len 256] [--batch 2]
+    python -m sft_helpers.course.bench gpu [--model tiny|smollm2-135m|Llama-0.2B|<hub id or folder>] [--steps 5]
+    python -m sft_helpers.course.bench gpu --device cpu --smoke
+    python -m sft_helpers.course.bench dedup [--n 100000] [--threshold 0.7]
+    python -m sft_helpers.course.bench labelling [--n 100000] [--list-n 20000] [--num-proc 2]
 
 `packing` measures (lesson 02): packing efficiency of sequential / FFD / BFD at max_length 2048 on
 10k long-tailed lengths; the same packing job (labelled examples to packed rows) by our
@@ -89,7 +89,7 @@ def training_throughput(method: str, model_id: str = "tiny", n_examples: int = 6
     with `method` in `METHODS` and measure it: real (non-pad) tokens per second, the share of tensor
     slots that were real tokens, steps, peak memory above the start (GPU: allocated; CPU: the peak
     resident set since a reset just before training) and the validation loss after the epoch (on the
-    lane's evaluation items, `sft_helpers.lanes`: the whole split on the tiny lane).
+    lane's evaluation items, `sft_helpers.course.lanes`: the whole split on the tiny lane).
 
     * `padded`: `PaddedCollator`, `BATCH_SAMPLES` random samples per step;
     * `padding_free`: `PaddingFreeCollator`, the same batches flattened (so the same loss);
@@ -98,13 +98,13 @@ def training_throughput(method: str, model_id: str = "tiny", n_examples: int = 6
       steps), and never shorter than the longest sample;
     * `packed_sorted`: the same rows sizes, BFD longest first (rows of similar lengths).
     """
-    from .collators import PackedCollator, PaddedCollator, PaddingFreeCollator
+    from ..collators import PackedCollator, PaddedCollator, PaddingFreeCollator
     from .data import load_split
     from .lanes import lane
-    from .masking import build_labels
-    from .models import load_model
-    from .packing import pack_for_steps
-    from .training import eval_loss, train_sft
+    from ..masking import build_labels
+    from ..models import load_model
+    from ..packing import pack_for_steps
+    from ..training import eval_loss, train_sft
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -150,7 +150,7 @@ def throughput_table(methods=METHODS, isolate: bool = True, **kwargs) -> list[di
     import subprocess
     import sys
 
-    from .progress import progress_bar
+    from ..progress import progress_bar
 
     rows = []
     for method in progress_bar(list(methods), desc="methods"):
@@ -160,7 +160,7 @@ def throughput_table(methods=METHODS, isolate: bool = True, **kwargs) -> list[di
             continue
         env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                "TRANSFORMERS_VERBOSITY": "error"}
-        done = subprocess.run([sys.executable, "-m", "sft_helpers.bench", "throughput-one", json.dumps(args)],
+        done = subprocess.run([sys.executable, "-m", "sft_helpers.course.bench", "throughput-one", json.dumps(args)],
                               capture_output=True, text=True, env=env)
         if done.returncode:
             raise RuntimeError(f"throughput run for {method!r} failed:\n{done.stderr[-3000:]}")
@@ -186,7 +186,7 @@ def labelled_dataset(n: int, max_length: int = 2048, seed: int = 1):
     import pyarrow as pa
     from datasets import Dataset
 
-    from .packing import long_tailed_lengths
+    from ..packing import long_tailed_lengths
 
     offsets = np.concatenate([[0], np.cumsum(long_tailed_lengths(n, max_length, seed=seed))])
     ids = np.random.default_rng(seed).integers(0, 50_000, int(offsets[-1]), dtype=np.int32)
@@ -205,7 +205,7 @@ def packer_run(packer: str, path: str, max_length: int = 2048) -> dict:
     from datasets.utils.logging import disable_progress_bar
     from trl import pack_dataset
 
-    from .packing import pack_dataset_columnar, pack_examples
+    from ..packing import pack_dataset_columnar, pack_examples
 
     disable_caching()
     disable_progress_bar()
@@ -249,7 +249,7 @@ def packer_speed(sizes=(100_000, 1_000_000), max_length: int = 2048, seed: int =
             for packer in [*packers, *(["lists"] if n <= lists_up_to else [])]:
                 args = json.dumps({"packer": packer, "path": tmp, "max_length": max_length})
                 load = os.getloadavg()[0]
-                done = subprocess.run([sys.executable, "-m", "sft_helpers.bench", "packer-one", args],
+                done = subprocess.run([sys.executable, "-m", "sft_helpers.course.bench", "packer-one", args],
                                       capture_output=True, text=True)
                 if done.returncode:
                     raise RuntimeError(f"packer run {packer!r} failed:\n{done.stderr[-3000:]}")
@@ -306,7 +306,7 @@ def efficiency_table(lengths: list[int], max_length: int) -> list[dict]:
     `max_length` from each packer, longest first, and BFD in a shuffled order (what training uses)."""
     import random
 
-    from .packing import PACKERS, pack_bfd, packing_stats, padding_stats
+    from ..packing import PACKERS, pack_bfd, packing_stats, padding_stats
 
     rows = [{"method": f"padded, batches of {BATCH_SAMPLES} (random)",
              "efficiency": padding_stats(lengths, BATCH_SAMPLES)["efficiency"]},
@@ -355,9 +355,9 @@ def write_section(name: str, body: str, path: Path = Path("docs/benchmarks.md"))
 
 def bench_packing(n_examples: int, sizes: list[int], command: str) -> str:
     from .data import load_split
-    from .masking import build_labels
-    from .models import load_tokenizer
-    from .packing import long_tailed_lengths
+    from ..masking import build_labels
+    from ..models import load_tokenizer
+    from ..packing import long_tailed_lengths
 
     tok = load_tokenizer("tiny")
     course, _ = build_labels(load_split("train"), tok, "completion_only")
@@ -374,7 +374,7 @@ def bench_packing(n_examples: int, sizes: list[int], command: str) -> str:
     by = {r["method"]: r for r in train}
     ratio = by["packed"]["tokens_per_s"] / by["padded"]["tokens_per_s"]
     ratio_free = by["padding_free"]["tokens_per_s"] / by["padded"]["tokens_per_s"]
-    return f"""## Packing (`python -m sft_helpers.bench packing`, {datetime.date.today()})
+    return f"""## Packing (`python -m sft_helpers.course.bench packing`, {datetime.date.today()})
 
 Machine: {machine()}.
 
@@ -425,8 +425,8 @@ def _random_model_folder(arch: str, dtype: torch.dtype | None = None) -> str:
 
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from .memory import architecture
-    from .models import device_settings, load_tokenizer, model_folder
+    from ..memory import architecture
+    from ..models import device_settings, load_tokenizer, model_folder
 
     if arch == "tiny":
         config = LlamaConfig.from_pretrained(model_folder("tiny"))
@@ -448,9 +448,9 @@ def qlora_memory(arch: str = "tiny", methods=("full", "lora", "qlora"), seq_len:
     compare the memory with `memory.estimate_memory`: on a GPU the peak allocated memory (the
     estimate without the CUDA-context overhead), on a CPU each part as `measure_training_memory`
     sees it. Also real tokens per second over the steps after the first."""
-    from .lora import add_lora
-    from .memory import estimate_memory, measure_training_memory
-    from .models import device_settings, load_model
+    from ..lora import add_lora
+    from ..memory import estimate_memory, measure_training_memory
+    from ..models import device_settings, load_model
 
     s = device_settings()
     cuda = s["device"].startswith("cuda")
@@ -498,7 +498,7 @@ def qlora_memory(arch: str = "tiny", methods=("full", "lora", "qlora"), seq_len:
 
 def bench_qlora(arch: str, seq_len: int, batch: int, steps: int) -> str:
     rows = qlora_memory(arch, seq_len=seq_len, batch=batch, steps=steps)
-    head = f"## QLoRA memory (`python -m sft_helpers.bench qlora --arch {arch}`, {datetime.date.today()})\n\n"
+    head = f"## QLoRA memory (`python -m sft_helpers.course.bench qlora --arch {arch}`, {datetime.date.today()})\n\n"
     head += f"Machine: {machine()}. Random-initialised {arch}, batch {batch} × {seq_len} tokens, {steps} AdamW steps.\n\n"
     if "peak_gib" in rows[0]:
         table = _md_table(rows, {"method": ("method", "{}"), "estimate (GiB)": ("estimate_gib", "{:.2f}"),
@@ -571,8 +571,8 @@ def bench_rows(tokenizer, n_rows: int, row_length: int) -> list[dict]:
     (2, True)
     """
     from .data import load_split
-    from .masking import build_labels
-    from .packing import pack_examples
+    from ..masking import build_labels
+    from ..packing import pack_examples
 
     records, examples, tokens = load_split("train"), [], 0
     for start in range(0, len(records), 200):  # label only as many conversations as the rows need
@@ -601,7 +601,7 @@ def _samples_of(rows: list[dict]) -> list[tuple[int, int, list, list]]:
 
 def _autocast(model, lane: str):
     """The lane's autocast on the model's device (none for fp32): how `train_sft` computes."""
-    from .precision import PRECISIONS
+    from ..precision import PRECISIONS
 
     return torch.autocast(model.device.type, dtype=PRECISIONS[lane], enabled=lane != "fp32")
 
@@ -624,9 +624,9 @@ def packed_vs_padded(model, tokenizer, rows: list[dict], lane: str = "fp32") -> 
     """
     import torch.nn.functional as F
 
-    from .attention import check_packed_batch
-    from .collators import PackedCollator, PaddedCollator
-    from .masking import IGNORE
+    from ..attention import check_packed_batch
+    from ..collators import PackedCollator, PaddedCollator
+    from ..masking import IGNORE
 
     model.eval()
     device, samples = model.device, _samples_of(rows)
@@ -657,7 +657,7 @@ def packed_vs_padded(model, tokenizer, rows: list[dict], lane: str = "fp32") -> 
 
 
 def _dtype_names(tensors) -> list[str]:
-    from .precision import PRECISIONS, precision_name
+    from ..precision import PRECISIONS, precision_name
 
     return sorted({precision_name(t.dtype) if t.dtype in PRECISIONS.values() else str(t.dtype)[6:]
                    for t in tensors})
@@ -672,7 +672,7 @@ def merged_forward(model, model_id: str, method: str, lane: str, batch: dict, lo
     (from `packed_vs_padded`)."""
     import tempfile
 
-    from .lora import merge_adapter, save_adapter
+    from ..lora import merge_adapter, save_adapter
 
     with tempfile.TemporaryDirectory(prefix="bench-adapter-") as folder:
         save_adapter(model, folder)
@@ -697,7 +697,7 @@ class _TrainingState(TrainerCallback):
         self.scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kw):
-        from .precision import precision_report
+        from ..precision import precision_report
 
         scaler = getattr(optimizer, "scaler", None)
         self.report = precision_report(model, optimizer, scaler)
@@ -717,11 +717,11 @@ def lane_run(model_id: str, lane: str, attention: str, method: str, rows: list[d
     (`memory.estimate_memory` for the same rows, no checkpointing, no CUDA overhead); then
     `packed_vs_padded` in eval mode, and for adapters, with `merge`, `merged_forward`.
     `method`: "full", "lora", "lora_emb" (LoRA + trained embedding and head copies) or "qlora"."""
-    from .collators import PackedCollator
-    from .lora import add_lora
-    from .memory import estimate_memory
-    from .models import load_model
-    from .training import train_sft
+    from ..collators import PackedCollator
+    from ..lora import add_lora
+    from ..memory import estimate_memory
+    from ..models import load_model
+    from ..training import train_sft
 
     if method not in GPU_METHODS:
         raise ValueError(f"method must be one of {GPU_METHODS}, not {method!r}")
@@ -795,7 +795,7 @@ def lane_problems(row: dict) -> list[str]:
 def _model_source(name: str) -> tuple[str, str | None]:
     """What `load_model` loads for a bench model name, and the folder to remove afterwards: a random
     model built offline in fp32 for a `QLORA_ARCHS` / `memory.ARCHITECTURES` name, else the name."""
-    from .memory import ARCHITECTURES
+    from ..memory import ARCHITECTURES
 
     if name in QLORA_ARCHS or name in ARCHITECTURES:
         folder = _random_model_folder(name, torch.float32)
@@ -816,8 +816,8 @@ def gpu_bench(models=GPU_MODELS, device: str | None = None, lanes=None, attentio
     import gc
     import shutil
 
-    from .attention import is_flash
-    from .models import load_tokenizer
+    from ..attention import is_flash
+    from ..models import load_tokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
@@ -930,7 +930,7 @@ def gpu_section(rows: list[dict], command: str, on_gpu: bool, steps: int, rows_p
                 "**GPU figures: unmeasured.** No GPU ran this section: the fp16 and bf16 lanes\n"
                 "are emulated on the CPU (autocast, and on fp16 a `GradScaler`, as `train_sft` runs\n"
                 "them there), flash-attn is not run, and peak GPU memory is not measured (the estimate\n"
-                "stands alone). On a GPU, `python -m sft_helpers.bench gpu` writes the `gpu` section.\n\n")
+                "stands alone). On a GPU, `python -m sft_helpers.course.bench gpu` writes the `gpu` section.\n\n")
     return head + f"""Machine: {machine()}; {_versions()}. Device: {rows[0]['device'] if rows else '-'}.
 
 Each run loads the model on one lane (`load_model(precision=...)`: the frozen base in the lane's dtype,
@@ -962,7 +962,7 @@ def dedup_bench(n: int = 100_000, seed: int = 0, threshold: float = 0.7, num_per
     (found pairs that are planted duplicates) and recall of the planted exact and near pairs."""
     import gc
 
-    from .dedup import exact_duplicates, near_duplicates, precision_recall, synthetic_conversations
+    from ..dedup import exact_duplicates, near_duplicates, precision_recall, synthetic_conversations
 
     t0 = time.perf_counter()
     records, planted = synthetic_conversations(n, seed)
@@ -997,7 +997,7 @@ def bench_dedup(n: int, seed: int, threshold: float, num_perm: int) -> str:
                "removed": ("removed", "{:,}"), "clusters": ("clusters", "{:,}"), "precision": ("precision", "{:.1%}"),
                "recall, exact copies": ("recall_exact", "{:.1%}"), "recall, near copies": ("recall_near", "{:.1%}")}
     total = sum(r.get("cpu_s", 0) for r in rows)
-    command = f"python -m sft_helpers.bench dedup --n {n} --threshold {threshold:g}"
+    command = f"python -m sft_helpers.course.bench dedup --n {n} --threshold {threshold:g}"
     return f"""## De-duplication (`{command}`, {datetime.date.today()})
 
 Machine: {machine()}; datasketch {importlib.metadata.version("datasketch")}; load average {load:.1f} when it started.
@@ -1057,11 +1057,11 @@ def labelling_run(n: int, list_n: int, num_proc: int, mode: str = "completion_on
     `read_records`, `build_labels`, `pack_examples`."""
     from datasets.utils.logging import disable_progress_bar
 
-    from .labelling import label_dataset
-    from .masking import build_labels
-    from .models import load_tokenizer
-    from .packing import pack_dataset_columnar, pack_examples
-    from .train import read_dataset, read_records
+    from ..labelling import label_dataset
+    from ..masking import build_labels
+    from ..models import load_tokenizer
+    from ..packing import pack_dataset_columnar, pack_examples
+    from ..recipe import read_dataset, read_records
 
     disable_progress_bar()
     tok = load_tokenizer("tiny", verbose=False)
@@ -1098,7 +1098,7 @@ def bench_labelling(n: int, list_n: int, num_proc: int, command: str) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-labelling-") as tmp:
         args = json.dumps({"n": n, "list_n": list_n, "num_proc": num_proc, "folder": tmp})
         env = {**os.environ, "HF_DATASETS_CACHE": os.path.join(tmp, "cache")}
-        done = subprocess.run([sys.executable, "-m", "sft_helpers.bench", "labelling-one", args], text=True,
+        done = subprocess.run([sys.executable, "-m", "sft_helpers.course.bench", "labelling-one", args], text=True,
                               capture_output=True, env=env)
     if done.returncode:
         raise RuntimeError(f"labelling run failed:\n{done.stderr[-3000:]}")
@@ -1156,7 +1156,7 @@ def bench_gpu(args) -> list[dict]:
     shown = [a for i, a in enumerate(args.argv)  # the command as run, without --out
              if "--out" not in (a.split("=")[0], args.argv[i - 1] if i else "")]
     section = "gpu" if cuda else "gpu-cpu"
-    body = gpu_section(rows, "python -m sft_helpers.bench " + " ".join(shown), cuda, steps, rows_per_step,
+    body = gpu_section(rows, "python -m sft_helpers.course.bench " + " ".join(shown), cuda, steps, rows_per_step,
                        row_length)
     write_section(section, body, args.out)
     args.out.with_name(f"benchmarks-{section}.json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -1165,7 +1165,7 @@ def bench_gpu(args) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sft_helpers.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sft_helpers.course.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("packing", help="packing efficiency, packer speed and training throughput")
     p.add_argument("--examples", type=int, default=2520, help="training conversations per throughput run")
@@ -1230,7 +1230,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "labelling":
         body = bench_labelling(args.n, args.list_n, args.num_proc,
-                               "python -m sft_helpers.bench " + " ".join(args.argv))
+                               "python -m sft_helpers.course.bench " + " ".join(args.argv))
         write_section("labelling", body, args.out)
         print(body)
         return
@@ -1248,7 +1248,7 @@ def main(argv: list[str] | None = None) -> None:
         print(body)
         return
     sizes = [int(n) for n in args.sizes.split(",")]
-    command = "python -m sft_helpers.bench " + " ".join(args.argv)
+    command = "python -m sft_helpers.course.bench " + " ".join(args.argv)
     if args.speed_only:
         body = packer_speed_section(packer_speed(sizes), command)
         write_section("packing-speed", body, args.out)

@@ -3,7 +3,7 @@
 Every run is `run_hp`: the course recipe (completion-only labels, packed rows, AdamW, warmup +
 cosine) with one setting changed, the same data, steps and seed, measured the same way (loss on the
 validation split's response tokens, greedy exact match on the test split). The sweeps run side by
-side in worker processes (`run_in_workers`); `python -m sft_helpers.experiments hyperparameters
+side in worker processes (`run_in_workers`); `python -m sft_helpers.course.experiments hyperparameters
 --seeds 0 1` runs them all on two seeds and writes the tables to docs/experiments.md.
 """
 
@@ -14,12 +14,12 @@ import math
 from pathlib import Path
 
 from .data import load_split
-from .evaluate import chat_eval
+from ..evaluate import chat_eval
 from .lanes import lane
-from .experiments import run_in_workers, write_block
-from .masking import build_labels, stop_at_end_of_turn
-from .models import load_model
-from .training import eval_loss, train_sft
+from .runs import run_in_workers, write_block
+from ..masking import build_labels, stop_at_end_of_turn
+from ..models import load_model
+from ..training import eval_loss, train_sft
 from transformers import TrainerCallback
 
 # the course's recipe for a 60-step run; every sweep changes one of these
@@ -40,7 +40,7 @@ REGULARISATION = {"weight decay 0": dict(weight_decay=0.0), "weight decay 0.01":
 EPOCHS = dict(n_train=2520, steps=-1, epochs=8, schedule="constant_with_warmup", warmup=20,
               eval_every="epoch", exact_every="epoch")
 EPOCH_SETS = {"2,520 (whole split)": dict(duplicate=False), "1,260, each twice": dict(duplicate=True)}
-DOCS_JSON = Path(__file__).resolve().parents[1] / "docs" / "hyperparameters.json"
+DOCS_JSON = Path(__file__).resolve().parents[2] / "docs" / "hyperparameters.json"
 
 
 def length_coverage(examples: list[dict], percentiles=(50, 90, 95, 99, 100)) -> dict[int, int]:
@@ -77,7 +77,7 @@ def epoch_cost(examples: list[dict], max_length: int, batch_size: int = 16, seed
     """
     import random
 
-    from .packing import pack_bfd
+    from ..packing import pack_bfd
 
     lengths = [min(len(e["input_ids"]), max_length) for e in examples]
     order = list(range(len(lengths)))
@@ -139,15 +139,15 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
     `truncated` (share of the kept training examples cut), `dropped` (share of conversations left
     with no trained token: the reply cut entirely), `slots_per_epoch` (token positions computed per
     epoch, padding included) and `steps`. Steps, batch and evaluation sets are capped by the lane's
-    budget (`sft_helpers.lanes`).
+    budget (`sft_helpers.course.lanes`).
 
     Lesson 06 trains on its own data sets: `records` replaces the training split, and each of
     `eval_sets` (`{name: records}`) is scored after training, in `sets[name]`: greedy `exact`,
     `format_ok`, `per_task` and the response-token `loss`.
     """
-    from .collators import PackedCollator, PaddedCollator, PaddingFreeCollator
-    from .lora import add_lora
-    from .packing import pack_for_steps
+    from ..collators import PackedCollator, PaddedCollator, PaddingFreeCollator
+    from ..lora import add_lora
+    from ..packing import pack_for_steps
 
     budget = lane(model_id)
     steps, samples_per_step = budget.steps(steps), budget.batch(samples_per_step)
@@ -211,7 +211,7 @@ def accumulation_gap(model_id: str = "tiny", batch: int = 64, micro_batch: int =
     The lane's budget caps `batch`."""
     import torch
 
-    from .collators import PaddedCollator
+    from ..collators import PaddedCollator
 
     budget = lane(model_id)
     batch = budget.batch(batch)
@@ -478,7 +478,7 @@ def write_docs(results: dict, seeds, docs: Path | None = None) -> None:
     docs/experiments.md between the `<!-- hyperparameters -->` markers."""
     docs = docs or DOCS_JSON.parent
     (docs / "hyperparameters.json").write_text(json.dumps({"seeds": list(seeds), **results}, indent=1))
-    body = (f"`python -m sft_helpers.experiments hyperparameters --seeds {' '.join(map(str, seeds))}` "
+    body = (f"`python -m sft_helpers.course.experiments hyperparameters --seeds {' '.join(map(str, seeds))}` "
             f"(values per seed, \"seed {' / seed '.join(map(str, seeds))}\"):\n\n{tables(results)}")
     write_block(docs / "experiments.md", "hyperparameters", "Lesson 05: hyperparameters", body)
 

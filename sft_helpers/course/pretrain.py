@@ -1,6 +1,6 @@
 """Pre-train the embedded tiny base model (run once, outside CI; its weights are committed).
 
-`python -m sft_helpers.pretrain` (or `sft-course pretrain`) trains the tokenizer on the corpus and
+`python -m sft_helpers.course.pretrain` (or `sft-course pretrain`) trains the tokenizer on the corpus and
 SFT texts, then a ~4M-parameter Llama on the plain-text corpus only (documents joined by
 `<|endoftext|>`, cut into fixed-length blocks), and writes `data/tiny-base/`: weights
 (safetensors), config, generation config, tokenizer and a model card with what it saw and measured.
@@ -21,7 +21,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from .data import data_path, load_conversations, load_pretraining_corpus, load_world
+from ..paths import data_path
+from ..records import load_conversations
+from .data import load_pretraining_corpus, load_world
 from .tokenizer import train_tokenizer
 
 TINY_CONFIG = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
@@ -78,7 +80,7 @@ def pretrain(out_dir: Path, tokens: int = 4_000_000, block: int = 256, batch: in
     seconds = time.time() - t0
     model.eval()
 
-    from .evaluate import cloze_recall
+    from ..evaluate import cloze_recall
     from .world import cloze_probes
     recall = cloze_recall(model, tok, cloze_probes(load_world()))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
-"""Loaded by pytest (`-p sft_helpers.pytest_plugin` in pyproject.toml) before any notebook kernel starts.
+"""Loaded by pytest (`-p sft_helpers.course.pytest_plugin` in pyproject.toml) before any notebook kernel starts.
 
 Progress bars are switched off for the notebooks nbval runs (their text would never match the stored
 outputs), and the hub is made unreachable so that nothing in the suite can download weights or data.
 
 Strict nbval compares a cell's outputs with the stored ones. Where a cell's metadata carries the
-measured spread of the numbers it prints (`sft_helpers.portability`, written by `sft-course spread`),
+measured spread of the numbers it prints (`sft_helpers.course.portability`, written by `sft-course spread`),
 a new number within its tolerance of the stored one stands for it; the words, the layout and every
 number that never moved are still compared exactly, and a cell whose spreads no longer fit its outputs
 fails, asking for a new measurement.
@@ -12,7 +12,7 @@ fails, asking for a new measurement.
 
 import os
 
-from sft_helpers.portability import snap_outputs, stale_spread
+from sft_helpers.course.portability import snap_outputs, stale_spread
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' own bars (loading weights)
