@@ -334,8 +334,8 @@ def check_history(log_history: list[dict], window: int = 3, min_drop: float = 0.
         best_step, best, final = curve["best step"], curve["best"], curve["final"]
         train_falling = len(train) >= 2 and train[-1][1] < train[0][1]
         if best_step != curve["last step"] and final > 1.05 * best and train_falling:
-            out.append(Finding("warning", "overfitting", f"validation loss rose from {best:.3f} (step {best_step}) to "
-                               f"{final:.3f} while training loss fell",
+            out.append(Finding("warning", "overfitting", f"validation loss rose from {best:.2g} (step {best_step}) to "
+                               f"{final:.2g} while training loss fell",
                                f"stop near step {best_step}: fewer epochs, deduplicate, more data"))
     return out
 

@@ -199,3 +199,21 @@ def test_actionlint_catches_a_broken_workflow(tmp_path):
     lint = subprocess.run([str(Path(sys.executable).parent / "actionlint"), str(broken)],
                           capture_output=True, text=True, cwd=tmp_path)
     assert lint.returncode == 1 and "runs-on" in lint.stdout
+
+
+def test_a_column_that_shifts_with_a_wider_number_still_matches():
+    """A right-aligned table moves its padding when a number gains a digit: that is no other text."""
+    ref, test = "padded    9.99 |\nfull     12.00 |", "padded   10.01 |\nfull     12.00 |"
+    assert snap(test, ref, [0.02, 0])[0] == ref
+    # but padding alone, with every number the same, is still a difference
+    assert snap("padded   9.99", "padded 9.99", [0.02])[0] == "padded   9.99"
+    # and a data-side number that moved is not hidden by the padding rule
+    assert snap("rows  101", "rows 100", [0])[0] == "rows  101"
+
+
+def test_spreads_are_measured_at_the_printed_precision():
+    """A run whose print carried more digits than the stored one counts at the stored precision."""
+    stored = {"cells": [code_cell("x", "loss 13, then 4.7\n")]}
+    run = {"cells": [code_cell("x", "loss 12.67, then 4.73\n")]}
+    rows = compare_runs(stored, {"a": run}, sanitize=lambda s: s, observed={(0, 1): [4.49]})
+    assert rows[0]["spreads"] == [0, pytest.approx(0.2)]

@@ -89,16 +89,16 @@ def variant_table(results: dict[str, dict], tasks: list[str] | None = None) -> s
     tasks = tasks or list(first["scores"]["per_task"])
     extra = []  # (header, cell) for the measures these runs have
     if "multi_turn_loss" in first:
-        extra.append(("mt loss", lambda r: f"{r['multi_turn_loss']:.3f}"))
+        extra.append(("mt loss", lambda r: f"{r['multi_turn_loss']:.2f}"))
     if "forgetting" in first:
         extra += [("recall", lambda r: f"{r['forgetting']['recall']:.0%}"),
-                  ("text loss", lambda r: f"{r['forgetting']['corpus_loss']:.2f}")]
+                  ("text loss", lambda r: f"{r['forgetting']['corpus_loss']:.1f}")]
     head = (f"{'variant':<22}{'val loss':>9}" + "".join(f"{name:>{len(name) + 1}}" for name, _ in extra)
             + f"{'exact':>7}{'format':>8}{'stop':>6}{'echo':>6}  " + " ".join(f"{t[:9]:>9}" for t in tasks))
     rows = [head, "-" * len(head)]
     for name, r in results.items():
         s = r["scores"]
-        rows.append(f"{name:<22}{r['val_response_loss']:>9.3f}"
+        rows.append(f"{name:<22}{r['val_response_loss']:>9.2f}"
                     + "".join(f"{cell(r):>{len(header) + 1}}" for header, cell in extra)
                     + f"{s['exact_match']:>7.0%}{s['format_ok']:>8.0%}{s['stop_rate']:>6.0%}{s['echo_rate']:>6.0%}  "
                     + " ".join(f"{s['per_task'][t]['exact_match']:>9.0%}" for t in tasks))

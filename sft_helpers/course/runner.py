@@ -71,7 +71,7 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 900, progress: bo
     the first failing cell (with `keep_going`, after the last cell, naming every failed one)."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     from nbconvert import HTMLExporter
     from tqdm.auto import tqdm
 
@@ -95,9 +95,10 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 900, progress: bo
                                 f"  the cell starts with: {first_line}")
                 if not keep_going:
                     break
-            except CellTimeoutError:  # the kernel may still be busy with it: stop this notebook here
-                failures.append(f"{path.name}: code cell {n + 1} (cell index {index}) ran past the "
-                                f"{timeout} s timeout (--timeout)")
+            except (CellTimeoutError, DeadKernelError) as e:  # no kernel to go on with: stop here
+                why = f"ran past the {timeout} s timeout (--timeout)" if isinstance(e, CellTimeoutError) \
+                    else "killed the kernel"
+                failures.append(f"{path.name}: code cell {n + 1} (cell index {index}) {why}")
                 break
     (out_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     (out_dir / "html").mkdir(parents=True, exist_ok=True)
