@@ -217,3 +217,13 @@ def test_spreads_are_measured_at_the_printed_precision():
     run = {"cells": [code_cell("x", "loss 12.67, then 4.73\n")]}
     rows = compare_runs(stored, {"a": run}, sanitize=lambda s: s, observed={(0, 1): [4.49]})
     assert rows[0]["spreads"] == [0, pytest.approx(0.2)]
+
+
+def test_a_cell_stored_as_two_stream_chunks_is_counted_once(tmp_path):
+    """nbval merges consecutive stream outputs of the stored cell in place; the spreads are counted
+    on the merged text, not twice (lesson 04 stores its overfit cell in two chunks)."""
+    cell = code_cell("print('val loss', 1.23)\nprint('steps', 42)", "val loss 1.23\n", spreads=[0.01, 0])
+    cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text="steps 42\n"))
+    path = notebook(tmp_path / "00_chunks.ipynb", cell)
+    run = run_nbval(path)
+    assert run.returncode == 0, run.stdout[-2000:]
