@@ -25,25 +25,25 @@ def test_import_contracts_are_kept():
     assert "0 broken" in run.stdout
 
 
-def test_a_library_module_importing_the_course_breaks_the_contract(tmp_path):
+def lint_with(tmp_path: Path, module: str, added_import: str) -> subprocess.CompletedProcess:
+    """`lint-imports` on a copy of the package where `module` gains one function-level import."""
     shutil.copytree(ROOT / "sft_helpers", tmp_path / "sft_helpers",
                     ignore=shutil.ignore_patterns("__pycache__", "configs"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    packing = tmp_path / "sft_helpers" / "packing.py"
-    packing.write_text(packing.read_text() + "\n\ndef _leak():\n    from .course import world  # noqa\n")
-    run = lint(tmp_path)
+    path = tmp_path / "sft_helpers" / f"{module}.py"
+    path.write_text(path.read_text() + f"\n\ndef _added():\n    {added_import}  # noqa\n")
+    return lint(tmp_path)
+
+
+def test_a_library_module_importing_the_course_breaks_the_contract(tmp_path):
+    run = lint_with(tmp_path, "packing", "from .course import world")
     assert run.returncode == 1, run.stdout[-3000:]
     assert "The library never imports the course BROKEN" in run.stdout
     assert "sft_helpers.packing -> sft_helpers.course.world" in run.stdout
 
 
 def test_a_cycle_breaks_the_layers(tmp_path):
-    shutil.copytree(ROOT / "sft_helpers", tmp_path / "sft_helpers",
-                    ignore=shutil.ignore_patterns("__pycache__", "configs"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    masking = tmp_path / "sft_helpers" / "masking.py"
-    masking.write_text(masking.read_text() + "\n\ndef _cycle():\n    from .collators import PackedCollator  # noqa\n")
-    run = lint(tmp_path)
+    run = lint_with(tmp_path, "masking", "from .collators import PackedCollator")
     assert run.returncode == 1 and "sft_helpers.masking is not allowed to import sft_helpers.collators" in run.stdout
 
 
