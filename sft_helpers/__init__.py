@@ -10,7 +10,8 @@ imports the course (an import-linter contract in `pyproject.toml`, checked by th
 - batches: `packing`, `collators`, `attention` (packed rows that cannot leak);
 - models and memory: `models` (tiny / smollm2-135m / hub id; device, dtype, attention), `precision`,
   `lora`, `memory`;
-- training and checks: `training` (`train_sft`), `recipe` (the config behind `sft-train`),
+- training and checks: `training` (`train_sft`), `recipe` (`run_sft`: the one pipeline behind
+  `sft-train` and every lesson's runs, driven by a config),
   `diagnostics` (pre-flight checks, symptom detectors), `dedup`, `evaluate`, `reference` (TRL's own
   masks, packing and adapters: the oracle), `progress`.
 
@@ -39,16 +40,17 @@ from .memory import estimate_memory
 from .models import device_settings, ensure_pad_token, load_model, load_tokenizer
 from .packing import pack_dataset_columnar, pack_examples
 from .paths import data_path
-from .recipe import load_config
+from .recipe import SFTRun, load_config, run_sft
 from .records import ConversationFormatError, SkipReport, conversation_problems, load_conversations
 from .training import train_sft
 
 __all__ = [
-    "ConversationFormatError", "PackedCollator", "PaddedCollator", "PaddingFreeCollator", "SkipReport",
-    "add_lora", "build_labels", "chat_eval", "check_history", "check_labels", "check_packed_batch",
-    "cloze_recall", "conversation_problems", "data_path", "device_settings", "ensure_pad_token",
-    "estimate_memory", "exact_duplicates", "generate", "label_dataset", "load_config",
-    "load_conversations", "load_model", "load_tokenizer", "mask_report", "near_duplicates",
-    "pack_dataset_columnar", "pack_examples", "preflight", "train_sft",
+    "ConversationFormatError", "PackedCollator", "PaddedCollator", "PaddingFreeCollator", "SFTRun",
+    "SkipReport", "add_lora", "build_labels", "chat_eval", "check_history", "check_labels",
+    "check_packed_batch", "cloze_recall", "conversation_problems", "data_path", "device_settings",
+    "ensure_pad_token", "estimate_memory", "exact_duplicates", "generate", "label_dataset",
+    "load_config", "load_conversations", "load_model", "load_tokenizer", "mask_report",
+    "near_duplicates", "pack_dataset_columnar", "pack_examples", "preflight", "run_sft",
+    "train_sft",
 ]
 __version__ = "0.1.0"

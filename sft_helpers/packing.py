@@ -384,10 +384,20 @@ def pack_for_steps(examples: list[dict], samples_per_step: int = 16, rows_per_st
     >>> n, len(rows)
     (20, 4)
     """
-    lengths = [len(e["input_ids"]) for e in examples]
-    row_length = max(max(lengths), round(samples_per_step * sum(lengths) / len(lengths) / rows_per_step))
+    row_length = row_length_for_steps([len(e["input_ids"]) for e in examples], samples_per_step, rows_per_step)
     rows, _ = pack_examples(examples, row_length, shuffle_seed=shuffle_seed)
     return rows, row_length
+
+
+def row_length_for_steps(lengths, samples_per_step: int, rows_per_step: int = 2) -> int:
+    """The packed row length at which `rows_per_step` rows hold about `samples_per_step` examples of
+    the mean length of `lengths`, never shorter than the longest one.
+
+    >>> row_length_for_steps([10, 30], samples_per_step=4)
+    40
+    """
+    total, count = int(sum(lengths)), len(lengths)
+    return max(int(max(lengths)), round(samples_per_step * total / count / rows_per_step))
 
 
 def padding_stats(lengths: list[int], batch_size: int, group_by_length: bool = False, seed: int = 0) -> dict:

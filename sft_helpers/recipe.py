@@ -91,8 +91,11 @@ FIELDS: dict[str, Field] = {
     "test": Field(STR + LIST + NONE, None, "conversations answered greedily after training (chat_eval)"),
     "max_train_examples": Field(INT + NONE, None, "use at most this many training records",
                                 check=_at_least_one),
-    "max_eval_examples": Field(INT + NONE, 64, "use at most this many validation and test records",
+    "max_eval_examples": Field(INT + NONE, 64, "use at most this many validation and test records (null: all)",
                                check=_at_least_one),
+    "validation_labels": Field(STR, "completion_only", "validation loss on the completion-only labels, or "
+                               "on the reply and its end-of-turn only ('reply', as lesson 01 compares masks)",
+                               ("completion_only", "reply")),
     "bad_records": Field(STR, "error", "malformed records: 'error' (stop) or 'skip' (drop, with a warning)",
                          ("error", "skip")),
     "num_proc": Field(INT + NONE, None, "processes that label the training data (datasets.map); null: one",
@@ -132,8 +135,8 @@ FIELDS: dict[str, Field] = {
     "seed": Field(INT, 0, "seed of the adapters' initialisation, the data order and the split"),
     "logging_steps": Field(INT, 10, "log the training loss every N steps", check=_at_least_one),
     # eval, checkpoints, output
-    "eval_steps": Field(INT + NONE, None, "validation loss every N steps (null: logging_steps)",
-                        check=_at_least_one),
+    "eval_steps": Field(INT + STR + NONE, None, "validation loss every N steps, or 'epoch': at every "
+                        "epoch's end (null: logging_steps)", check=_at_least_one),
     "early_stopping_patience": Field(INT + NONE, None, "stop after N evaluations without improvement",
                                      check=_at_least_one),
     "save_steps": Field(INT + NONE, None, "checkpoint every N steps into output_dir/checkpoints",
@@ -247,6 +250,8 @@ def check_config(raw: dict) -> dict:
                         f"mask is {cfg['mask']!r}")
     if cfg["samples_per_step"] and cfg["batching"] != "packed":
         problems.append(f"samples_per_step: only for batching: packed (not {cfg['batching']!r})")
+    if isinstance(cfg["eval_steps"], str) and cfg["eval_steps"] != "epoch":
+        problems.append(f"eval_steps: a step count or 'epoch', not {cfg['eval_steps']!r}")
     if cfg["max_steps"] == 0 or cfg["max_steps"] < -1:
         problems.append(f"max_steps: must be >= 1, or -1 to train by epochs, not {cfg['max_steps']}")
     if problems:
@@ -431,39 +436,72 @@ def _sample(n_rows: int, size: int, seed: int) -> list[int]:
     return list(range(n_rows)) if n_rows <= size else sorted(random.Random(seed).sample(range(n_rows), size))
 
 
-def prepare(cfg: dict, tokenizer) -> dict:
+def prepare(cfg: dict, tokenizer, train: list[dict] | None = None, validation: list[dict] | None = None,
+            test: list[dict] | None = None) -> dict:
     """Read, split and label the data of `cfg`: `{"records", "n_records", "train", "validation",
-    "test", "bad", "label_report"}`. `train` is a memory-mapped `datasets.Dataset` from
-    `labelling.label_dataset` (`num_proc` processes, cached next to the data); `records` are at most
-    `PREFLIGHT_SAMPLE` of the `n_records` training records (drawn at random, as dicts: what the
-    preflight checks); `validation` (labelled) and `test` are lists of at most `max_eval_examples`;
-    `bad` the malformed records' reasons."""
-    from .labelling import label_dataset
-    from .masking import build_labels
+    "test", "bad", "label_report"}`. The data are `cfg`'s files, or the lists given: `train` and
+    `validation` as records (labelled here) or as labelled examples (dicts with `input_ids` and
+    `labels`, used as they are), `test` as records; `[]` means none. Files are labelled into a
+    memory-mapped `datasets.Dataset` by `labelling.label_dataset` (`num_proc` processes, cached next
+    to the data), lists by `build_labels`. `records` are at most `PREFLIGHT_SAMPLE` of the
+    `n_records` training records (drawn at random, as dicts: what the preflight checks);
+    `validation` (labelled: completion-only, or with `validation_labels: reply` the reply and its
+    end-of-turn) and `test` hold at most `max_eval_examples`; `bad` the malformed records' reasons.
 
-    data, bad = read_dataset(cfg["train"], cfg["num_proc"])
+    >>> from sft_helpers.models import load_tokenizer
+    >>> cfg = check_config({"train": "unused.jsonl", "max_eval_examples": 1})
+    >>> records = [{"messages": [{"role": "user", "content": "Hi"},
+    ...                          {"role": "assistant", "content": "Hello."}]}] * 3
+    >>> data = prepare(cfg, load_tokenizer("tiny"), records, records, [])
+    >>> len(data["train"]), len(data["validation"]), data["test"]
+    (3, 1, [])
+    """
+    from .labelling import label_dataset
+    from .masking import LabelReport, build_labels, stop_at_end_of_turn
+
+    bad, n = [], cfg["max_eval_examples"]
+    data = train
+    if data is None:
+        data, bad = read_dataset(cfg["train"], cfg["num_proc"])
     if cfg["max_train_examples"]:
-        data = data.select(range(min(cfg["max_train_examples"], len(data))))
-    val_records, test_records = [], []
-    n = cfg["max_eval_examples"]
-    if cfg["validation"]:
+        cap = min(cfg["max_train_examples"], len(data))
+        data = data[:cap] if isinstance(data, list) else data.select(range(cap))
+    def first(ds):  # the first `max_eval_examples` rows of a Dataset, as records
+        return records_of(ds, range(min(n or len(ds), len(ds))))
+
+    if validation is None and cfg["validation"]:
         val, val_bad = read_dataset(cfg["validation"])
-        val_records, bad = records_of(val, range(min(n, len(val)))), bad + val_bad
-    elif cfg["validation_fraction"]:
+        validation, bad = first(val), bad + val_bad
+    elif validation is None and cfg["validation_fraction"]:
         data, val = split_validation(data, cfg["validation_fraction"], cfg["seed"])
-        val_records = records_of(val, range(min(n, len(val))))
-    if cfg["test"]:
-        test, test_bad = read_dataset(cfg["test"])
-        test_records, bad = records_of(test, range(min(n, len(test)))), bad + test_bad
-    train, report = label_dataset(data, tokenizer, cfg["mask"], max_length=cfg["max_length"],
-                                  truncation=cfg["truncation"], prompt_weight=cfg["prompt_weight"],
-                                  num_proc=cfg["num_proc"], checked=True)  # read_dataset checked them
-    # the validation loss is always on the responses (completion-only), comparable across masks
-    val, _ = build_labels(val_records, tokenizer, "completion_only", max_length=cfg["max_length"],
-                          truncation=cfg["truncation"], on_error="skip")
-    sample = records_of(data, _sample(len(data), PREFLIGHT_SAMPLE, cfg["seed"]))
-    return {"records": sample, "n_records": len(data), "train": train, "validation": val,
-            "test": test_records, "bad": bad, "label_report": report}
+        validation = val if isinstance(val, list) else first(val)
+    if test is None and cfg["test"]:
+        test_ds, test_bad = read_dataset(cfg["test"])
+        test, bad = first(test_ds), bad + test_bad
+    validation, test = (list(items or [])[:n] for items in (validation, test))
+    labelled = isinstance(data, list) and data and "input_ids" in data[0]
+    if labelled:
+        train, report = data, LabelReport(kept=len(data))
+    elif isinstance(data, list):
+        train, report = build_labels(data, tokenizer, cfg["mask"], max_length=cfg["max_length"],
+                                     truncation=cfg["truncation"], prompt_weight=cfg["prompt_weight"])
+    else:
+        train, report = label_dataset(data, tokenizer, cfg["mask"], max_length=cfg["max_length"],
+                                      truncation=cfg["truncation"], prompt_weight=cfg["prompt_weight"],
+                                      num_proc=cfg["num_proc"], checked=True)  # read_dataset checked them
+    if validation and "input_ids" not in validation[0]:
+        # the validation loss is on the responses (completion-only), comparable across masks
+        validation, _ = build_labels(validation, tokenizer, "completion_only", max_length=cfg["max_length"],
+                                     truncation=cfg["truncation"], on_error="skip")
+        if cfg["validation_labels"] == "reply":
+            validation = stop_at_end_of_turn(validation, tokenizer, tokenizer.eos_token)
+    records = [] if labelled else data
+    if not isinstance(records, list):
+        records = records_of(data, _sample(len(data), PREFLIGHT_SAMPLE, cfg["seed"]))
+    elif len(records) > PREFLIGHT_SAMPLE:
+        records = [records[i] for i in _sample(len(records), PREFLIGHT_SAMPLE, cfg["seed"])]
+    return {"records": records, "n_records": len(data), "train": train, "validation": validation,
+            "test": test, "bad": bad, "label_report": report}
 
 
 # --- preflight -----------------------------------------------------------------------------------
@@ -580,19 +618,20 @@ def example_lengths(examples: list[dict] | Dataset) -> np.ndarray:
 
 def row_length(cfg: dict, train: list[dict] | Dataset) -> int:
     """Tokens per row of a micro-batch: the packed row length, else the longest example."""
+    from .packing import row_length_for_steps
+
     lengths = example_lengths(train)
     longest = int(lengths.max()) if len(lengths) else cfg["max_length"]
-    if cfg["batching"] == "packed" and cfg["samples_per_step"]:
-        mean = lengths.sum() / max(1, len(lengths))
-        return max(longest, round(cfg["samples_per_step"] * mean / cfg["batch_size"]))
+    if cfg["batching"] == "packed" and cfg["samples_per_step"] and len(lengths):
+        return row_length_for_steps(lengths, cfg["samples_per_step"], cfg["batch_size"])
     return cfg["max_length"] if cfg["batching"] == "packed" else longest  # padded, padding-free: at most
 
 
 # --- training ------------------------------------------------------------------------------------
 
-def build_model(cfg: dict, device: str):
+def build_model(cfg: dict, device: str, verbose: bool = True):
     """`(model, tokenizer)`: the base (4-bit for QLoRA) with LoRA adapters when the method has them,
-    and the config's chat template."""
+    and the config's chat template; `verbose` prints the adapters' trainable share."""
     from .lora import add_lora
     from .models import load_model
 
@@ -603,7 +642,7 @@ def build_model(cfg: dict, device: str):
     if cfg["method"] != "full":
         model = add_lora(model, r=cfg["lora_r"], alpha=cfg["lora_alpha"], dropout=cfg["lora_dropout"],
                          target_modules=cfg["lora_targets"], seed=cfg["seed"],
-                         train_embeddings=cfg["train_embeddings"], verbose=is_main_process())
+                         train_embeddings=cfg["train_embeddings"], verbose=verbose and is_main_process())
     return model, tok
 
 
@@ -631,8 +670,11 @@ def batches(cfg: dict, tokenizer, train: list[dict] | Dataset) -> tuple[object, 
         return train, PaddedCollator(tokenizer.pad_token_id)
     if cfg["batching"] == "padding_free":
         return train, PaddingFreeCollator()
+    from .packing import pack_examples
+
     length = row_length(cfg, train)
-    rows, _ = pack_dataset_columnar(train, length, shuffle_seed=cfg["seed"])
+    pack = pack_examples if isinstance(train, list) else pack_dataset_columnar  # the same rows
+    rows, _ = pack(train, length, shuffle_seed=cfg["seed"])
     return rows, PackedCollator(tokenizer.pad_token_id, length)
 
 
@@ -689,13 +731,121 @@ def write_run(run: Path, cfg: dict, history: list[dict], model, tokenizer, score
     return written
 
 
+@dataclass
+class SFTRun:
+    """What `run_sft` returns: the trainer's `history` (its `log_history`), `scores` (`chat_eval` on
+    the test records; None without), the trained `model` and its `tokenizer`, the `data` it trained
+    and was evaluated on (`prepare`'s dict), the `rows` the trainer saw (labelled examples, or packed
+    rows of `row_length` tokens), the training time in `seconds` and, on a GPU, `peak_gpu_gib`."""
+
+    history: list[dict]
+    scores: dict | None
+    model: object
+    tokenizer: object
+    data: dict
+    rows: object
+    row_length: int | None
+    seconds: float
+    peak_gpu_gib: float | None = None
+
+    @property
+    def val_loss(self) -> float | None:
+        """The last logged validation loss (None without validation)."""
+        return next((h["eval_loss"] for h in reversed(self.history) if "eval_loss" in h), None)
+
+
+def training_settings(cfg: dict) -> dict:
+    """`train_sft`'s keywords for `cfg` (the collator and data aside).
+
+    >>> training_settings(check_config({"train": "x.jsonl", "schedule": "constant"}))["schedule"]
+    'constant_with_warmup'
+    """
+    checkpoints = cfg["save_steps"] or cfg["resume"]
+    return dict(lr=cfg["lr"], epochs=cfg["epochs"], max_steps=cfg["max_steps"], batch_size=cfg["batch_size"],
+                grad_accum=cfg["grad_accum"], warmup=cfg["warmup"], weight_decay=cfg["weight_decay"],
+                seed=cfg["seed"], eval_steps=cfg["eval_steps"], logging_steps=cfg["logging_steps"],
+                output_dir=str(Path(cfg["output_dir"]) / "checkpoints") if checkpoints else None,
+                save_steps=cfg["save_steps"], resume_from_checkpoint=cfg["resume"] or None,
+                early_stopping_patience=cfg["early_stopping_patience"], precision=cfg["precision"],
+                max_grad_norm=cfg["max_grad_norm"],
+                schedule="cosine" if cfg["schedule"] == "cosine" else "constant_with_warmup")
+
+
+def run_sft(cfg: dict, train: list[dict] | None = None, validation: list[dict] | None = None,
+            test: list[dict] | None = None, *, data: dict | None = None, model: tuple | None = None,
+            callbacks: list | None = None, verbose: bool = False) -> SFTRun:
+    """Run one fine-tuning config: the pipeline behind `sft-train` and every lesson's runs.
+
+    `cfg` is a checked config (`check_config` / `load_config`: the keys of `FIELDS`). The model is
+    built from it (`build_model`; or pass `model=(model, tokenizer)`), the data read and labelled
+    (`prepare`: `cfg`'s files, or the `train` / `validation` / `test` lists given, or `data` already
+    prepared), batched (`batches`: padded, packed rows or padding-free), trained (`train_sft`, with
+    extra `callbacks`) and the test records answered greedily (`chat_eval`). Returns an `SFTRun`.
+
+    >>> from sft_helpers.paths import data_path
+    >>> cfg = check_config({"train": str(data_path("sft_train.jsonl")), "method": "full", "save": "model",
+    ...                     "max_train_examples": 8, "max_steps": 2, "test": None, "validation": None})
+    >>> run = run_sft(cfg)
+    >>> run.history[-1]["step"], run.scores
+    (2, None)
+    """
+    import torch
+
+    from .training import train_sft
+
+    main = is_main_process()
+    if model is None:
+        model, tokenizer = build_model(cfg, device_of(cfg), verbose=verbose)
+    else:
+        model, tokenizer = model
+    if data is None:
+        data = prepare(cfg, tokenizer, train, validation, test)
+    started = time.perf_counter()
+    rows, collator = batches(cfg, tokenizer, data["train"])
+    if verbose and main:
+        print(f"batches: {len(rows):,} {cfg['batching']} rows in {time.perf_counter() - started:.1f} s")
+    cuda = model.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    history = train_sft(model, tokenizer, rows, data["validation"] or None, collator=collator,
+                        callbacks=callbacks, **training_settings(cfg))
+    seconds = time.perf_counter() - started
+    scores = None
+    if data["test"] and main:
+        from .evaluate import chat_eval
+
+        scores = chat_eval(model, tokenizer, data["test"], max_new_tokens=cfg["max_new_tokens"])
+    return SFTRun(history, scores, model, tokenizer, data, rows,
+                  getattr(collator, "max_length", None) if cfg["batching"] == "packed" else None, seconds,
+                  torch.cuda.max_memory_allocated() / 1024**3 if cuda else None)
+
+
+def config_command(cfg: dict, base: dict | None = None) -> str:
+    """The `sft-train` command line that runs `cfg`: the keys whose value differs from `base` (default:
+    the defaults of `FIELDS`), as `--key value` overrides.
+
+    >>> config_command(check_config({"train": "data/sft_train.jsonl", "lr": 1e-3, "validation": None}))
+    'sft-train --train data/sft_train.jsonl --lr 0.001'
+    """
+    import yaml
+
+    base = base or {k: f.default for k, f in FIELDS.items()}
+    parts = []
+    for key, value in cfg.items():
+        if value != base.get(key):
+            text = ",".join(value) if isinstance(value, list) else yaml.safe_dump(value).strip()
+            text = text.removesuffix("\n...").strip()
+            parts.append(f"--{key} {text}")
+    return " ".join(["sft-train"] + parts)
+
+
 def run(cfg: dict, dry_run: bool = False) -> int:
-    """Preflight, then (unless `dry_run`) train and write the run folder. Returns the exit status:
+    """Preflight, then (unless `dry_run`) `run_sft` and write the run folder. Returns the exit status:
     1 when preflight found errors (nothing trains), else 0."""
     from transformers import AutoConfig
 
     from .models import load_tokenizer, model_folder
-    from .training import train_sft
 
     main = is_main_process()
     device = device_of(cfg)
@@ -713,35 +863,38 @@ def run(cfg: dict, dry_run: bool = False) -> int:
         if main:
             print(f"{len(errors)} error(s): nothing trained" if errors else "dry run: config and data OK")
         return 1 if errors else 0
-    model, tokenizer = build_model(cfg, device)
-    started = time.perf_counter()
-    rows, collator = batches(cfg, tokenizer, data["train"])
-    if main:
-        print(f"batches: {len(rows):,} {cfg['batching']} rows in {time.perf_counter() - started:.1f} s")
-    run_dir = Path(cfg["output_dir"])
-    history = train_sft(model, tokenizer, rows, data["validation"] or None, lr=cfg["lr"],
-                        epochs=cfg["epochs"], max_steps=cfg["max_steps"], batch_size=cfg["batch_size"],
-                        grad_accum=cfg["grad_accum"], warmup=cfg["warmup"], weight_decay=cfg["weight_decay"],
-                        seed=cfg["seed"], eval_steps=cfg["eval_steps"], logging_steps=cfg["logging_steps"],
-                        output_dir=str(run_dir / "checkpoints"), collator=collator,
-                        save_steps=cfg["save_steps"], resume_from_checkpoint=cfg["resume"] or None,
-                        early_stopping_patience=cfg["early_stopping_patience"],
-                        precision=cfg["precision"], max_grad_norm=cfg["max_grad_norm"],
-                        schedule="cosine" if cfg["schedule"] == "cosine" else "constant_with_warmup")
+    result = run_sft(cfg, data=data, verbose=True)
     if not main:
         return 0
-    scores = None
-    if data["test"]:
-        from .evaluate import chat_eval
-
-        scores = chat_eval(model, tokenizer, data["test"], max_new_tokens=cfg["max_new_tokens"])
-    written = write_run(run_dir, cfg, history, model, tokenizer, scores)
-    last = next((h for h in reversed(history) if "eval_loss" in h), None)
+    run_dir = Path(cfg["output_dir"])
+    scores = result.scores
+    written = write_run(run_dir, cfg, result.history, result.model, result.tokenizer, scores)
+    last = result.val_loss
     print(f"run folder {run_dir}: {', '.join(written)}"
-          + (f"; validation loss {last['eval_loss']:.4f}" if last else "")
+          + (f"; validation loss {last:.4f}" if last is not None else "")
           + (f"; chat_eval exact match {scores['exact_match']:.1%}, stop rate {scores['stop_rate']:.1%}"
              if scores else ""))
     return 0
+
+
+def _positional(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """`(the command's own arguments, --key value overrides)` of `argv`: every `--key` but the
+    command's flags takes the next word as its value, so `sft-train --train data.jsonl` has no config
+    file (argparse alone would take `data.jsonl` for one).
+
+    >>> _positional(["--train", "a.jsonl", "cfg.yaml", "--dry-run", "--lr", "1e-4"])
+    (['cfg.yaml', '--dry-run'], ['--train', 'a.jsonl', '--lr', '1e-4'])
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, overrides, i = [], [], 0
+    while i < len(argv):
+        if argv[i].startswith("-") and argv[i] not in ("--dry-run", "--keys", "--list", "-h", "--help"):
+            overrides += argv[i:i + 2]
+            i += 2
+        else:
+            own.append(argv[i])
+            i += 1
+    return own, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -755,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="check config and data, print preflight and memory, stop")
     ap.add_argument("--keys", action="store_true", help="list every config key with its default and meaning")
     ap.add_argument("--list", action="store_true", help="list the shipped example configs")
-    args, overrides = ap.parse_known_args(argv)
+    args, overrides = ap.parse_args(_positional(argv)[0]), _positional(argv)[1]
     if args.keys:
         for k, f in FIELDS.items():
             print(f"{k:<24} {json.dumps(f.default):<18} {f.doc}")

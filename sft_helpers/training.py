@@ -58,11 +58,12 @@ class WeightedLossTrainer(Trainer):
 
 class EvalLossCallback(TrainerCallback):
     """Logs `eval_loss(model, eval)` (token-weighted, on exactly `eval`'s labels) every `every` steps
-    and at step 0 and the last step, into the trainer's `log_history`. With `patience`, stops training
+    (or, with `every="epoch"`, at every epoch's end) and at step 0 and the last step, into the
+    trainer's `log_history`. With `patience`, stops training
     once the loss has not improved for `patience` evaluations and puts back the trainable weights of
     the best one (early stopping)."""
 
-    def __init__(self, tokenizer, examples: list[dict], every: int, patience: int | None = None):
+    def __init__(self, tokenizer, examples: list[dict], every: int | str, patience: int | None = None):
         self.tokenizer, self.examples, self.every, self.patience = tokenizer, examples, every, patience
         self.best, self.best_weights, self.bad = float("inf"), None, 0
 
@@ -84,7 +85,11 @@ class EvalLossCallback(TrainerCallback):
         return self._log(state, control, model)
 
     def on_step_end(self, args, state, control, model=None, **kw):
-        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+        if is_due(self.every, state):
+            return self._log(state, control, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kw):
+        if self.every == "epoch":
             return self._log(state, control, model)
 
     def on_train_end(self, args, state, control, model=None, **kw):
@@ -95,12 +100,20 @@ class EvalLossCallback(TrainerCallback):
                         p.copy_(self.best_weights[n])
 
 
+def is_due(every: int | str, state) -> bool:
+    """Whether a step-end evaluation is due: every `every` steps, and at the last step (with
+    `every="epoch"` only the last; the epochs' ends come from `on_epoch_end`)."""
+    periodic = every != "epoch" and state.global_step % every == 0
+    return periodic or state.global_step == state.max_steps
+
+
 def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = None, *,
               resume_from_checkpoint: str | bool | None = None, **settings) -> list[dict]:
     """Fine-tune `model` in place on labelled examples (from `build_labels`); returns `log_history`.
 
     `settings` are `make_trainer`'s keywords (its signature has the defaults): `lr`, `epochs`,
-    `max_steps`, `batch_size`, `grad_accum`, `warmup`, `weight_decay`, `seed`, `eval_steps`,
+    `max_steps`, `batch_size`, `grad_accum`, `warmup`, `weight_decay`, `seed`, `eval_steps` (or
+    "epoch"),
     `logging_steps`, `group_by_length`, `output_dir`, `collator`, `save_steps`,
     `early_stopping_patience`, `precision`, `pure_bf16`, `callbacks`, `schedule`; any other keyword
     goes to `TrainingArguments`.
@@ -145,7 +158,7 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
 
 def make_trainer(model, tokenizer, train: list[dict], eval: list[dict] | None = None, *, lr: float = 1e-3,
                  epochs: float = 1.0, max_steps: int = -1, batch_size: int = 16, grad_accum: int = 1,
-                 warmup: float = 0.05, weight_decay: float = 0.01, seed: int = 0, eval_steps: int | None = None,
+                 warmup: float = 0.05, weight_decay: float = 0.01, seed: int = 0, eval_steps: int | str | None = None,
                  logging_steps: int = 10, group_by_length: bool = False, output_dir: str | None = None,
                  collator=None, save_steps: int | None = None, early_stopping_patience: int | None = None,
                  precision: str | None = None, pure_bf16: bool = False, callbacks: list | None = None,

@@ -5,21 +5,10 @@ import json
 import math
 
 import pytest
-import torch
 
 from sft_helpers.course.bench import bench_rows, efficiency_table, gpu_bench, lane_run, main, write_section
 from sft_helpers.models import load_tokenizer
 from sft_helpers.packing import long_tailed_lengths
-
-
-@pytest.fixture
-def one_thread():
-    """Half-precision steps on 2 shared cores run several times faster on one torch thread (no
-    oversubscription); the results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_write_section_replaces_only_its_own_block(tmp_path):

@@ -91,15 +91,8 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread here, as in the launched processes: on a shared 2-core machine, two spinning
-    OpenMP threads per process made a step up to 10x slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here on one torch thread, as in the launched processes."""
 
 
 @pytest.fixture(scope="module")

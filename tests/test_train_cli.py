@@ -106,17 +106,6 @@ def test_dry_run_exits_1_naming_a_planted_data_problem(tmp_path, capsys):
     assert "[warning] malformed records" in capsys.readouterr().out
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on a shared 2-core machine, two spinning OpenMP threads made a step 10x slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_run_writes_the_run_folder(tmp_path, one_thread):
     records = load_split("train")[:24]
     path = _config(tmp_path, records, validation=_write(tmp_path / "val.jsonl", load_split("validation")[:4]),
@@ -184,3 +173,13 @@ def test_large_file_path_reports_bad_records_and_checks_a_sample(tmp_path, capsy
     assert "preflight: checked 10 of 29 records, 29 training examples" in out
     assert main([path, "--bad_records", "skip", "--max_train_examples", "20", "--dry-run"]) == 0
     assert "preflight: checked 10 of 20 records, 20 training examples" in capsys.readouterr().out
+
+
+def test_a_config_of_overrides_alone_needs_no_file(capsys):
+    """`sft-train --train FILE ...` (what docs/experiments.md writes for every row): the data file
+    is the value of --train, not a config file."""
+    from sft_helpers.paths import data_path
+
+    assert main(["--train", str(data_path("sft_test.jsonl")), "--validation", "null", "--max_train_examples", "8",
+                 "--method", "full", "--save", "model", "--dry-run"]) == 0
+    assert "dry run: config and data OK" in capsys.readouterr().out

@@ -443,6 +443,45 @@ def experiment_sets(seed: int = 0, model=None, tokenizer=None) -> dict[str, dict
             for group, named in sets.items() for name, records in named.items()}
 
 
+def set_file(name: str, seed: int) -> str:
+    """The file name `write_sets` gives a training set.
+
+    >>> set_file("filtered 1,650", 0)
+    'filtered-1650-seed0.jsonl'
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower().replace(",", "").replace("×", "x")).strip("-")
+    return f"{slug}-seed{seed}.jsonl"
+
+
+def write_sets(folder: str | Path, seed: int = 0) -> list[Path]:
+    """Write every training set of `experiment_sets(seed)` as a JSONL file in `folder` (named by
+    `set_file`), so that a row of the lesson's tables re-runs with `sft-train --train FILE`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, spec in experiment_sets(seed).items():
+        path = folder / set_file(name, seed)
+        with open(path, "w", encoding="utf-8") as f:
+            for r in spec["records"]:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        written.append(path)
+    return written
+
+
+def run_config_line(results: dict) -> str:
+    """The `sft-train` command every training row of the tables shares (`--train` and `--seed` are
+    the row's: the set as written by `write_sets`)."""
+    from ..recipe import config_command
+    from .hyperparameters import hp_config
+
+    base = hp_config(steps=results["steps"], test_items=TEST_ITEMS)
+    command = config_command(base).replace(" --train data/sft_train.jsonl", "")
+    return (f"Each training row is `{command} --train SETS/<set>-seed<S>.jsonl --seed S` (S: the seed; "
+            "the course scores the first 60 validation conversations, and 120 test ones in the repeats and "
+            "dedup rows), its set written by "
+            "`python -m sft_helpers.course.experiments data-sets --out SETS --seeds S`.")
+
+
 def run_experiments(seeds=(0, 1), steps: int = STEPS, only=None, workers: int | None = None) -> dict:
     """Train the tiny base on every set of `experiment_sets` (or those of the groups in `only`) for
     `steps` steps on each seed, side by side in worker processes; `{"seeds", group: {name: [summary
@@ -600,7 +639,7 @@ def write_docs(results: dict, docs: Path | None = None) -> None:
     seeds = results["seeds"]
     body = (f"`python -m sft_helpers.course.experiments data-strategy --seeds {' '.join(map(str, seeds))}` "
             f"({results['steps']} steps of 16 conversations each run; values per seed, "
-            f"\"seed {' / seed '.join(map(str, seeds))}\"):\n\n{tables(results)}")
+            f"\"seed {' / seed '.join(map(str, seeds))}\"). {run_config_line(results)}\n\n{tables(results)}")
     write_block(docs / "experiments.md", "data-strategy", "Lesson 06: data strategy", body)
 
 

@@ -4,17 +4,32 @@ from __future__ import annotations
 
 
 from .data import load_split
-from ..evaluate import chat_eval
-from .lanes import lane
+from .lanes import COURSE_RUN, lane, run_config
 from .runs import run_in_workers
-from ..masking import build_labels, drop_end_of_turn, stop_at_end_of_turn
-from ..models import load_model
-from ..collators import PaddingFreeCollator
+from ..masking import build_labels, drop_end_of_turn
+from ..models import load_model, load_tokenizer
+from ..recipe import config_command, run_sft
 from ..training import eval_loss, train_sft
 
 # lesson 01's four loss variants: keyword arguments of run_sft_variant
 MASKING_VARIANTS = {"full": dict(mode="full"), "completion-only": dict(mode="completion_only"),
                     "assistant-only": dict(mode="assistant_only"), "prompt weight 0.1": dict(prompt_weight=0.1)}
+
+
+def variant_config(model_id: str = "tiny", mode: str = "completion_only", prompt_weight: float | None = None,
+                   steps: int = 250, lr: float = 1e-3, batch_size: int = 16, seed: int = 0, eval_every: int = 50,
+                   padding_free: bool = False) -> dict:
+    """The `sft-train` config of a `run_sft_variant` run (capped by the lane's budget).
+
+    >>> variant_config(mode="full", batch_size=8)["batching"], variant_config(padding_free=True)["batching"]
+    ('padded', 'padding_free')
+    """
+    budget = lane(model_id)
+    steps = budget.steps(steps)
+    eval_every = max(1, min(eval_every, steps))
+    return run_config(model=model_id, mask=mode, prompt_weight=prompt_weight, lr=lr, max_steps=steps,
+                      batching="padding_free" if padding_free else "padded", batch_size=budget.batch(batch_size),
+                      seed=seed, eval_steps=eval_every, logging_steps=eval_every)
 
 
 def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", prompt_weight: float | None = None,
@@ -37,22 +52,16 @@ def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", promp
     computing on padding.
     """
     budget = lane(model_id)
-    steps = budget.steps(steps)
-    eval_every = max(1, min(eval_every, steps))
-    model, tok = load_model(model_id)
-    train, report = build_labels(train_records or load_split("train"), tok, mode, prompt_weight=prompt_weight)
+    cfg = variant_config(model_id, mode, prompt_weight, steps, lr, batch_size, seed, eval_every, padding_free)
     validation = load_split("validation")
-    val, _ = build_labels(budget.items(validation), tok, "completion_only")
-    val = stop_at_end_of_turn(val, tok, tok.eos_token)  # the tokens every variant trains
+    run = run_sft(cfg, train_records or load_split("train"), budget.items(validation),
+                  budget.items(load_split("test")))
+    model, tok = run.model, run.tokenizer
     multi_turn = [r for r in validation if r["task"] == "multi_turn"]
     multi_turn, _ = build_labels(budget.items(multi_turn), tok, "assistant_only")
-    history = train_sft(model, tok, train, val, lr=lr, max_steps=steps, batch_size=budget.batch(batch_size),
-                        seed=seed, eval_steps=eval_every, logging_steps=eval_every,
-                        collator=PaddingFreeCollator() if padding_free else None)
-    out = {"history": history, "val_response_loss": [h for h in history if "eval_loss" in h][-1]["eval_loss"],
-           "multi_turn_loss": eval_loss(model, tok, multi_turn),
-           "scores": chat_eval(model, tok, budget.items(load_split("test"))), "label_report": report,
-           "model": model}
+    out = {"history": run.history, "val_response_loss": run.val_loss,
+           "multi_turn_loss": eval_loss(model, tok, multi_turn), "scores": run.scores,
+           "label_report": run.data["label_report"], "model": model, "config": cfg}
     if forgetting:
         out["forgetting"] = forgetting_scores(model, tok, budget)
     return out
@@ -112,12 +121,16 @@ def masking_seeds(seeds=(0, 1), steps: int = 250, lr: float = 1e-3, batch_size: 
 
     The base model's own row (no SFT) comes first: its cloze recall and pre-training text loss are
     what forgetting is measured against."""
-    lines = ["| seed | variant | response val loss | multi-turn loss (all turns) | exact | format | stop | echo | "
-             "knowledge exact | multi-turn exact | refusal exact | cloze recall | pre-training text loss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    common = dict(steps=steps, lr=lr, batch_size=batch_size, eval_every=steps)
+    base = variant_config(**common)
+    lines = [f"Each row is `{config_command(base)} --seed S` plus its config overrides.", "",
+             "| seed | variant | response val loss | multi-turn loss (all turns) | exact | format | stop | echo | "
+             "knowledge exact | multi-turn exact | refusal exact | cloze recall | pre-training text loss | config |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     model, tok = load_model("tiny")
-    base = forgetting_scores(model, tok)
-    lines.append(f"| - | base model (no SFT) | | | 0% | | | | | | | {base['recall']:.1%} | {base['corpus_loss']:.2f} |")
+    before = forgetting_scores(model, tok)
+    lines.append(f"| - | base model (no SFT) | | | 0% | | | | | | | {before['recall']:.1%} | "
+                 f"{before['corpus_loss']:.2f} | |")
     for seed in seeds:
         runs = run_variants(MASKING_VARIANTS, model_id="tiny", steps=steps, lr=lr, batch_size=batch_size,
                             seed=seed, eval_every=steps, forgetting=True)
@@ -126,7 +139,8 @@ def masking_seeds(seeds=(0, 1), steps: int = 250, lr: float = 1e-3, batch_size: 
             lines.append(f"| {seed} | {name} | {r['val_response_loss']:.3f} | {r['multi_turn_loss']:.3f} | "
                          f"{s['exact_match']:.1%} | {s['format_ok']:.1%} | {s['stop_rate']:.1%} | {s['echo_rate']:.0%} | "
                          f"{t['knowledge']['exact_match']:.0%} | {t['multi_turn']['exact_match']:.0%} | "
-                         f"{t['refusal']['exact_match']:.0%} | {f['recall']:.1%} | {f['corpus_loss']:.2f} |")
+                         f"{t['refusal']['exact_match']:.0%} | {f['recall']:.1%} | {f['corpus_loss']:.2f} | "
+                         f"{_overrides(r['config'], base)} |")
             print(lines[-1], flush=True)
     return "\n".join(lines)
 
@@ -149,6 +163,29 @@ def learning_rate(model_id: str, method: str) -> float:
     return lane(model_id).lr(method)
 
 
+def finetune_config(model_id: str = "tiny", method: str = "qlora", lr: float | None = None, steps: int = 150,
+                    r: int = 16, train_embeddings: bool = False, seed: int = 0, eval_every: int = 25,
+                    samples_per_step: int = 16, gradient_checkpointing: bool = False) -> dict:
+    """The `sft-train` config of a `run_finetune` run (capped by the lane's budget): packed rows, LoRA
+    alpha 2r with peft's usual dropout, validation loss on the completion-only labels.
+
+    >>> finetune_config(method="qlora", train_embeddings=True)["lr"]
+    0.003
+    """
+    from ..lora import LORA_DEFAULTS
+
+    if method not in ("full", "lora", "qlora"):
+        raise ValueError(f"method must be 'full', 'lora' or 'qlora', not {method!r}")
+    budget = lane(model_id)
+    steps = budget.steps(steps)
+    eval_every = max(1, min(eval_every, steps))
+    return run_config(model=model_id, method=method, lora_r=r, lora_alpha=2 * r,
+                      lora_dropout=LORA_DEFAULTS["lora_dropout"], train_embeddings=train_embeddings,
+                      gradient_checkpointing=gradient_checkpointing, lr=lr or learning_rate(model_id, method),
+                      max_steps=steps, samples_per_step=budget.batch(samples_per_step), seed=seed,
+                      eval_steps=eval_every, logging_steps=eval_every, validation_labels="completion_only")
+
+
 def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None = None, steps: int = 150,
                  r: int = 16, train_embeddings: bool = False, seed: int = 0, eval_every: int = 25,
                  samples_per_step: int = 16, gradient_checkpointing: bool = False) -> dict:
@@ -161,39 +198,18 @@ def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None
     Returns a dict with `history`, `val_response_loss`, `scores`, `trainable`, `total`,
     `footprint_mb`, `seconds`, `peak_gpu_gib`, `row_length` and the trained `model` and `tokenizer`.
     """
-    import time
+    from ..lora import footprint_mb, trainable_parameters
 
-    import torch
-
-    from ..collators import PackedCollator
-    from ..lora import add_lora, footprint_mb, trainable_parameters
-    from ..packing import pack_for_steps
-
-    if method not in ("full", "lora", "qlora"):
-        raise ValueError(f"method must be 'full', 'lora' or 'qlora', not {method!r}")
     budget = lane(model_id)
-    steps = budget.steps(steps)
-    eval_every = max(1, min(eval_every, steps))
-    model, tok = load_model(model_id, quantization="4bit" if method == "qlora" else None,
-                            gradient_checkpointing=gradient_checkpointing)
-    if method != "full":
-        model = add_lora(model, r=r, alpha=2 * r, train_embeddings=train_embeddings, seed=seed, verbose=False)
-    train, _ = build_labels(load_split("train"), tok, "completion_only")
-    val, _ = build_labels(budget.items(load_split("validation")), tok, "completion_only")
-    rows, row = pack_for_steps(train, budget.batch(samples_per_step), shuffle_seed=seed)
-    cuda = model.device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    history = train_sft(model, tok, rows, val, lr=lr or learning_rate(model_id, method), max_steps=steps, batch_size=2, seed=seed,
-                        eval_steps=eval_every, logging_steps=eval_every, collator=PackedCollator(tok.pad_token_id, row))
-    seconds = time.perf_counter() - start
-    trainable, total = trainable_parameters(model)
-    return {"history": history, "val_response_loss": [h for h in history if "eval_loss" in h][-1]["eval_loss"],
-            "scores": chat_eval(model, tok, budget.items(load_split("test"))), "trainable": trainable, "total": total,
-            "footprint_mb": footprint_mb(model), "seconds": seconds, "row_length": row,
-            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
-            "model": model, "tokenizer": tok}
+    cfg = finetune_config(model_id, method, lr, steps, r, train_embeddings, seed, eval_every, samples_per_step,
+                          gradient_checkpointing)
+    run = run_sft(cfg, load_split("train"), budget.items(load_split("validation")),
+                  budget.items(load_split("test")))
+    trainable, total = trainable_parameters(run.model)
+    return {"history": run.history, "val_response_loss": run.val_loss, "scores": run.scores,
+            "trainable": trainable, "total": total, "footprint_mb": footprint_mb(run.model),
+            "seconds": run.seconds, "row_length": run.row_length, "peak_gpu_gib": run.peak_gpu_gib,
+            "model": run.model, "tokenizer": run.tokenizer, "config": cfg}
 
 
 def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None = None, model_id: str = "tiny",
@@ -210,32 +226,32 @@ def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None 
     """
     import random
 
-    from ..collators import PackedCollator
     from .data import load_pretraining_corpus
-    from ..packing import pack_for_steps
 
     budget = lane(model_id)
     steps = budget.steps(steps)
     eval_every = eval_every and max(1, min(eval_every, budget.steps(eval_every)))
     if eval_examples is not None:
         eval_examples = budget.items(eval_examples)
-    model, tok = load_model(model_id)
     if examples is None:
-        examples, _ = build_labels(records, tok, "completion_only")
+        examples, _ = build_labels(records, load_tokenizer(model_id, verbose=False), "completion_only")
     if not train_eos:
-        examples = drop_end_of_turn(examples, tok)
+        examples = drop_end_of_turn(examples, load_tokenizer(model_id, verbose=False))
     if replay:
+        tok = load_tokenizer(model_id, verbose=False)
         docs = load_pretraining_corpus()
         rng = random.Random(seed)
         picked = rng.sample(docs, int(len(examples) * replay / (1 - replay)))
         texts = [tok(d, truncation=True, max_length=256)["input_ids"] for d in picked]
         examples = examples + [{"input_ids": ids, "labels": list(ids)} for ids in texts]
-    rows, row = pack_for_steps(examples, budget.batch(samples_per_step), shuffle_seed=seed)
-    history = train_sft(model, tok, rows, eval_examples, lr=lr, max_steps=steps, epochs=epochs, batch_size=2,
-                        seed=seed, warmup=warmup, eval_steps=eval_every, logging_steps=logging_steps,
-                        collator=PackedCollator(tok.pad_token_id, row), early_stopping_patience=early_stopping_patience,
-                        schedule=schedule)
-    return {"model": model, "tokenizer": tok, "history": history}
+    cfg = run_config(model=model_id, lr=lr, max_steps=steps, epochs=epochs,
+                     samples_per_step=budget.batch(samples_per_step), warmup=warmup, seed=seed,
+                     logging_steps=logging_steps, eval_steps=eval_every,
+                     early_stopping_patience=early_stopping_patience,
+                     schedule="cosine" if schedule == "cosine" else "constant", test=None,
+                     validation=None if eval_examples is None else COURSE_RUN["validation"])
+    run = run_sft(cfg, examples, eval_examples)
+    return {"model": run.model, "tokenizer": run.tokenizer, "history": run.history, "config": cfg}
 
 
 def update_share_by_precision(model_id: str = "tiny", lr: float = 2e-5, n_examples: int = 4,
@@ -308,17 +324,27 @@ def pretraining_loss(model, tokenizer, every: int = 30, max_tokens: int = 256) -
     return eval_loss(model, tokenizer, [{"input_ids": d, "labels": d} for d in docs])
 
 
+def _overrides(cfg: dict, base: dict) -> str:
+    """A table cell: what `cfg` changes of `base` (the seed aside: a column of its own), as
+    `sft-train` overrides."""
+    flags = config_command(cfg, {**base, "seed": cfg["seed"]}).removeprefix("sft-train").strip()
+    return f"`{flags}`" if flags else "(none)"
+
+
 def finetune_seeds(seeds=(0, 1), steps: int = 120) -> str:
     """Run lesson 03's four fine-tuning methods for several seeds; a Markdown table of the results
     (what the notebook's assertions were chosen from)."""
-    lines = ["| seed | method | trainable | footprint MB | response val loss | exact | format | stop |",
-             "|---|---|---|---|---|---|---|---|"]
+    base = finetune_config(method="full", steps=steps, eval_every=steps)
+    lines = [f"Each row is `{config_command(base)} --seed S` plus its config overrides.", "",
+             "| seed | method | trainable | footprint MB | response val loss | exact | format | stop | config |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for seed in seeds:
         for name, kw in FINETUNE_METHODS.items():
             r = run_finetune("tiny", steps=steps, seed=seed, eval_every=steps, **kw)
             s = r["scores"]
             lines.append(f"| {seed} | {name} | {r['trainable']:,} | {r['footprint_mb']:.1f} | {r['val_response_loss']:.3f} | "
-                         f"{s['exact_match']:.1%} | {s['format_ok']:.1%} | {s['stop_rate']:.1%} |")
+                         f"{s['exact_match']:.1%} | {s['format_ok']:.1%} | {s['stop_rate']:.1%} | "
+                         f"{_overrides(r['config'], base)} |")
     return "\n".join(lines)
 
 
@@ -326,12 +352,20 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description="lesson experiments, several seeds")
-    ap.add_argument("experiment", choices=["masking", "finetune", "hyperparameters", "data-strategy"])
+    ap.add_argument("experiment", choices=["masking", "finetune", "hyperparameters", "data-strategy", "data-sets"])
+    ap.add_argument("--out", default="sets", help="data-sets: the folder the training sets are written to")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--only", nargs="+", default=None, metavar="SWEEP",
                     help="hyperparameters: rerun only these sweeps (e.g. epochs), keep the stored others; "
                          "data-strategy: only these groups (quality, diversity, repeats, dedup)")
     args = ap.parse_args()
+    if args.experiment == "data-sets":  # lesson 06's training sets as JSONL files, for sft-train
+        from sft_helpers.course import data_strategy
+
+        for seed in args.seeds:
+            for path in data_strategy.write_sets(args.out, seed):
+                print(path)
+        raise SystemExit(0)
     if args.experiment == "data-strategy":  # lesson 06: docs/data_strategy.json and docs/experiments.md
         from sft_helpers.course import data_strategy
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from .data import load_split
 from ..evaluate import chat_eval
-from .lanes import lane
+from .lanes import lane, run_config
 from .runs import run_in_workers, write_block
 from ..masking import build_labels, stop_at_end_of_turn
-from ..models import load_model
-from ..training import eval_loss, train_sft
+from ..models import load_model, load_tokenizer
+from ..recipe import config_command, run_sft
+from ..training import eval_loss, is_due
 from transformers import TrainerCallback
 
 # the course's recipe for a 60-step run; every sweep changes one of these
@@ -40,6 +41,7 @@ REGULARISATION = {"weight decay 0": dict(weight_decay=0.0), "weight decay 0.01":
 EPOCHS = dict(n_train=2520, steps=-1, epochs=8, schedule="constant_with_warmup", warmup=20,
               eval_every="epoch", exact_every="epoch")
 EPOCH_SETS = {"2,520 (whole split)": dict(duplicate=False), "1,260, each twice": dict(duplicate=True)}
+COURSE_MAX_LENGTH = 1024  # longer than any course conversation: nothing is cut unless a run sets max_length
 DOCS_JSON = Path(__file__).resolve().parents[2] / "docs" / "hyperparameters.json"
 
 
@@ -103,17 +105,64 @@ def loss_noise(log_history: list[dict]) -> float:
 
 
 class ExactMatchCallback(TrainerCallback):
-    """Logs greedy exact match on `records` (`chat_eval`) every `every` steps and at the last step,
-    as `{"step", "exact"}` entries of the trainer's `log_history`."""
+    """Logs greedy exact match on `records` (`chat_eval`) every `every` steps (or, with
+    `every="epoch"`, at every epoch's end) and at the last step, as `{"step", "exact"}` entries of
+    the trainer's `log_history`."""
 
-    def __init__(self, tokenizer, records: list[dict], every: int):
+    def __init__(self, tokenizer, records: list[dict], every: int | str):
         self.tokenizer, self.records, self.every = tokenizer, records, every
 
-    def on_step_end(self, args, state, control, model=None, **kw):
-        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+    def _log(self, state, model):
+        if not any(h.get("step") == state.global_step and "exact" in h for h in state.log_history):
             exact = chat_eval(model, self.tokenizer, self.records)["exact_match"]
             state.log_history.append({"step": state.global_step, "exact": exact})
             model.train()
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if is_due(self.every, state):
+            self._log(state, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kw):
+        if self.every == "epoch":
+            self._log(state, model)
+
+
+def hp_config(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, steps: int = 60,
+              epochs: float = 1.0, samples_per_step: int = 16, grad_accum: int = 1, batching: str = "packed",
+              schedule: str = "cosine", warmup: float = 0.05, weight_decay: float = 0.01,
+              lora_dropout: float = 0.0, max_length: int | None = None, eval_every: int | str | None = None,
+              eval_items: int = 60, test_items: int = 60, n_train: int | None = None, duplicate: bool = False,
+              seed: int = 0, **course) -> dict:
+    """The `sft-train` config of a `run_hp` run with these keywords (capped by the lane's budget):
+    `n_train` is `max_train_examples` unless `duplicate` (then the run trains on the first
+    `n_train // 2` conversations twice, which no config key says); the `course` keywords
+    (`exact_every`, `records`, `eval_sets`) choose the course's data and measures, not the config.
+
+    >>> from sft_helpers.recipe import config_command
+    >>> config_command(hp_config(lr=3e-3, seed=1), hp_config())
+    'sft-train --lr 0.003 --seed 1'
+    """
+    budget = lane(model_id)
+    steps, samples_per_step = budget.steps(steps), budget.batch(samples_per_step)
+    grad_accum = min(grad_accum, samples_per_step)
+    if method not in ("full", "lora"):
+        raise ValueError(f"method must be 'full' or 'lora', not {method!r}")
+    if batching not in ("packed", "padded", "padding_free"):
+        raise ValueError(f"batching must be 'packed', 'padded' or 'padding_free', not {batching!r}")
+    packed = batching == "packed"
+    return run_config(model=model_id, method=method, lora_dropout=lora_dropout, lr=lr, max_steps=steps,
+                      epochs=epochs, batching=batching, batch_size=2 if packed else samples_per_step // grad_accum,
+                      grad_accum=1 if packed else grad_accum, samples_per_step=samples_per_step if packed else None,
+                      schedule="cosine" if schedule == "cosine" else "constant", warmup=warmup,
+                      weight_decay=weight_decay, max_length=max_length or COURSE_MAX_LENGTH, seed=seed,
+                      logging_steps=1, eval_steps=eval_every or _start_and_end(steps, epochs),
+                      max_eval_examples=max(budget.count(eval_items), budget.count(test_items)),
+                      max_train_examples=None if duplicate else n_train)
+
+
+def _start_and_end(steps: int, epochs: float) -> int | str:
+    """An `eval_steps` that evaluates only at the start and at the last step."""
+    return steps if steps > 0 else "epoch" if epochs == 1 else 10**9
 
 
 def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, steps: int = 60,
@@ -145,60 +194,52 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
     `eval_sets` (`{name: records}`) is scored after training, in `sets[name]`: greedy `exact`,
     `format_ok`, `per_task` and the response-token `loss`.
     """
-    from ..collators import PackedCollator, PaddedCollator, PaddingFreeCollator
-    from ..lora import add_lora
-    from ..packing import pack_for_steps
-
+    cfg = hp_config(model_id, method=method, lr=lr, steps=steps, epochs=epochs, samples_per_step=samples_per_step,
+                    grad_accum=grad_accum, batching=batching, schedule=schedule, warmup=warmup,
+                    weight_decay=weight_decay, lora_dropout=lora_dropout, max_length=max_length,
+                    eval_every=eval_every, eval_items=eval_items, test_items=test_items, n_train=n_train,
+                    duplicate=duplicate, seed=seed)
     budget = lane(model_id)
-    steps, samples_per_step = budget.steps(steps), budget.batch(samples_per_step)
-    grad_accum = min(grad_accum, samples_per_step)
     eval_items, test_items = budget.count(eval_items), budget.count(test_items)
-    model, tok = load_model(model_id)
-    if method == "lora":
-        model = add_lora(model, r=16, alpha=32, dropout=lora_dropout, seed=seed, verbose=False)
-    elif method != "full":
-        raise ValueError(f"method must be 'full' or 'lora', not {method!r}")
+    packed = batching == "packed"
     records = load_split("train") if records is None else records
-    if n_train:
-        records = records[:n_train // 2] * 2 if duplicate else records[:n_train]
-    train, report = build_labels(records, tok, "completion_only", max_length=max_length)
-    val, _ = build_labels(load_split("validation")[:eval_items], tok, "completion_only")
-    val = stop_at_end_of_turn(val, tok, tok.eos_token)
+    if n_train and duplicate:  # else the config's max_train_examples cuts them
+        records = records[:n_train // 2] * 2
     test = load_split("test")[:test_items]
-    if batching == "packed":
-        batch, grad_accum = 2, 1
-        rows, row = pack_for_steps(train, samples_per_step, shuffle_seed=seed)
-        collator, slots = PackedCollator(tok.pad_token_id, row), len(rows) * row
-    elif batching in ("padded", "padding_free"):
-        batch, rows = samples_per_step // grad_accum, train
-        padded = batching == "padded"
-        collator = PaddedCollator(tok.pad_token_id) if padded else PaddingFreeCollator()
-        slots = sum(max(len(e["input_ids"]) for e in train[i:i + batch]) * len(train[i:i + batch]) if padded
-                    else sum(len(e["input_ids"]) for e in train[i:i + batch]) for i in range(0, len(train), batch))
+    exact = [ExactMatchCallback(load_tokenizer(model_id, verbose=False), test, exact_every)] if exact_every else []
+    validation = load_split("validation")[:eval_items]
+    if max_length:  # the validation replies stay whole however much training cuts
+        validation = reply_labels(validation, load_tokenizer(model_id, verbose=False))
+    run = run_sft(cfg, records, validation, test, callbacks=exact)
+    model, tok, report, rows = run.model, run.tokenizer, run.data["label_report"], run.rows
+    if packed:
+        slots = len(rows) * run.row_length
     else:
-        raise ValueError(f"batching must be 'packed', 'padded' or 'padding_free', not {batching!r}")
-    per_epoch = math.ceil(len(rows) / (batch * grad_accum))  # optimizer steps per epoch
-    eval_every, exact_every = (per_epoch if every == "epoch" else every for every in (eval_every, exact_every))
-    callbacks = [ExactMatchCallback(tok, test, exact_every)] if exact_every else []
-    history = train_sft(model, tok, rows, val, lr=lr, max_steps=steps, epochs=epochs, batch_size=batch,
-                        grad_accum=grad_accum, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
-                        seed=seed, collator=collator, logging_steps=1, eval_steps=eval_every or 10**9,  # else: start and end
-                        callbacks=callbacks)
-    scores = chat_eval(model, tok, test)
-    sets = {}
+        batch = cfg["batch_size"]
+        width = (lambda b: max(len(e["input_ids"]) for e in b) * len(b)) if batching == "padded" else (
+            lambda b: sum(len(e["input_ids"]) for e in b))
+        slots = sum(width(rows[i:i + batch]) for i in range(0, len(rows), batch))
+    scores, sets = run.scores, {}
     for name, items in (eval_sets or {}).items():
         items = budget.items(items)
         got = chat_eval(model, tok, items)
         labelled, _ = build_labels(items, tok, "completion_only")
         sets[name] = {"exact": got["exact_match"], "format_ok": got["format_ok"], "per_task": got["per_task"],
                       "loss": eval_loss(model, tok, labelled), "n": len(items)}
-    evals = [h for h in history if "eval_loss" in h]
-    return {"history": history, "val_loss": evals[-1]["eval_loss"], "exact": scores["exact_match"],
+    history = run.history
+    return {"history": history, "val_loss": run.val_loss, "exact": scores["exact_match"],
             "format_ok": scores["format_ok"], "stop_rate": scores["stop_rate"],
-            "truncated": report.truncated / max(report.kept, 1), "dropped": len(report.dropped) / len(records),
-            "slots_per_epoch": slots,
+            "truncated": report.truncated / max(report.kept, 1),
+            "dropped": len(report.dropped) / run.data["n_records"], "slots_per_epoch": slots,
             "steps": history[-1].get("step", 0), "per_task": scores["per_task"], "sets": sets,
-            "n_train": len(records)}
+            "n_train": run.data["n_records"], "config": cfg}
+
+
+def reply_labels(records: list[dict], tokenizer) -> list[dict]:
+    """Validation labels as every course run scores them (`validation_labels: reply`): the
+    completion-only labels of `records` up to the reply's end-of-turn, never truncated."""
+    labelled, _ = build_labels(records, tokenizer, "completion_only")
+    return stop_at_end_of_turn(labelled, tokenizer, tokenizer.eos_token)
 
 
 def accumulation_gap(model_id: str = "tiny", batch: int = 64, micro_batch: int = 8, steps: int = 2,
@@ -209,22 +250,18 @@ def accumulation_gap(model_id: str = "tiny", batch: int = 64, micro_batch: int =
     largest change of any weight) and the largest difference between the two runs' weights (`gap`):
     float noise when the loss is averaged over the target tokens of the whole accumulated batch.
     The lane's budget caps `batch`."""
-    import torch
-
-    from ..collators import PaddedCollator
-
     budget = lane(model_id)
     batch = budget.batch(batch)
     micro_batch = min(micro_batch, batch)
-    tok = load_model(model_id)[1]
+    model, tok = load_model(model_id)
+    start = {n: p.detach().float().clone() for n, p in model.named_parameters()}
     examples, _ = build_labels(load_split("train")[:batch * steps], tok, "completion_only")
     weights = []
     for size, accumulate in ((batch, 1), (micro_batch, batch // micro_batch)):
-        model = load_model(model_id)[0]
-        start = {n: p.detach().float().clone() for n, p in model.named_parameters()}
-        train_sft(model, tok, examples, lr=lr or budget.lr("full"), max_steps=steps, batch_size=size,
-                  grad_accum=accumulate, warmup=0, seed=0, collator=PaddedCollator(tok.pad_token_id))
-        weights.append({n: p.detach().float() for n, p in model.named_parameters()})
+        cfg = run_config(model=model_id, batching="padded", batch_size=size, grad_accum=accumulate, warmup=0,
+                         lr=lr or budget.lr("full"), max_steps=steps, validation=None, test=None)
+        trained = run_sft(cfg, examples).model
+        weights.append({n: p.detach().float() for n, p in trained.named_parameters()})
     moved = max((weights[0][n] - start[n]).abs().max().item() for n in start)
     gap = max((weights[0][n] - weights[1][n]).abs().max().item() for n in start)
     return {"moved": moved, "gap": gap}
@@ -284,26 +321,53 @@ def lr_settings(method: str, lrs=None, model_id: str = "tiny") -> dict[str, dict
     return {f"{method} {lr * shift:.3g}": dict(method=method, lr=lr * shift) for lr in (lrs or LR_GRID[method])}
 
 
+def sweep_plan(lengths: dict[int, int]) -> dict[str, tuple[dict[str, dict], dict]]:
+    """Every sweep of lesson 05 as `{sweep: (settings by row name, keywords common to its rows)}`:
+    `run_hp(**common, **settings[row], seed=s)` is one run; `lengths` are the training split's length
+    percentiles (the max-length sweep's settings)."""
+    base = dict(steps=RECIPE["steps"], samples_per_step=RECIPE["samples_per_step"])
+    return {
+        "learning rate": ({**lr_settings("full"), **lr_settings("lora")}, base),
+        "schedule": (SCHEDULES, {**base, "lr": 3e-3}),
+        "epochs": (EPOCH_SETS, EPOCHS),
+        "batch": ({f"effective batch {b}": dict(samples_per_step=b, grad_accum=b // 8) for b in (8, 32, 128)},
+                  dict(batching="padding_free", n_train=1024, steps=-1, epochs=1)),
+        "max length": ({f"p{p}: {n} tokens": dict(max_length=n) for p, n in lengths.items() if p in (50, 95, 100)},
+                       base),
+        "regularisation": (REGULARISATION, OVERFIT),
+    }
+
+
 def all_sweeps(seeds=(0, 1), only=None) -> dict:
     """Every sweep of lesson 05 on `seeds` (or those named in `only`, keys of `TABLES`), and the
     training split's length percentiles."""
     lengths = length_coverage(build_labels(load_split("train"), load_model("tiny")[1], "completion_only")[0])
-    base = dict(steps=RECIPE["steps"], samples_per_step=RECIPE["samples_per_step"])
-    sweeps = {
-        "learning rate": lambda: sweep({**lr_settings("full"), **lr_settings("lora")}, seeds, **base),
-        "schedule": lambda: sweep(SCHEDULES, seeds, **base, lr=3e-3),
-        "epochs": lambda: sweep(EPOCH_SETS, seeds, **EPOCHS),
-        "batch": lambda: sweep({f"effective batch {b}": dict(samples_per_step=b, grad_accum=b // 8)
-                                for b in (8, 32, 128)}, seeds, batching="padding_free", n_train=1024, steps=-1,
-                               epochs=1),
-        "max length": lambda: sweep({f"p{p}: {n} tokens": dict(max_length=n) for p, n in lengths.items()
-                                     if p in (50, 95, 100)}, seeds, **base),
-        "regularisation": lambda: sweep(REGULARISATION, seeds, **OVERFIT),
-    }
-    unknown = set(only or ()) - set(sweeps)
+    plan = sweep_plan(lengths)
+    unknown = set(only or ()) - set(plan)
     if unknown:
-        raise ValueError(f"unknown sweeps {sorted(unknown)}; choose from {list(sweeps)}")
-    return {**{name: run() for name, run in sweeps.items() if not only or name in only}, "lengths": lengths}
+        raise ValueError(f"unknown sweeps {sorted(unknown)}; choose from {list(plan)}")
+    return {**{name: sweep(settings, seeds, **common) for name, (settings, common) in plan.items()
+               if not only or name in only}, "lengths": lengths}
+
+
+def row_configs(name: str, lengths: dict[int, int]) -> tuple[str, dict[str, str]]:
+    """`(command, {row: overrides})` of the sweep `name`: the `sft-train` command its rows share
+    and what each row adds to it (with `--seed S` for seed S). What a config cannot say (the data
+    duplicated) is added in words.
+
+    >>> command, rows = row_configs("schedule", {})
+    >>> rows["cosine, no warmup"]
+    '--warmup 0.0'
+    """
+    settings, common = sweep_plan(lengths)[name]
+    base = hp_config(**common)
+    rows = {}
+    for row, kw in settings.items():
+        parts = [config_command(hp_config(**common, **kw), base).removeprefix("sft-train").strip()]
+        if {**common, **kw}.get("duplicate"):
+            parts.append(f"(course data: the first {common['n_train'] // 2:,} conversations, each twice)")
+        rows[row] = " ".join(p for p in parts if p) or "(as the command)"
+    return config_command(base), rows
 
 
 def biggest_jump(run: dict) -> float:
@@ -389,12 +453,28 @@ def best_val(run: dict) -> float:
     return min(v for _, v in run["eval_loss"])
 
 
+def _configs(results: dict, sweep: str) -> tuple[str, dict[str, str]]:
+    """A table's config line (the `sft-train` command its rows share) and each row's overrides."""
+    command, rows = row_configs(sweep, {int(p): n for p, n in results["lengths"].items()})
+    extra = {"epochs": " The course also logs test exact match at every epoch's end (`ExactMatchCallback`).",
+             "max length": " The course scores the validation replies whole; `sft-train` cuts them at "
+                           "max_length too."}.get(sweep, "")
+    line = (f"Each row is `{command} --seed S` (S: the seed) plus the row's config overrides (the course "
+            f"passes the same records as lists).{extra}\n")
+    def cell(overrides: str) -> str:
+        flags, _, words = overrides.partition(" (")
+        return (f"`{flags}`" + (f" ({words}" if words else "")) if flags.startswith("--") else overrides
+
+    return line, {name: cell(r) for name, r in rows.items()}
+
+
 def _lr_table(results: dict) -> list[str]:
     lr = results["learning rate"]
-    out = ["#### Learning rate (60 steps of 16 conversations)", "",
-           "| method | LR | response val loss | exact match |", "|---|---|---|---|"]
+    config, rows = _configs(results, "learning rate")
+    out = ["#### Learning rate (60 steps of 16 conversations)", "", config,
+           "| method | LR | response val loss | exact match | config |", "|---|---|---|---|---|"]
     out += [f"| {name.split()[0]} | {name.split()[1]} | {_per_seed(runs, 'val_loss')} | "
-            f"{_per_seed(runs, 'exact', '{:.0%}')} |" for name, runs in lr.items()]
+            f"{_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |" for name, runs in lr.items()]
     best = {m: best_lr({n: r for n, r in lr.items() if n.startswith(m)}) for m in ("full", "lora")}
     return out + ["", f"Best LR (lowest mean validation loss): full fine-tuning {best['full'][0]:g} "
                   f"({best['full'][1]:.3f}), LoRA {best['lora'][0]:g} ({best['lora'][1]:.3f}): LoRA's optimum is "
@@ -402,24 +482,27 @@ def _lr_table(results: dict) -> list[str]:
 
 
 def _schedule_table(results: dict) -> list[str]:
-    out = ["#### Schedule (LR 3e-3, 60 steps)", "",
-           "| schedule | biggest loss jump | final training loss | response val loss | exact match |",
-           "|---|---|---|---|---|"]
+    config, rows = _configs(results, "schedule")
+    out = ["#### Schedule (LR 3e-3, 60 steps)", "", config,
+           "| schedule | biggest loss jump | final training loss | response val loss | exact match | config |",
+           "|---|---|---|---|---|---|"]
     return out + [f"| {name} | {_per_seed(runs, biggest_jump, '{:.2f}')} | "
                   f"{_per_seed(runs, lambda r: r['train_loss'][-1][1], '{:.2f}')} | {_per_seed(runs, 'val_loss')} | "
-                  f"{_per_seed(runs, 'exact', '{:.0%}')} |" for name, runs in results["schedule"].items()]
+                  f"{_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |" for name, runs in results["schedule"].items()]
 
 
 def _epochs_table(results: dict) -> list[str]:
     out = ["#### Epochs (the whole training split, 8 epochs, constant LR 1e-3 after 20 warmup steps; "
-           "the first k epochs are a k-epoch run)", "",
+           "the first k epochs are a k-epoch run)", "", _configs(results, "epochs")[0],
            "| data | seed | training loss, epoch 1 … 8 | validation loss, epoch 1 … 8 | exact match, epoch 1 … 8 "
-           "| best epoch |", "|---|---|---|---|---|---|"]
+           "| best epoch | config |", "|---|---|---|---|---|---|---|"]
+    rows = _configs(results, "epochs")[1]
     for name, runs in results["epochs"].items():
         for seed, r in enumerate(runs):
             out.append(f"| {name} | {seed} | {' '.join(f'{v:.2f}' for v in train_loss_by_epoch(r))} | "
                        f"{' '.join(f'{v:.2f}' for _, v in r['eval_loss'][1:])} | "
-                       f"{' '.join(f'{v:.0%}' for _, v in r['exact_curve'])} | {best_epoch(r)} |")
+                       f"{' '.join(f'{v:.0%}' for _, v in r['exact_curve'])} | {best_epoch(r)} | "
+                       f"{rows[name]} |")
     return out
 
 
@@ -428,11 +511,12 @@ def _batch_table(results: dict) -> list[str]:
         return loss_noise([{"loss": loss} for _, loss in r["train_loss"]])
 
     out = ["#### Effective batch at equal data (1,024 conversations, one epoch, LR 1e-3; micro-batches "
-           "of 8, gradient accumulation)", "",
-           "| effective batch | steps | loss noise (second half) | response val loss | exact match |",
-           "|---|---|---|---|---|"]
+           "of 8, gradient accumulation)", "", _configs(results, "batch")[0],
+           "| effective batch | steps | loss noise (second half) | response val loss | exact match | config |",
+           "|---|---|---|---|---|---|"]
+    rows = _configs(results, "batch")[1]
     return out + [f"| {name.split()[-1]} | {runs[0]['steps']} | {_per_seed(runs, noise, '{:.2f}')} | "
-                  f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} |"
+                  f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |"
                   for name, runs in results["batch"].items()]
 
 
@@ -440,23 +524,28 @@ def _max_length_table(results: dict) -> list[str]:
     lengths = results["lengths"]
     out = ["#### Max length (60 steps; training split length percentiles: "
            + ", ".join(f"p{p} {n}" for p, n in lengths.items()) + " tokens)", "",
+           _configs(results, "max length")[0],
            "| max length | examples truncated | token slots per epoch | response val loss | exact match | "
-           "stop rate | format |", "|---|---|---|---|---|---|---|"]
+           "stop rate | format | config |", "|---|---|---|---|---|---|---|---|"]
+    rows = _configs(results, "max length")[1]
     return out + [f"| {name} | {runs[0]['truncated']:.0%} | {runs[0]['slots_per_epoch']:,} | "
                   f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} | "
-                  f"{_per_seed(runs, 'stop_rate', '{:.0%}')} | {_per_seed(runs, 'format_ok', '{:.0%}')} |"
+                  f"{_per_seed(runs, 'stop_rate', '{:.0%}')} | {_per_seed(runs, 'format_ok', '{:.0%}')} | "
+                  f"{rows[name]} |"
                   for name, runs in results["max length"].items()]
 
 
 def _regularisation_table(results: dict) -> list[str]:
+    config, rows = _configs(results, "regularisation")
     out = ["#### Weight decay and dropout (lesson 04's overfitting setup: 16 conversations, 50 epochs)", "",
-           "| setting | best val loss (step) | final val loss | final / best |", "|---|---|---|---|"]
+           config, "| setting | best val loss (step) | final val loss | final / best | config |",
+           "|---|---|---|---|---|"]
     for name, runs in results["regularisation"].items():
         curves = [r["eval_loss"] for r in runs]
         bests = [min(c, key=lambda p: p[1]) for c in curves]
         out.append(f"| {name} | {' / '.join(f'{b[1]:.2f} ({b[0]})' for b in bests)} | "
                    f"{' / '.join(f'{c[-1][1]:.2f}' for c in curves)} | "
-                   f"{' / '.join(f'{c[-1][1] / b[1]:.2f}' for c, b in zip(curves, bests))} |")
+                   f"{' / '.join(f'{c[-1][1] / b[1]:.2f}' for c, b in zip(curves, bests))} | {rows[name]} |")
     return out
 
 

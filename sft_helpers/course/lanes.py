@@ -86,3 +86,30 @@ LANES = {
 def lane(model_id: str) -> Lane:
     """The settings of the lane `model_id` runs on: `"tiny"`, `"smollm2-135m"`, else the hub lane."""
     return LANES.get(model_id, LANES["hub"])
+
+
+# the course's runs as `sft-train` configs: the course data, full fine-tuning of the tiny base, packed
+# rows holding ~16 conversations per step, validation loss on the replies (lesson 01); each lesson
+# changes some of these keys
+COURSE_RUN = dict(model="tiny", train="data/sft_train.jsonl", validation="data/sft_validation.jsonl",
+                  test="data/sft_test.jsonl", max_eval_examples=None, max_length=1024, method="full",
+                  batching="packed", batch_size=2, samples_per_step=16, lr=1e-3, lora_dropout=0.0,
+                  validation_labels="reply")
+
+
+def run_config(**overrides) -> dict:
+    """The checked `sft-train` config of a course run: `COURSE_RUN` with `overrides`; `save` follows
+    the method (the model for full fine-tuning, else the adapter), and padded or padding-free
+    batches hold `batch_size` examples (no `samples_per_step`).
+
+    >>> from sft_helpers.recipe import config_command
+    >>> config_command(run_config(lr=3e-3, seed=1), run_config())
+    'sft-train --lr 0.003 --seed 1'
+    """
+    from sft_helpers.recipe import check_config
+
+    cfg = {**COURSE_RUN, **overrides}
+    cfg.setdefault("save", "model" if cfg["method"] == "full" else "adapter")
+    if cfg["batching"] != "packed":
+        cfg["samples_per_step"] = None  # a batch is batch_size examples
+    return check_config(cfg)
