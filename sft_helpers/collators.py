@@ -10,6 +10,9 @@ are ignored. Three ways to batch (lesson 02):
   flash-attn's `cu_seq_lens` over the whole batch;
 * `PaddingFreeCollator`: the whole batch as one row, positions restarting, plus flash-attn's
   `cu_seq_lens`.
+
+The two packing collators' batches carry `use_cache=False` (with a cache, transformers would not keep
+the samples apart): call `model(**batch)`, as `transformers.Trainer` does.
 """
 
 from __future__ import annotations
@@ -95,14 +98,21 @@ def flash_attn_kwargs(lengths: list[int]) -> dict:
             "max_length_k": max(lengths)}
 
 
+MISSING_BOUNDARIES = (
+    "PackedCollator: a packed row without `seq_lengths` (where its samples start): its samples would "
+    "train as one sequence, attending to each other. Rows from pack_examples carry them, and "
+    "transformers.Trainer drops them unless TrainingArguments(remove_unused_columns=False).")
+
+
 class PackedCollator:
     """Fixed-length packed rows (from `pack_examples`, or `pack_dataset_columnar` in any format) as a
     batch with no `attention_mask`: `position_ids` restart at 0 for every sample, the first label of
     each sample is -100, and each row is filled up to `max_length` (or the longest row) with pad
     tokens that form a block of their own (positions from 0, labels -100). With sdpa/eager and
     `use_cache=False`, transformers builds the block-diagonal causal mask from the position restarts,
-    so no sample sees another. Flash-attn variants read position restarts only when the batch is one
-    row, so the batch also carries `flash_attn_kwargs` of every sample and pad tail over the
+    so no sample sees another. A row without `seq_lengths` is refused (a plain `transformers.Trainer`
+    drops the key unless `remove_unused_columns=False`). Flash-attn variants read position restarts
+    only when the batch is one row, so the batch also carries `flash_attn_kwargs` of every sample and pad tail over the
     flattened rows: exact with any number of rows under every attention
     (`attention.check_packed_batch` checks a batch).
 
@@ -124,6 +134,8 @@ class PackedCollator:
         for f in features:
             if len(f["input_ids"]) > width:
                 raise ValueError(f"a packed row has {len(f['input_ids'])} tokens, more than max_length={width}")
+            if f.get("seq_lengths") is None:
+                raise ValueError(MISSING_BOUNDARIES)
             row = {k: [] for k in rows}
             for ids, labels, weights in _samples(f):
                 row["input_ids"] += ids
@@ -142,7 +154,7 @@ class PackedCollator:
         batch = {k: torch.tensor(v) for k, v in rows.items() if k != "loss_weights"}
         if "loss_weights" in features[0]:
             batch["loss_weights"] = torch.tensor(rows["loss_weights"], dtype=torch.float32)
-        return {**batch, **flash_attn_kwargs(blocks)}
+        return {**batch, **flash_attn_kwargs(blocks), "use_cache": False}  # a cache would merge the samples
 
 
 class PaddingFreeCollator:
@@ -169,7 +181,8 @@ class PaddingFreeCollator:
                 weights += sample_weights or []
                 lengths.append(len(sample_ids))
         batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                 "position_ids": torch.tensor([positions]), **flash_attn_kwargs(lengths)}
+                 "position_ids": torch.tensor([positions]), **flash_attn_kwargs(lengths),
+                 "use_cache": False}  # with a cache transformers would not split the samples
         if weights:
             batch["loss_weights"] = torch.tensor([weights], dtype=torch.float32)
         return batch

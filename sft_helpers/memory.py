@@ -416,7 +416,7 @@ def measure_training_memory(model, batch: dict, optimizer: str = "adamw", autoca
     try:
         with tracker:
             with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), amp():
-                loss = model(**batch, use_cache=False).loss
+                loss = model(**{**batch, "use_cache": False}).loss
             hook.remove()
             loss.backward()
             del loss

@@ -51,7 +51,8 @@ class WeightedLossTrainer(Trainer):
         weights = inputs.pop("loss_weights", None)
         # refuse loudly any packed batch the model's attention would let samples see across
         check_packed_batch(inputs, self.model.config._attn_implementation)
-        outputs = model(**inputs, use_cache=False)  # a cache would disable the packed-sample mask
+        inputs["use_cache"] = False  # a cache would disable the packed-sample mask
+        outputs = model(**inputs)
         loss = weighted_lm_loss(outputs.logits, labels, weights, num_items=num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 

@@ -140,9 +140,9 @@ def test_the_whole_packed_batch_runs_and_gives_per_sample_logits_and_the_padded_
     padded = PaddedCollator(tok.pad_token_id)(feats)
     with torch.no_grad():
         # the whole batch, cu_seq_lens and max_length too, as Trainer passes it
-        lp = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+        lp = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # the batch says use_cache=False
         lq = model(**{k: padded[k] for k in ("input_ids", "attention_mask")}, use_cache=False).logits
-        with_labels = model(**batch, use_cache=False).loss
+        with_labels = model(**{**batch, "use_cache": False}).loss
     by_id = {tuple(f["input_ids"]): i for i, f in enumerate(feats)}
     for r, row in enumerate(rows):
         start = 0
@@ -189,11 +189,11 @@ def test_transformers_flash_path_with_a_reference_kernel_keeps_packed_rows_apart
     old = {k: v for k, v in inputs.items() if k not in FLASH_KWARGS}  # the collator's batch before the fix
     padded = PaddedCollator(tok.pad_token_id)(feats)
     with torch.no_grad():
-        reference = model(**old, use_cache=False).logits
+        reference = model(**old).logits
         model.config._attn_implementation = attn
         try:
-            fixed = model(**inputs, use_cache=False).logits
-            leaked = model(**old, use_cache=False).logits
+            fixed = model(**{**inputs, "use_cache": False}).logits
+            leaked = model(**old).logits
             lq = model(**{k: padded[k] for k in ("input_ids", "attention_mask")}, use_cache=False).logits
         finally:
             model.config._attn_implementation = "sdpa"

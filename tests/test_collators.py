@@ -8,6 +8,7 @@ from sft_helpers import load_model
 from sft_helpers.course.data import load_split
 from sft_helpers.collators import PackedCollator, PaddedCollator, PaddingFreeCollator
 from sft_helpers.masking import build_labels
+from sft_helpers.packing import pack_examples
 
 
 def examples(n=6):
@@ -85,7 +86,7 @@ def test_packed_collator_masks_sample_starts_and_pads_and_rejects_long_rows():
     assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 0, 1, 2]]
     assert batch["loss_weights"].tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]]
     two = PackedCollator(pad_token_id=0, max_length=5)([{"input_ids": [1, 2, 3], "seq_lengths": [2, 1]},
-                                                        {"input_ids": [4, 5, 6, 7, 8]}])
+                                                        {"input_ids": [4, 5, 6, 7, 8], "seq_lengths": [5]}])
     # flash-attn's boundaries over both rows flattened: every sample, and the pad tail as a block of its own
     assert two["cu_seq_lens_q"].tolist() == two["cu_seq_lens_k"].tolist() == [0, 2, 3, 5, 10]
     assert two["max_length_q"] == two["max_length_k"] == 5
@@ -140,3 +141,68 @@ def test_trl_packed_rows_collate_the_same_with_ours():
     theirs, ours = collator(rows[:3]), PaddingFreeCollator()(rows[:3])
     for key in ("input_ids", "labels", "position_ids", "cu_seq_lens_q"):
         assert torch.equal(ours[key], theirs[key].to(ours[key].dtype)), key
+
+
+def _first_trainer_batch(model, rows, collator, tmp_path, **args):
+    """The first batch a plain `transformers.Trainer` hands to the model."""
+    from transformers import Trainer, TrainingArguments
+
+    targs = TrainingArguments(str(tmp_path), per_device_train_batch_size=2, report_to="none", use_cpu=True, **args)
+    trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=collator)
+    return next(iter(trainer.get_train_dataloader()))
+
+
+def _largest_leak(model, batch, samples) -> float:
+    """Largest logit difference between each sample of `batch` (its blocks by `cu_seq_lens_q`, over
+    the flattened rows) as the model sees it when called as Trainer calls it, `model(**batch)`, and
+    the sample alone; pad tails are skipped. Fails unless at least two samples were compared."""
+    with torch.no_grad():
+        logits = model(**batch).logits.reshape(-1, model.config.vocab_size)
+        flat, bounds = batch["input_ids"].reshape(-1).tolist(), batch["cu_seq_lens_q"].tolist()
+        worst, compared = 0.0, 0
+        for start, end in zip(bounds, bounds[1:]):
+            if flat[start:end] in samples:
+                alone = model(input_ids=torch.tensor([flat[start:end]]), use_cache=False).logits[0]
+                worst = max(worst, (logits[start:end] - alone).abs().max().item())
+                compared += 1
+    assert compared >= 2
+    return worst
+
+
+def test_plain_trainer_packing_refuses_dropped_boundaries_and_does_not_leak(tmp_path):
+    """With Trainer's default `remove_unused_columns=True` the packed rows lose `seq_lengths`: the
+    collator refuses them. With False, and padding-free batches with the default, every sample's
+    logits as Trainer feeds the model equal the sample alone (before: 9 logits apart, the model's
+    default `use_cache=True` merged the samples)."""
+    model, tok = load_model("tiny")
+    examples, _ = build_labels(load_split("train")[:6], tok, "completion_only")
+    rows, _ = pack_examples(examples, 256, shuffle_seed=0)
+    with pytest.raises(ValueError, match="remove_unused_columns=False"):
+        _first_trainer_batch(model, rows, PackedCollator(tok.pad_token_id, 256), tmp_path)
+    batch = _first_trainer_batch(model, rows, PackedCollator(tok.pad_token_id, 256), tmp_path,
+                                 remove_unused_columns=False)
+    samples = [e["input_ids"] for e in examples]
+    assert _largest_leak(model, batch, samples) < 1e-4
+    batch = _first_trainer_batch(model, examples, PaddingFreeCollator(), tmp_path)
+    assert _largest_leak(model, batch, samples) < 1e-4
+
+
+def test_readme_plain_trainer_example_runs(tmp_path):
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("### With a plain `transformers.Trainer`"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    with open(tmp_path / "my_data.jsonl", "w") as f:
+        for r in load_split("train")[:20]:
+            f.write(json.dumps({"messages": r["messages"]}) + "\n")
+    (tmp_path / "example.py").write_text(code)
+    run = subprocess.run([sys.executable, "example.py"], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
