@@ -1,9 +1,6 @@
 """One house: the library never imports the course, no import cycles (import-linter contracts in
 pyproject.toml), a public API, and the README's script example runs."""
 
-import json
-import os
-import re
 import shutil
 import subprocess
 import sys
@@ -56,18 +53,8 @@ def test_public_api_without_the_course():
     assert run.stdout.strip() == "[]", "importing the library loaded course modules"
 
 
-def test_readme_script_example_runs(tmp_path):
-    from sft_helpers.course.data import load_split
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Use it in your own script"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    with open(tmp_path / "my_data.jsonl", "w") as f:
-        for r in load_split("train")[:20]:
-            f.write(json.dumps({"messages": r["messages"]}) + "\n")
-    (tmp_path / "example.py").write_text(code)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's package
-    run = subprocess.run([sys.executable, "example.py"], capture_output=True, text=True, cwd=tmp_path,
-                         timeout=600, env=env)
+def test_readme_script_example_runs(run_readme_example, tmp_path):
+    run = run_readme_example("## Use it in your own script")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "loaded 20, skipped 0" in run.stdout
     assert (tmp_path / "runs" / "qlora" / "adapter").is_dir()

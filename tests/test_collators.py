@@ -187,22 +187,6 @@ def test_plain_trainer_packing_refuses_dropped_boundaries_and_does_not_leak(tmp_
     assert _largest_leak(model, batch, samples) < 1e-4
 
 
-def test_readme_plain_trainer_example_runs(tmp_path):
-    import json
-    import os
-    import re
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("### With a plain `transformers.Trainer`"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    with open(tmp_path / "my_data.jsonl", "w") as f:
-        for r in load_split("train")[:20]:
-            f.write(json.dumps({"messages": r["messages"]}) + "\n")
-    (tmp_path / "example.py").write_text(code)
-    run = subprocess.run([sys.executable, "example.py"], capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+def test_readme_plain_trainer_example_runs(run_readme_example):
+    run = run_readme_example("### With a plain `transformers.Trainer`")
     assert run.returncode == 0, run.stderr[-3000:]
