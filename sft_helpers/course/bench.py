@@ -638,7 +638,7 @@ def packed_vs_padded(model, tokenizer, rows: list[dict], lane: str = "fp32") -> 
     with _autocast(model, lane):
         a = model(input_ids=padded["input_ids"].to(device), attention_mask=mask, use_cache=False).logits
         a = a.float()
-        b = model(**packed, use_cache=False).logits.float()
+        b = model(**packed).logits.float()  # the batch says use_cache=False
         c = model(input_ids=ids, position_ids=packed["position_ids"], attention_mask=torch.ones_like(ids),
                   use_cache=False).logits.float()
     diff = leak = 0.0
