@@ -422,7 +422,10 @@ def plot_loss_curves(histories: dict[str, list[dict]], key: str = "eval_loss", t
     ax.set_xlabel("step")
     ax.set_ylabel(key)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    if histories:
+        ax.legend(fontsize=8)
+    else:  # a run too short to log a loss
+        ax.text(0.5, 0.5, "no loss logged (fewer steps than logging_steps)", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     plt.close(fig)
     return fig

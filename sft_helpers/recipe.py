@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .records import FORMATS
+
 if TYPE_CHECKING:
     import numpy as np
     from datasets import Dataset
@@ -84,7 +86,7 @@ FIELDS: dict[str, Field] = {
     "gradient_checkpointing": Field(BOOL, False, "recompute activations in the backward pass (less memory)"),
     # data
     "train": Field(STR + LIST, None,
-                   "JSONL file(s) of {'messages': [...]} records, or a saved datasets folder"),
+                   "data file(s): JSONL, JSON, CSV or Parquet (see format), or a saved datasets folder"),
     "validation": Field(STR + LIST + NONE, None, "validation JSONL file(s) or datasets folder"),
     "validation_fraction": Field(NUM + NONE, None, "hold out this share of `train` (when no `validation`)",
                                  check=_fraction),
@@ -96,6 +98,8 @@ FIELDS: dict[str, Field] = {
     "validation_labels": Field(STR, "completion_only", "validation loss on the completion-only labels, or "
                                "on the reply and its end-of-turn only ('reply', as lesson 01 compares masks)",
                                ("completion_only", "reply")),
+    "format": Field(STR, "auto", "the records' format: 'auto' (detected per record) or one of "
+                    + ", ".join(FORMATS), ("auto", *FORMATS)),
     "bad_records": Field(STR, "error", "malformed records: 'error' (stop) or 'skip' (drop, with a warning)",
                          ("error", "skip")),
     "num_proc": Field(INT + NONE, None, "processes that label the training data (datasets.map); null: one",
@@ -321,12 +325,16 @@ SMALL_FILE_BYTES = 64 * 2**20  # JSONL files up to this size are read and checke
 PREFLIGHT_SAMPLE = 5000  # records (and labelled examples) the preflight checks, drawn at random
 
 
-def read_dataset(source, num_proc: int | None = None) -> tuple[Dataset, list[str]]:
+def read_dataset(source, num_proc: int | None = None, format: str = "auto",
+                 notes: list[str] | None = None) -> tuple[Dataset, list[str]]:
     """Records from JSONL file(s) or a saved `datasets` folder (its `train` split, or the only one) as
     one `datasets.Dataset` of the valid records; returns `(dataset, bad)` where `bad` names each
     malformed record. A JSONL file up to `SMALL_FILE_BYTES` is read by `load_conversations`
     (`file:line: reason`, any encoding it reads); a larger one by `datasets`' json loader (cached
     Arrow, memory-mapped) and, like a folder, checked by a batched map (`path[index]: reason`).
+    Small files may be JSONL, JSON, CSV or Parquet, their records in any of `records.FORMATS`
+    (`format`, or "auto": detected per record) and converted to messages; a line per file that was
+    converted goes to `notes`.
 
     >>> from sft_helpers.paths import data_path
     >>> ds, bad = read_dataset(str(data_path("sft_test.jsonl")))
@@ -342,10 +350,13 @@ def read_dataset(source, num_proc: int | None = None) -> tuple[Dataset, list[str
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"data file or folder {str(path)!r} does not exist")
-        if p.is_file() and p.stat().st_size <= SMALL_FILE_BYTES:
-            good, report = load_conversations(p, on_error="skip")
+        if p.is_file() and (p.stat().st_size <= SMALL_FILE_BYTES or p.suffix.lower() in (".json", ".csv")):
+            good, report = load_conversations(p, on_error="skip", format=format)
             small += good
             bad += report.skipped
+            converted = {f: n for f, n in report.formats.items() if f != "messages"}
+            if converted and notes is not None:
+                notes.append(f"{p}: " + ", ".join(f"{n:,} records read as {FORMATS[f]}" for f, n in converted.items()))
             continue
         ds, ds_bad = _checked(_load_large(p), p, num_proc)
         parts.append(ds)
@@ -459,10 +470,10 @@ def prepare(cfg: dict, tokenizer, train: list[dict] | None = None, validation: l
     from .labelling import label_dataset
     from .masking import LabelReport, build_labels, stop_at_end_of_turn
 
-    bad, n = [], cfg["max_eval_examples"]
+    bad, n, notes = [], cfg["max_eval_examples"], []
     data = train
     if data is None:
-        data, bad = read_dataset(cfg["train"], cfg["num_proc"])
+        data, bad = read_dataset(cfg["train"], cfg["num_proc"], cfg["format"], notes)
     if cfg["max_train_examples"]:
         cap = min(cfg["max_train_examples"], len(data))
         data = data[:cap] if isinstance(data, list) else data.select(range(cap))
@@ -470,13 +481,13 @@ def prepare(cfg: dict, tokenizer, train: list[dict] | None = None, validation: l
         return records_of(ds, range(min(n or len(ds), len(ds))))
 
     if validation is None and cfg["validation"]:
-        val, val_bad = read_dataset(cfg["validation"])
+        val, val_bad = read_dataset(cfg["validation"], format=cfg["format"], notes=notes)
         validation, bad = first(val), bad + val_bad
     elif validation is None and cfg["validation_fraction"]:
         data, val = split_validation(data, cfg["validation_fraction"], cfg["seed"])
         validation = val if isinstance(val, list) else first(val)
     if test is None and cfg["test"]:
-        test_ds, test_bad = read_dataset(cfg["test"])
+        test_ds, test_bad = read_dataset(cfg["test"], format=cfg["format"], notes=notes)
         test, bad = first(test_ds), bad + test_bad
     validation, test = (list(items or [])[:n] for items in (validation, test))
     labelled = isinstance(data, list) and data and "input_ids" in data[0]
@@ -501,7 +512,7 @@ def prepare(cfg: dict, tokenizer, train: list[dict] | None = None, validation: l
     elif len(records) > PREFLIGHT_SAMPLE:
         records = [records[i] for i in _sample(len(records), PREFLIGHT_SAMPLE, cfg["seed"])]
     return {"records": records, "n_records": len(data), "train": train, "validation": validation,
-            "test": test, "bad": bad, "label_report": report}
+            "test": test, "bad": bad, "label_report": report, "notes": notes}
 
 
 # --- preflight -----------------------------------------------------------------------------------
@@ -856,6 +867,8 @@ def run(cfg: dict, dry_run: bool = False) -> int:
     if main:
         print(f"data: {data['n_records']:,} records read, {len(data['train']):,} labelled in "
               f"{time.perf_counter() - started:.1f} s")
+        for note in data["notes"]:
+            print(f"data: {note}")
     model_config = AutoConfig.from_pretrained(model_folder(cfg["model"]))
     findings = run_preflight(cfg, tokenizer, data, model_config, device, verbose=main)
     errors = [f for f in findings if f.severity == "error"]

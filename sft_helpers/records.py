@@ -44,10 +44,15 @@ class SkipReport:
     loaded: int = 0
     skipped: list[str] = field(default_factory=list)
     encoding: str = "UTF-8"
+    formats: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
         head = f"{self.path}: loaded {self.loaded}, skipped {len(self.skipped)}"
         head += f" (read as {self.encoding})" if self.encoding != "UTF-8" else ""
+        converted = {f: n for f, n in self.formats.items() if f != "messages"}
+        if converted:
+            head += "; converted to messages: " + ", ".join(f"{n} {FORMATS[f].split(':')[0]}"
+                                                            for f, n in converted.items())
         return "\n".join([head] + [f"  {s}" for s in self.skipped])
 
 
@@ -89,6 +94,91 @@ def conversation_problems(record: object) -> list[str]:
     return problems
 
 
+# --- other formats: converted to messages before they are checked ---------------------------------
+
+FORMATS = {
+    "messages": "messages: {'messages': [{'role', 'content'}, ...]} (OpenAI content blocks joined)",
+    "prompt_completion": "prompt/completion: the prompt a user turn, the completion the assistant's reply",
+    "conversational_prompt_completion": "prompt/completion as message lists: prompt + completion",
+    "sharegpt": "ShareGPT: 'conversations' of {'from', 'value'} (human: user, gpt: assistant)",
+    "alpaca": "Alpaca: instruction (+ input) a user turn, output the assistant's reply",
+}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
+
+
+def detect_format(record: object) -> str | None:
+    """The name (a key of `FORMATS`) of the format `record` is in, by its keys; None when none fits.
+
+    >>> detect_format({"conversations": [{"from": "human", "value": "Hi"}]})
+    'sharegpt'
+    >>> detect_format({"instruction": "Add 2 and 2.", "output": "4"})
+    'alpaca'
+    """
+    if not isinstance(record, dict):
+        return None
+    if "messages" in record:
+        return "messages"
+    if "prompt" in record and "completion" in record:
+        return "conversational_prompt_completion" if isinstance(record["prompt"], list) else "prompt_completion"
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    return None
+
+
+def _text(content: object) -> object:
+    """OpenAI content blocks (`[{"type": "text", "text": ...}, ...]`) as one string; anything else as
+    it is (a non-text block stays a list, which the check then names)."""
+    if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
+        return "".join(str(b.get("text", "")) for b in content)
+    return content
+
+
+def to_messages(record: dict, fmt: str | None = None) -> dict:
+    """`record` (in `fmt`, detected when None) as a messages record, its other keys kept. Raises
+    `ValueError` naming the keys a format needs when the record is in none.
+
+    >>> to_messages({"prompt": "2+2?", "completion": "4"})["messages"]
+    [{'role': 'user', 'content': '2+2?'}, {'role': 'assistant', 'content': '4'}]
+    >>> to_messages({"instruction": "Add.", "input": "2 and 2", "output": "4"})["messages"][0]["content"]
+    'Add.\\n\\n2 and 2'
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"record is a {type(record).__name__}, not an object")
+    fmt = fmt or detect_format(record)
+    if fmt is None:
+        raise ValueError("missing 'messages' (and no other format's keys: 'prompt'+'completion', "
+                         "'conversations' (ShareGPT) or 'instruction'+'output' (Alpaca))")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    rest = {k: v for k, v in record.items()
+            if k not in ("messages", "prompt", "completion", "conversations", "instruction", "input", "output")}
+    if fmt == "messages":
+        msgs = record.get("messages")
+        if isinstance(msgs, list):
+            msgs = [{**m, "content": _text(m["content"])} if isinstance(m, dict) and "content" in m else m
+                    for m in msgs]
+        return {**rest, "messages": msgs}
+    if fmt == "prompt_completion":
+        msgs = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["completion"]}]
+    elif fmt == "conversational_prompt_completion":
+        prompt, completion = record["prompt"], record["completion"]
+        msgs = (prompt if isinstance(prompt, list) else []) + (completion if isinstance(completion, list) else [])
+        return to_messages({**rest, "messages": msgs}, "messages")
+    elif fmt == "sharegpt":
+        turns = record["conversations"] if isinstance(record["conversations"], list) else []
+        msgs = [{"role": SHAREGPT_ROLES.get(t.get("from"), t.get("from")), "content": t.get("value")}
+                if isinstance(t, dict) else t for t in turns]
+    else:  # alpaca
+        prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+        msgs = ([{"role": "system", "content": record["system"]}] if record.get("system") else []) + [
+            {"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
+        rest.pop("system", None)
+    return {**rest, "messages": msgs}
+
+
 def detect_encoding(data: bytes) -> tuple[str, int, str]:
     """`(codec, bom_length, label)` for the bytes of a text file: the encoding its byte order mark names
     (UTF-8, UTF-16 or UTF-32, LE or BE), else the one the NUL bytes of its first characters show (UTF-16
@@ -122,14 +212,105 @@ def _decode(data: bytes, codec: str) -> tuple[str, list[str]]:
             pos += e.end
 
 
-def load_conversations(path: str | Path, on_error: str = "raise"):
-    """Load chat JSONL (`{"messages": [{"role", "content"}, ...]}` per line), checking every record.
+def _drop_nones(value: object) -> object:
+    """`value` with the None fields Arrow gives to keys a struct lacks removed (Parquet rows)."""
+    if isinstance(value, dict):
+        return {k: _drop_nones(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nones(v) for v in value]
+    return value
+
+
+def _cell(key: str, value: str) -> object:
+    """A CSV cell: the message lists of `messages`, `conversations`, `tools` and conversational
+    `prompt` / `completion` columns are JSON text; any other cell is text as it is (an answer that
+    happens to be JSON stays a string)."""
+    if key in ("messages", "conversations", "tools", "prompt", "completion") and value[:1] == "[":
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if key not in ("prompt", "completion") or all(isinstance(m, dict) and "role" in m for m in parsed):
+            return parsed
+    return value
+
+
+def read_items(path: str | Path) -> tuple[list[tuple[str, object]], str]:
+    """`(items, encoding)` of a data file: `(where, record)` for every record, or `(where, problem)`
+    with the problem a `str` when the record cannot be read. `where` is `file:line` (1-based) for
+    JSONL and CSV, `file: record N` for JSON (a list of records) and `file: row N` for Parquet.
+
+    >>> items, encoding = read_items(data_path("sft_test.jsonl"))
+    >>> items[0][0].endswith("sft_test.jsonl:1"), encoding
+    (True, 'UTF-8')
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # noqa: BLE001  (pyarrow raises several types for a broken file)
+            return [(str(path), f"not a readable Parquet file ({type(e).__name__}: {e})")], "Parquet"
+        return [(f"{path}: row {n}", _drop_nones(r)) for n, r in enumerate(rows, start=1)], "Parquet"
+    data = path.read_bytes()
+    codec, bom, encoding = detect_encoding(data)
+    text, runs = _decode(data[bom:], codec)
+    hint = " (is it Latin-1 or cp1252? re-save it as UTF-8)" if codec == "utf-8" else ""
+    if _UNDECODABLE in text and suffix in (".json", ".csv"):
+        line = text[:text.index(_UNDECODABLE)].count("\n") + 1
+        return [(f"{path}:{line}", f"cannot decode as {encoding}: {runs[0]}{hint}")], encoding
+    if suffix == ".json":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            return [(f"{path}:{e.lineno}", f"invalid JSON ({e.msg} at column {e.colno})")], encoding
+        if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
+            value = next(iter(value.values()))  # {"data": [...]}
+        if not isinstance(value, list):
+            return [(str(path), "a .json file must hold a list of records (JSONL: one per line)")], encoding
+        return [(f"{path}: record {n}", r) for n, r in enumerate(value, start=1)], encoding
+    if suffix == ".csv":
+        import csv
+
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        items = []
+        for row in reader:
+            items.append((f"{path}:{reader.line_num}",
+                          {k: _cell(k, v) for k, v in row.items() if v not in (None, "")}))
+        return items, encoding
+    items = []
+    for lineno, line in enumerate(io.StringIO(text, newline=None), start=1):  # newlines as open() reads them
+        where = f"{path}:{lineno}"
+        if _UNDECODABLE in line:
+            n = line.count(_UNDECODABLE)
+            first, runs = runs[0], runs[n:]
+            more = f" and {n - 1} more undecodable run(s)" if n > 1 else ""
+            items.append((where, f"cannot decode as {encoding} at column "
+                                 f"{line.index(_UNDECODABLE) + 1}: {first}{more}{hint}"))
+        elif line.strip():
+            try:
+                items.append((where, json.loads(line)))
+            except json.JSONDecodeError as e:
+                items.append((where, f"invalid JSON ({e.msg} at column {e.colno})"))
+    return items, encoding
+
+
+def load_conversations(path: str | Path, on_error: str = "raise", format: str = "auto"):
+    """Load chat records from a file, converted to messages and checked one by one.
+
+    Files: JSONL (one record per line), JSON (a list of records), CSV (one per row; a `messages`
+    column as JSON text) or Parquet (`read_items`). Records: `format` (a key of `FORMATS`), or with
+    "auto" each record's own (`detect_format`): messages (OpenAI content blocks joined),
+    prompt/completion (plain or as message lists), ShareGPT, Alpaca (`to_messages`).
 
     With `on_error="raise"` (default) any bad record raises one `ConversationFormatError` listing
     every problem as `file:line: reason`. With `on_error="skip"` returns `(records, SkipReport)`:
-    the good records plus a count and reason for each line left out. Blank lines are ignored. The
-    file may be UTF-8 (with or without BOM) or UTF-16/32 with a BOM (`detect_encoding`; the report
-    says which); a line with bytes that do not decode is a bad record like any other.
+    the good records plus a count and reason for each record left out, and how many were in each
+    format. Blank lines are ignored. A text file may be UTF-8 (with or without BOM) or UTF-16/32 with
+    a BOM (`detect_encoding`; the report says which); a line with bytes that do not decode is a bad
+    record like any other.
 
     >>> recs = load_conversations(data_path("sft_test.jsonl"))
     >>> recs[0]["messages"][-1]["role"]
@@ -137,34 +318,30 @@ def load_conversations(path: str | Path, on_error: str = "raise"):
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-    path = Path(path)
-    data = path.read_bytes()
-    codec, bom, encoding = detect_encoding(data)
-    text, runs = _decode(data[bom:], codec)
-    hint = " (is it Latin-1 or cp1252? re-save it as UTF-8)" if codec == "utf-8" else ""
-    records, problems = [], []
-    for lineno, line in enumerate(io.StringIO(text, newline=None), start=1):  # newlines as open() reads them
-        if _UNDECODABLE in line:
-            n = line.count(_UNDECODABLE)
-            first, runs = runs[0], runs[n:]
-            more = f" and {n - 1} more undecodable run(s)" if n > 1 else ""
-            problems.append(f"{path}:{lineno}: cannot decode as {encoding} at column "
-                            f"{line.index(_UNDECODABLE) + 1}: {first}{more}{hint}")
+    if format != "auto" and format not in FORMATS:
+        raise ValueError(f"format must be 'auto' or one of {list(FORMATS)}, not {format!r}")
+    items, encoding = read_items(path)
+    records, problems, formats = [], [], {}
+    for where, item in items:
+        if isinstance(item, str):
+            problems.append(f"{where}: {item}")
             continue
-        if not line.strip():
-            continue
+        fmt = detect_format(item) if format == "auto" else format
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
+            record = to_messages(item, fmt)
+        except (ValueError, KeyError, TypeError) as e:
+            reason = str(e) if isinstance(e, ValueError) else f"not in the {fmt} format (missing {e})"
+            problems.append(f"{where}: {reason}")
             continue
         bad = conversation_problems(record)
         if bad:
-            problems.append(f"{path}:{lineno}: " + "; ".join(bad))
+            problems.append(f"{where}: " + "; ".join(bad))
         else:
             records.append(record)
+            formats[fmt] = formats.get(fmt, 0) + 1
     if on_error == "raise":
         if problems:
             raise ConversationFormatError(problems, encoding)
         return records
-    return records, SkipReport(str(path), loaded=len(records), skipped=problems, encoding=encoding)
+    return records, SkipReport(str(path), loaded=len(records), skipped=problems, encoding=encoding,
+                               formats=formats)
