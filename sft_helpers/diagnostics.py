@@ -406,6 +406,25 @@ def preflight(records: list[dict], tokenizer, examples: list[dict] | None = None
     return findings
 
 
+def check_multi_turn(records: list[dict], mask: str) -> list[Finding]:
+    """A warning when `mask` is "completion_only" and records have several assistant turns: only the
+    last reply of each is trained; names how many earlier replies are not, and the mode that
+    trains them.
+
+    >>> turn = lambda role: {"role": role, "content": "x"}
+    >>> check_multi_turn([{"messages": [turn("user"), turn("assistant")] * 3}], "completion_only")[0].check
+    'multi-turn records'
+    """
+    replies = [sum(m.get("role") == "assistant" for m in r.get("messages", [])) for r in records]
+    multi = [n for n in replies if n > 1]
+    if mask != "completion_only" or not multi:
+        return []
+    return [Finding("warning", "multi-turn records",
+                    f"{len(multi)} of {len(records)} records have several assistant turns; completion_only "
+                    f"trains only the last reply of each, so {sum(n - 1 for n in multi)} earlier replies "
+                    "are not trained", "mask: assistant_only trains every assistant turn")]
+
+
 def plot_loss_curves(histories: dict[str, list[dict]], key: str = "eval_loss", title: str = "",
                      log_scale: bool = True):
     """One line per run: `key` ("loss" for training, "eval_loss") against the step, from

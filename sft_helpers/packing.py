@@ -331,12 +331,14 @@ def _write_arrow(blocks: Iterator[pa.Table], path: str) -> None:
 
 def pack_dataset_columnar(data: Dataset | dict | list[dict], max_length: int, strategy: str = "bfd",
                           overflow: str = "raise", shuffle_seed: int | None = None,
-                          cache_file_name: str | None = None, rows_per_block: int = 1000) -> tuple[Dataset, dict]:
+                          cache_file_name: str | None = None, rows_per_block: int = 1000,
+                          cache_dir: str | None = None) -> tuple[Dataset, dict]:
     """`pack_examples` for large data: returns `(dataset, stats)`, the same rows as a `datasets.Dataset`
     (columns `input_ids`, `labels`, `loss_weights` when present, and `seq_lengths`; what
     `PackedCollator` consumes) and the same `stats`. `data` is a `datasets.Dataset`, a dict of columns
     or a list of example dicts. A dataset on disk is packed `rows_per_block` rows at a time into an
-    Arrow file next to it (or `cache_file_name`; a temporary one with `datasets.disable_caching()`),
+    Arrow file next to it (or in `cache_dir`, or `cache_file_name`; a temporary one with
+    `datasets.disable_caching()`),
     named by its fingerprint and the packing's arguments, and the result is memory-mapped from that
     file: packing the same data the same way again just reopens it. Other data is packed in memory.
 
@@ -356,8 +358,9 @@ def pack_dataset_columnar(data: Dataset | dict | list[dict], max_length: int, st
         data = Dataset.from_dict(data)
     args = {"max_length": max_length, "strategy": strategy, "overflow": overflow, "shuffle_seed": shuffle_seed}
     if cache_file_name is None and data.cache_files:
-        folder = (os.path.dirname(data.cache_files[0]["filename"]) if is_caching_enabled()
+        folder = (cache_dir or os.path.dirname(data.cache_files[0]["filename"]) if is_caching_enabled()
                   else get_temporary_cache_files_directory())
+        os.makedirs(folder, exist_ok=True)
         key = Hasher.hash([data._fingerprint, args, packed_blocks])
         cache_file_name = os.path.join(folder, f"packed-{key}.arrow")
     table = data.with_format("arrow")[:]

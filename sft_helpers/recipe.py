@@ -100,6 +100,8 @@ FIELDS: dict[str, Field] = {
                                ("completion_only", "reply")),
     "format": Field(STR, "auto", "the records' format: 'auto' (detected per record) or one of "
                     + ", ".join(FORMATS), ("auto", *FORMATS)),
+    "max_skipped": Field(NUM, 0.01, "stop before training when more than this share of the records is "
+                         "skipped (malformed) or dropped (nothing left to train)", check=_unit),
     "bad_records": Field(STR, "error", "malformed records: 'error' (stop) or 'skip' (drop, with a warning)",
                          ("error", "skip")),
     "num_proc": Field(INT + NONE, None, "processes that label the training data (datasets.map); null: one",
@@ -128,7 +130,8 @@ FIELDS: dict[str, Field] = {
     "lora_targets": Field(STR + LIST, "all-linear", "modules that get adapters"),
     "train_embeddings": Field(BOOL, False, "LoRA/QLoRA: also train the embeddings and output head"),
     # hyperparameters
-    "lr": Field(NUM, 2e-4, "peak learning rate", check=_positive),
+    "lr": Field(NUM, 2e-4, "peak learning rate (above 0.1 only with force: true)", check=_positive),
+    "force": Field(BOOL, False, "train despite an implausible learning rate (above 0.1)"),
     "schedule": Field(STR, "cosine", "after warmup: cosine decay or constant", ("cosine", "constant")),
     "warmup": Field(NUM, 0.05, "warmup: a fraction of the steps, or a step count when >= 1",
                     check=_non_negative),
@@ -160,6 +163,9 @@ ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_trai
            "packing": "batching", "dataset": "train", "datasets": "train",
            "val_set_size": "validation_fraction",
            "resume_from_checkpoint": "resume", "completion_only_loss": "mask", "assistant_only_loss": "mask"}
+
+
+MAX_PLAUSIBLE_LR = 0.1
 
 
 class ConfigError(ValueError):
@@ -254,6 +260,9 @@ def check_config(raw: dict) -> dict:
                         f"mask is {cfg['mask']!r}")
     if cfg["samples_per_step"] and cfg["batching"] != "packed":
         problems.append(f"samples_per_step: only for batching: packed (not {cfg['batching']!r})")
+    if cfg["lr"] > MAX_PLAUSIBLE_LR and not cfg["force"]:
+        problems.append(f"lr: {cfg['lr']:g} is implausible for fine-tuning (AdamW rates above {MAX_PLAUSIBLE_LR:g} "
+                        "diverge; typical: 1e-5 to 3e-4); set force: true to train anyway")
     if isinstance(cfg["eval_steps"], str) and cfg["eval_steps"] != "epoch":
         problems.append(f"eval_steps: a step count or 'epoch', not {cfg['eval_steps']!r}")
     if cfg["max_steps"] == 0 or cfg["max_steps"] < -1:
@@ -261,6 +270,30 @@ def check_config(raw: dict) -> dict:
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+class DuplicateKeyError(ValueError):
+    def __init__(self, key: str, line: int):
+        self.key, self.line = key, line
+        super().__init__(f"line {line}: duplicate key {key!r}")
+
+
+def _unique_key_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """PyYAML's safe loader, refusing a mapping that repeats a key (PyYAML keeps the last)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return Loader
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
@@ -281,7 +314,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             shipped = ", ".join(sorted(f.stem for f in CONFIGS.glob("*.yaml")))
             raise ConfigError([f"config file {str(path)!r} not found (shipped configs: {shipped})"])
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_unique_key_loader()) or {}
+        except DuplicateKeyError as e:
+            raise ConfigError([f"{p}:{e.line}: key {e.key!r} appears twice (the last would silently win)"]) from None
         except yaml.YAMLError as e:
             raise ConfigError([f"{p}: not valid YAML: {e}"]) from None
         if isinstance(raw, dict):
@@ -358,7 +393,9 @@ def read_dataset(source, num_proc: int | None = None, format: str = "auto",
             if converted and notes is not None:
                 notes.append(f"{p}: " + ", ".join(f"{n:,} records read as {FORMATS[f]}" for f, n in converted.items()))
             continue
-        ds, ds_bad = _checked(_load_large(p), p, num_proc)
+        ds, unreadable = _load_large(p)
+        ds, ds_bad = _checked(ds, p, num_proc)
+        ds_bad = unreadable + ds_bad
         parts.append(ds)
         bad += ds_bad
     if small or not parts:
@@ -366,17 +403,71 @@ def read_dataset(source, num_proc: int | None = None, format: str = "auto",
     return (parts[0] if len(parts) == 1 else concatenate_datasets(parts)), bad
 
 
-def _load_large(p: Path) -> Dataset:
-    """A saved datasets folder (its train split, or the only one), or a large JSONL file by the json
-    loader (cached under the datasets cache, keyed by the file's path and modification time)."""
+def _load_large(p: Path) -> tuple[Dataset, list[str]]:
+    """`(dataset, unreadable)`: a saved datasets folder (its train split, or the only one), or a large
+    JSONL file by the json loader (cached under the datasets cache, keyed by the file's path and
+    modification time). When the loader fails on the file (a truncated line, bytes that are not
+    UTF-8), the file is read line by line instead (`_readable_lines`): the lines that cannot be read
+    are named `file:line: reason`, and the others are loaded from a copy in the cache."""
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     if p.is_dir():
         ds = load_from_disk(str(p))
         if isinstance(ds, DatasetDict):
             ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-        return ds
-    return load_dataset("json", data_files=str(p), split="train")
+        return ds, []
+    import logging
+
+    loader_log = logging.getLogger("datasets.packaged_modules.json.json")
+    level = loader_log.level
+    loader_log.setLevel(logging.CRITICAL)  # its error is reworded below, line by line
+    try:
+        return load_dataset("json", data_files=str(p), split="train"), []
+    except Exception:  # noqa: BLE001  (DatasetGenerationError, ArrowInvalid, UnicodeDecodeError, ...)
+        clean, unreadable = _readable_lines(p)
+        return load_dataset("json", data_files=clean, split="train"), unreadable
+    finally:
+        loader_log.setLevel(level)
+
+
+def _readable_lines(p: Path) -> tuple[str, list[str]]:
+    """`(copy, unreadable)`: the lines of JSONL file `p` that decode as UTF-8 and parse as JSON
+    objects, written to a copy in `cache_dir()`, and `file:line: reason` for every other non-blank
+    line (1-based), read one line at a time."""
+    import hashlib
+
+    stat = p.stat()
+    key = hashlib.sha1(f"{p.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    copy, unreadable = os.path.join(cache_dir(), f"readable-{key}.jsonl"), []
+    hint = " (is it Latin-1 or cp1252? re-save it as UTF-8)"
+    with open(p, "rb") as src, open(copy + ".tmp", "wb") as out:
+        for lineno, raw in enumerate(src, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                unreadable.append(f"{p}:{lineno}: cannot decode as UTF-8 at byte {e.start + 1} ({e.reason}){hint}")
+                continue
+            except json.JSONDecodeError as e:
+                unreadable.append(f"{p}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(record, dict):
+                unreadable.append(f"{p}:{lineno}: record is a {type(record).__name__}, not an object")
+                continue
+            out.write(raw.rstrip(b"\r\n") + b"\n")
+    os.replace(copy + ".tmp", copy)
+    return copy, unreadable
+
+
+def cache_dir() -> str:
+    """Where `sft-train` keeps the Arrow files it derives from the data (checks, labels, packed rows):
+    a folder of the datasets cache, never the user's data folder."""
+    import datasets
+
+    folder = Path(datasets.config.HF_DATASETS_CACHE) / "sft_helpers"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
 
 
 def _problems_batch(batch: dict) -> dict:
@@ -392,13 +483,38 @@ def _checked(ds: Dataset, p: Path, num_proc: int | None) -> tuple[Dataset, list[
     import numpy as np
     import pyarrow.compute as pc
 
+    cached = os.path.join(cache_dir(), f"checks-{ds._fingerprint}.arrow") if ds.cache_files else None
     problems = ds.map(_problems_batch, batched=True, remove_columns=ds.column_names, desc="checking records",
-                      num_proc=num_proc if num_proc and num_proc > 1 else None).data.column("problems")
+                      num_proc=num_proc if num_proc and num_proc > 1 else None,
+                      cache_file_name=cached).data.column("problems")
     bad = np.flatnonzero(pc.is_valid(problems).to_numpy(zero_copy_only=False))
     if not len(bad):
         return ds, []
     good = np.flatnonzero(pc.is_null(problems).to_numpy(zero_copy_only=False))
-    return ds.select(good), [f"{p}[{i}]: {problems[int(i)].as_py()}" for i in bad]
+    lines = _line_numbers(p, bad) if p.is_file() else {}
+    where = {int(i): f"{p}:{lines[int(i)]}" if int(i) in lines else f"{p}: row {i + 1}" for i in bad}
+    return ds.select(good), [f"{where[int(i)]}: {problems[int(i)].as_py()}" for i in bad]
+
+
+def _line_numbers(p: Path, rows) -> dict[int, int]:
+    """The 1-based line of JSONL file `p` that holds each of `rows` (0-based record numbers, blank
+    and unreadable lines not counted), by one pass over the file."""
+    wanted, found, row = set(int(r) for r in rows), {}, -1
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                if not isinstance(json.loads(raw), dict):
+                    continue
+            except ValueError:  # undecodable or invalid: not a row of the loaded dataset
+                continue
+            row += 1
+            if row in wanted:
+                found[row] = lineno
+                if len(found) == len(wanted):
+                    break
+    return found
 
 
 def records_of(ds: Dataset, indices=None) -> list[dict]:
@@ -470,7 +586,7 @@ def prepare(cfg: dict, tokenizer, train: list[dict] | None = None, validation: l
     from .labelling import label_dataset
     from .masking import LabelReport, build_labels, stop_at_end_of_turn
 
-    bad, n, notes = [], cfg["max_eval_examples"], []
+    bad, n, notes, val_report = [], cfg["max_eval_examples"], [], LabelReport()
     data = train
     if data is None:
         data, bad = read_dataset(cfg["train"], cfg["num_proc"], cfg["format"], notes)
@@ -499,11 +615,13 @@ def prepare(cfg: dict, tokenizer, train: list[dict] | None = None, validation: l
     else:
         train, report = label_dataset(data, tokenizer, cfg["mask"], max_length=cfg["max_length"],
                                       truncation=cfg["truncation"], prompt_weight=cfg["prompt_weight"],
-                                      num_proc=cfg["num_proc"], checked=True)  # read_dataset checked them
+                                      num_proc=cfg["num_proc"], checked=True,  # read_dataset checked them
+                                      cache_dir=cache_dir())
     if validation and "input_ids" not in validation[0]:
         # the validation loss is on the responses (completion-only), comparable across masks
-        validation, _ = build_labels(validation, tokenizer, "completion_only", max_length=cfg["max_length"],
-                                     truncation=cfg["truncation"], on_error="skip")
+        validation, val_report = build_labels(validation, tokenizer, "completion_only",
+                                              max_length=cfg["max_length"], truncation=cfg["truncation"],
+                                              on_error="skip")
         if cfg["validation_labels"] == "reply":
             validation = stop_at_end_of_turn(validation, tokenizer, tokenizer.eos_token)
     records = [] if labelled else data
@@ -512,7 +630,7 @@ def prepare(cfg: dict, tokenizer, train: list[dict] | None = None, validation: l
     elif len(records) > PREFLIGHT_SAMPLE:
         records = [records[i] for i in _sample(len(records), PREFLIGHT_SAMPLE, cfg["seed"])]
     return {"records": records, "n_records": len(data), "train": train, "validation": validation,
-            "test": test, "bad": bad, "label_report": report, "notes": notes}
+            "test": test, "bad": bad, "label_report": report, "notes": notes, "validation_report": val_report}
 
 
 # --- preflight -----------------------------------------------------------------------------------
@@ -550,6 +668,24 @@ def memory_estimate(cfg: dict, model_config, device: str, row_length: int) -> tu
     return est, capacity
 
 
+SKIPPED_FILE = "skipped.txt"
+
+
+def write_skipped(cfg: dict, data: dict) -> Path | None:
+    """Every record left out of the run, one per line with where it was and why, in
+    `output_dir/skipped.txt`: malformed records (`file:line: reason`) and the examples dropped after
+    labelling (train and validation). Returns the file, or None when nothing was left out."""
+    lines = [f"malformed: {b}" for b in data["bad"]]
+    lines += [f"dropped (train): {d}" for d in data["label_report"].dropped]
+    lines += [f"dropped (validation): {d}" for d in data["validation_report"].dropped]
+    if not lines:
+        return None
+    path = Path(cfg["output_dir"]) / SKIPPED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def run_preflight(cfg: dict, tokenizer, data: dict, model_config, device: str, verbose: bool = True) -> list:
     """`preflight`'s findings for this run, plus malformed records (errors unless `bad_records: skip`),
     an empty training set, and the memory estimate against the device (an error when it does not fit
@@ -573,6 +709,24 @@ def run_preflight(cfg: dict, tokenizer, data: dict, model_config, device: str, v
     elif data["label_report"].dropped:
         extra.append(Finding("warning", "dropped examples", str(data["label_report"]).replace("\n", "\n    "),
                              "check the mask mode and max_length"))
+    dropped = data["label_report"].dropped
+    share = (len(data["bad"]) + len(dropped)) / max(1, data["n_records"] + len(data["bad"]))
+    if share > cfg["max_skipped"] and (cfg["bad_records"] == "skip" or dropped):
+        extra.append(Finding("error", "records lost", f"{len(data['bad']) + len(dropped)} records skipped or "
+                             f"dropped ({share:.1%}), more than max_skipped ({cfg['max_skipped']:.1%}); every "
+                             f"one is listed in {Path(cfg['output_dir']) / SKIPPED_FILE}",
+                             "fix the data, or raise max_skipped"))
+    val_dropped = data["validation_report"].dropped
+    if (cfg["validation"] or cfg["validation_fraction"]) and not data["validation"]:
+        extra.append(Finding("error", "no validation examples", f"every validation record was dropped "
+                             f"({len(val_dropped)} after labelling)", "check the validation data and max_length"))
+    elif val_dropped:
+        extra.append(Finding("warning", "dropped validation examples",
+                             f"{len(val_dropped)} validation records dropped after labelling (listed in "
+                             f"{Path(cfg['output_dir']) / SKIPPED_FILE})", "check the validation data and max_length"))
+    from .diagnostics import check_multi_turn
+
+    extra += check_multi_turn(data["records"], cfg["mask"])
     params = _params(model_config)
     train = data["train"]
     examples = records_of(train, _sample(len(train), PREFLIGHT_SAMPLE, cfg["seed"])) if len(train) else None
@@ -594,6 +748,7 @@ def run_preflight(cfg: dict, tokenizer, data: dict, model_config, device: str, v
     if verbose:
         counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
         print(f"preflight: checked {len(data['records'])} of {data['n_records']} records, "
+              f"{len(data['bad'])} skipped (malformed), {len(data['label_report'].dropped)} dropped after labelling, "
               f"{len(data['train'])} training examples, "
               f"{len(data['validation'])} validation, {len(data['test'])} test; {counts['error']} errors, "
               f"{counts['warning']} warnings, {counts['info']} notes")
@@ -684,8 +839,10 @@ def batches(cfg: dict, tokenizer, train: list[dict] | Dataset) -> tuple[object, 
     from .packing import pack_examples
 
     length = row_length(cfg, train)
-    pack = pack_examples if isinstance(train, list) else pack_dataset_columnar  # the same rows
-    rows, _ = pack(train, length, shuffle_seed=cfg["seed"])
+    if isinstance(train, list):
+        rows, _ = pack_examples(train, length, shuffle_seed=cfg["seed"])
+    else:  # the same rows, gathered columnar
+        rows, _ = pack_dataset_columnar(train, length, shuffle_seed=cfg["seed"], cache_dir=cache_dir())
     return rows, PackedCollator(tokenizer.pad_token_id, length)
 
 
@@ -851,17 +1008,69 @@ def config_command(cfg: dict, base: dict | None = None) -> str:
     return " ".join(["sft-train"] + parts)
 
 
-def run(cfg: dict, dry_run: bool = False) -> int:
+def check_resume(cfg: dict) -> None:
+    """Raise a `ConfigError` when `resume` names no checkpoint: true with no `checkpoint-N` folder in
+    `output_dir/checkpoints`, or a folder that does not exist (before any data or model loads)."""
+    resume = cfg["resume"]
+    if resume is True:
+        folder = Path(cfg["output_dir"]) / "checkpoints"
+        if not any(folder.glob("checkpoint-*")):
+            raise ConfigError([f"resume: true, but {folder} holds no checkpoint (a run saves them with save_steps)"])
+    elif isinstance(resume, str) and not Path(resume).is_dir():
+        raise ConfigError([f"resume: checkpoint folder {resume!r} does not exist"])
+
+
+def _load_tokenizer(model_id: str):
+    """The tokenizer of `model_id`, or a one-line `ConfigError` saying why it cannot load (a folder
+    that does not exist, a hub id with the hub offline, no tokenizer files)."""
+    from .models import load_tokenizer, model_folder
+
+    folder = model_folder(model_id)
+    looks_local = folder.startswith((".", "/", "~")) or Path(folder).exists()
+    if looks_local and not Path(folder).expanduser().is_dir():
+        raise ConfigError([f"model: folder {folder!r} does not exist"])
+    if not looks_local and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(folder, "config.json"), str):
+            raise ConfigError([f"model: {folder!r} is not a local folder, and the hub is offline (HF_HUB_OFFLINE=1) "
+                               "with no cached copy: download it first, or give a folder"])
+    try:
+        return load_tokenizer(model_id, verbose=False)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError([f"model: cannot load a tokenizer from {folder!r}: {first}"]) from None
+
+
+def print_masks(data: dict, tokenizer, n: int) -> None:
+    """The first `n` labelled training examples with their trained tokens in `[[...]]` (what
+    `axolotl preprocess --debug` shows): what the loss will see."""
+    from .masking import show_mask
+
+    train = data["train"]
+    for i in range(min(n, len(train))):
+        example = train[i]
+        print(f"--- training example {i + 1} (trained tokens in [[...]]):\n{show_mask(tokenizer, example)}")
+
+
+def run(cfg: dict, dry_run: bool = False, show_masks: int = 0) -> int:
     """Preflight, then (unless `dry_run`) `run_sft` and write the run folder. Returns the exit status:
-    1 when preflight found errors (nothing trains), else 0."""
+    1 when preflight found errors (nothing trains), else 0. `show_masks` prints that many labelled
+    examples with their trained tokens marked."""
     from transformers import AutoConfig
 
-    from .models import load_tokenizer, model_folder
+    from .models import model_folder
 
     main = is_main_process()
     device = device_of(cfg)
-    tokenizer = load_tokenizer(cfg["model"], verbose=False)
+    if main:
+        print(f"processes: {int(os.environ.get('WORLD_SIZE', '1'))}, each on {device}")
+    check_resume(cfg)
+    tokenizer = _load_tokenizer(cfg["model"])
     apply_template(cfg, tokenizer)
+    if not tokenizer.chat_template:
+        raise ConfigError([f"template: the tokenizer of {cfg['model']!r} has no chat template; set template: to a "
+                           "Jinja file or the template text (e.g. a ChatML template)"])
     started = time.perf_counter()
     data = prepare(cfg, tokenizer)
     if main:
@@ -869,8 +1078,12 @@ def run(cfg: dict, dry_run: bool = False) -> int:
               f"{time.perf_counter() - started:.1f} s")
         for note in data["notes"]:
             print(f"data: {note}")
+        print_masks(data, tokenizer, show_masks)
     model_config = AutoConfig.from_pretrained(model_folder(cfg["model"]))
     findings = run_preflight(cfg, tokenizer, data, model_config, device, verbose=main)
+    skipped = write_skipped(cfg, data) if main else None
+    if skipped:
+        print(f"left out: every skipped or dropped record is listed in {skipped}")
     errors = [f for f in findings if f.severity == "error"]
     if errors or dry_run:
         if main:
@@ -901,7 +1114,10 @@ def _positional(argv: list[str] | None) -> tuple[list[str], list[str]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, overrides, i = [], [], 0
     while i < len(argv):
-        if argv[i].startswith("-") and argv[i] not in ("--dry-run", "--keys", "--list", "-h", "--help"):
+        if argv[i] == "--show-masks":  # the command's own option with a value
+            own += argv[i:i + 2]
+            i += 2
+        elif argv[i].startswith("-") and argv[i] not in ("--dry-run", "--keys", "--list", "-h", "--help"):
             overrides += argv[i:i + 2]
             i += 2
         else:
@@ -919,6 +1135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", nargs="?", help="a YAML file, or the name of a shipped config")
     ap.add_argument("--dry-run", action="store_true",
                     help="check config and data, print preflight and memory, stop")
+    ap.add_argument("--show-masks", type=int, default=0, metavar="N",
+                    help="print N labelled training examples with their trained tokens in [[...]]")
     ap.add_argument("--keys", action="store_true", help="list every config key with its default and meaning")
     ap.add_argument("--list", action="store_true", help="list the shipped example configs")
     args, overrides = ap.parse_args(_positional(argv)[0]), _positional(argv)[1]
@@ -938,7 +1156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sft-train: {e}", file=sys.stderr)
         return 2
     try:
-        return run(cfg, dry_run=args.dry_run)
+        return run(cfg, dry_run=args.dry_run, show_masks=args.show_masks)
     except (ConfigError, FileNotFoundError) as e:
         print(f"sft-train: {e}", file=sys.stderr)
         return 2

@@ -119,3 +119,9 @@ def test_sft_train_trains_each_format(tmp_path, capsys, one_thread, fmt, suffix)
     assert main(common) == 0
     logged = [json.loads(ln) for ln in (tmp_path / "run" / "log_history.jsonl").read_text().splitlines()]
     assert logged[-1]["step"] == 2
+
+
+def test_readme_formats_example_runs(run_readme_example):
+    run = run_readme_example("### Your own data: formats")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "converted to messages: 1 ShareGPT" in run.stdout and "1 Alpaca" in run.stdout

@@ -126,3 +126,29 @@ def test_long_tailed_lengths_are_seeded_and_bounded():
     a, b = long_tailed_lengths(5000, 2048, seed=4), long_tailed_lengths(5000, 2048, seed=4)
     assert a == b != long_tailed_lengths(5000, 2048, seed=5)
     assert 1 <= min(a) and max(a) <= 2048 and max(a) > 8 * sorted(a)[2500]  # a long tail
+
+
+def _fit(lengths: list[int], capacity: int, choose) -> list[list[int]]:
+    """Reference decreasing bin packing: each sample (longest first) into the row `choose` picks
+    among those with room (`free, indices` pairs), else a new row; rows as sorted index lists."""
+    rows = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        room = [r for r in rows if r[0] >= lengths[i]]
+        row = choose(room) if room else None
+        if row is None:
+            row = [capacity, []]
+            rows.append(row)
+        row[0] -= lengths[i]
+        row[1].append(i)
+    return sorted(sorted(r[1]) for r in rows)
+
+
+def test_best_fit_is_pinned_apart_from_first_and_worst_fit():
+    """A case where the tightest row, the first row with room and the roomiest row differ: the last
+    sample (1 token) goes to the row with 1 free slot under best fit only."""
+    lengths, capacity = [3, 8, 1, 6], 10
+    best = _fit(lengths, capacity, lambda room: min(room, key=lambda r: r[0]))
+    first = _fit(lengths, capacity, lambda room: room[0])
+    worst = _fit(lengths, capacity, lambda room: max(room, key=lambda r: r[0]))
+    assert best == [[0, 2, 3], [1]] and first == worst == [[0, 3], [1, 2]]
+    assert sorted(sorted(r) for r in pack_bfd(lengths, capacity).indices()) == best

@@ -101,9 +101,16 @@ def test_dry_run_exits_1_naming_a_planted_data_problem(tmp_path, capsys):
     assert "[error] malformed records" in out and f"{tmp_path / 'train.jsonl'}:3:" in out
     assert "no assistant turn" in out
     assert main([path]) == 1  # nor does a real run start on it
-    assert not (tmp_path / "run").exists()
-    assert main([path, "--bad_records", "skip", "--dry-run"]) == 0  # skipping it is a choice, said out loud
-    assert "[warning] malformed records" in capsys.readouterr().out
+    assert [f.name for f in (tmp_path / "run").iterdir()] == ["skipped.txt"]  # the list, nothing trained
+    assert (tmp_path / "run" / "skipped.txt").read_text() == f"malformed: {tmp_path / 'train.jsonl'}:3: no assistant turn\n"
+    capsys.readouterr()
+    # skipping is a choice, said out loud, up to max_skipped of the records (1 of 20 is 5%)
+    assert main([path, "--bad_records", "skip", "--dry-run"]) == 1
+    assert "[error] records lost: 1 records skipped or dropped (5.0%), more than max_skipped (1.0%)" in (
+        capsys.readouterr().out)
+    assert main([path, "--bad_records", "skip", "--max_skipped", "0.1", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "[warning] malformed records" in out and "1 skipped (malformed), 0 dropped" in out
 
 
 def test_run_writes_the_run_folder(tmp_path, one_thread):
@@ -133,7 +140,7 @@ def test_saved_datasets_folder_is_read(tmp_path):
     records[1] = {"messages": records[1]["messages"][:1]}
     Dataset.from_list(records).save_to_disk(str(tmp_path / "ds"))
     good, bad = read_records(str(tmp_path / "ds"))
-    assert len(good) == 4 and bad == [f"{tmp_path / 'ds'}[1]: no assistant turn"]
+    assert len(good) == 4 and bad == [f"{tmp_path / 'ds'}: row 2: no assistant turn"]
     assert read_records(str(data_path("sft_test.jsonl")))[0][:5] == load_split("test")[:5]
 
 
@@ -169,10 +176,12 @@ def test_large_file_path_reports_bad_records_and_checks_a_sample(tmp_path, capsy
     monkeypatch.setattr(train, "PREFLIGHT_SAMPLE", 10)
     assert main([path, "--dry-run"]) == 1
     out = capsys.readouterr().out
-    assert f"{tmp_path / 'train.jsonl'}[4]: " in out and "[error] malformed records" in out
-    assert "preflight: checked 10 of 29 records, 29 training examples" in out
-    assert main([path, "--bad_records", "skip", "--max_train_examples", "20", "--dry-run"]) == 0
-    assert "preflight: checked 10 of 20 records, 20 training examples" in capsys.readouterr().out
+    assert f"{tmp_path / 'train.jsonl'}:5: " in out and "[error] malformed records" in out  # 1-based
+    assert "preflight: checked 10 of 29 records, 1 skipped (malformed), 0 dropped after labelling, " \
+           "29 training examples" in out
+    assert main([path, "--bad_records", "skip", "--max_train_examples", "20", "--max_skipped", "0.1",
+                 "--dry-run"]) == 0
+    assert "preflight: checked 10 of 20 records, 1 skipped" in capsys.readouterr().out
 
 
 def test_a_config_of_overrides_alone_needs_no_file(capsys):
@@ -183,3 +192,112 @@ def test_a_config_of_overrides_alone_needs_no_file(capsys):
     assert main(["--train", str(data_path("sft_test.jsonl")), "--validation", "null", "--max_train_examples", "8",
                  "--method", "full", "--save", "model", "--dry-run"]) == 0
     assert "dry run: config and data OK" in capsys.readouterr().out
+
+
+def test_common_mistakes_are_one_line_errors_before_anything_loads(tmp_path, capsys, monkeypatch):
+    """Exit 2 and one line naming the fix, no traceback: a model folder that does not exist, a hub id
+    with the hub offline, a tokenizer with no chat template, resume with no checkpoint, a key written
+    twice, an implausible learning rate (unless forced)."""
+    import shutil
+
+    data = str(data_path("sft_test.jsonl"))
+    base = ["--train", data, "--validation", "null", "--method", "full", "--save", "model",
+            "--output_dir", str(tmp_path / "run"), "--dry-run"]
+    no_template = tmp_path / "no-template"
+    shutil.copytree(data_path("tiny-base"), no_template)
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    for f in no_template.glob("chat_template.*"):
+        f.unlink()
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(f"train: {data}\nlr: 1.0e-4\nmethod: full\nlr: 1.0e-3\n")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cases = {
+        "does not exist": base + ["--model", str(tmp_path / "no-such-model")],
+        "the hub is offline": base + ["--model", "no-such-org/no-such-model"],
+        "has no chat template": base + ["--model", str(no_template)],
+        "holds no checkpoint": base + ["--resume", "true"],
+        f"{twice}:4: key 'lr' appears twice": [str(twice), "--dry-run"],
+        "implausible for fine-tuning": base + ["--lr", "10"],
+    }
+    for expected, argv in cases.items():
+        assert main(argv) == 2, expected
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (expected, err)
+    assert main(base + ["--lr", "10", "--force", "true"]) == 0  # forced: preflight's warning, no error
+    assert "[warning] learning rate" in capsys.readouterr().out
+
+
+def test_multi_turn_records_with_completion_only_get_a_warning(tmp_path, capsys):
+    records = load_split("train")[:40]
+    path = _config(tmp_path, records)
+    assert main([path, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "[warning] multi-turn records:" in out and "mask: assistant_only trains every assistant turn" in out
+    assert main([path, "--mask", "assistant_only", "--dry-run"]) == 0
+    assert "multi-turn records" not in capsys.readouterr().out
+
+
+def test_dropped_validation_records_are_listed_and_none_left_is_an_error(tmp_path, capsys):
+    """Validation records cut away by `truncation: drop` were dropped silently, and with none left the
+    run trained with no evaluation and exited 0."""
+    train = load_split("train")[:20]
+    long = [{"messages": [{"role": "user", "content": "word " * 400}] + r["messages"][-1:]}
+            for r in load_split("validation")[:3]]
+    path = _config(tmp_path, train, validation=_write(tmp_path / "val.jsonl", long), truncation="drop")
+    assert main([path, "--dry-run"]) == 1
+    out = capsys.readouterr().out
+    assert "[error] no validation examples: every validation record was dropped (3 after labelling)" in out
+    listed = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
+    assert len(listed) == 3 and all(line.startswith("dropped (validation): ") for line in listed)
+
+
+def test_a_saved_datasets_folder_gets_no_cache_files(tmp_path, one_thread):
+    """Checks, labels and packed rows were cached next to the dataset's Arrow files: in the user's
+    folder, even with --dry-run. They go to the datasets cache now."""
+    from datasets import Dataset
+
+    Dataset.from_list([{"messages": r["messages"]} for r in load_split("train")[:24]]).save_to_disk(
+        str(tmp_path / "ds"))
+    before = sorted(p.name for p in (tmp_path / "ds").iterdir())
+    argv = ["--train", str(tmp_path / "ds"), "--method", "full", "--save", "model", "--max_steps", "1",
+            "--output_dir", str(tmp_path / "run")]
+    assert main(argv + ["--dry-run"]) == 0
+    assert main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == before
+
+
+def test_large_file_path_names_unreadable_lines_and_skips_them(tmp_path, capsys, monkeypatch):
+    """Above SMALL_FILE_BYTES a truncated line raised a 76-line DatasetGenerationError and invalid
+    UTF-8 a raw UnicodeDecodeError; now each is `file:line: reason`, and `bad_records: skip` trains
+    on the rest."""
+    import sft_helpers.recipe as train
+
+    lines = [json.dumps({"messages": r["messages"]}) for r in load_split("train")[:30]]
+    lines[3] = lines[3][:40]  # truncated
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(("\n".join(lines[:6]) + "\n").encode() + b'{"messages": "caf\xe9"}\n'
+                     + ("\n".join(lines[6:]) + "\n").encode())
+    monkeypatch.setattr(train, "SMALL_FILE_BYTES", 0)
+    argv = ["--train", str(path), "--validation", "null", "--method", "full", "--save", "model",
+            "--output_dir", str(tmp_path / "run"), "--dry-run"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:4: invalid JSON" in out and f"{path}:7: cannot decode as UTF-8" in out
+    assert "Traceback" not in out
+    assert main(argv + ["--bad_records", "skip", "--max_skipped", "0.1"]) == 0
+    captured = capsys.readouterr()
+    assert "29 training examples" in captured.out and "Failed to load JSON" not in captured.err
+
+
+def test_show_masks_prints_the_trained_tokens(tmp_path, capsys):
+    records = load_split("train")[:4]
+    path = _config(tmp_path, records)
+    assert main([path, "--show-masks", "2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- training example") == 2
+    reply = records[0]["messages"][-1]["content"]
+    shown = out.split("--- training example 1 (trained tokens in [[...]]):\n")[1].split("\n--- training example 2")[0]
+    trained = shown.split("[[")[1].split("]]")[0]
+    assert shown.count("[[") == 1 and trained.startswith(reply[:10]) and "<|im_end|>" in trained  # reply + EOT
