@@ -553,13 +553,27 @@ TABLES = {"learning rate": _lr_table, "schedule": _schedule_table, "epochs": _ep
           "batch": _batch_table, "max length": _max_length_table, "regularisation": _regularisation_table}
 
 
-def tables(results: dict, sections=None) -> str:
+def tables(results: dict, sections=None, configs: bool = False) -> str:
     """Markdown tables of `all_sweeps` results, one value per seed ("seed 0 / seed 1"): every
-    section, or those named in `sections` (keys of `TABLES`, e.g. `("regularisation",)`)."""
+    section, or those named in `sections` (keys of `TABLES`, e.g. `("regularisation",)`); with
+    `configs`, each table's `sft-train` command and a column of each row's overrides (what
+    docs/experiments.md shows)."""
     unknown = set(sections or ()) - set(TABLES)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {list(TABLES)}")
-    return "\n\n".join("\n".join(TABLES[name](results)) for name in (sections or TABLES))
+    blocks = [TABLES[name](results) for name in (sections or TABLES)]
+    return "\n\n".join("\n".join(lines if configs else _without_configs(lines)) for lines in blocks)
+
+
+def _without_configs(lines: list[str]) -> list[str]:
+    """A table's lines without its config line and its last ("config") column."""
+    out = []
+    for line in lines:
+        if line.startswith("Each row is `sft-train"):
+            continue
+        out.append(line.rsplit(" | ", 1)[0] + " |" if line.startswith("|") and line.endswith(" |")
+                   else line.removesuffix("---|") if line.startswith("|---") else line)
+    return out
 
 
 def write_docs(results: dict, seeds, docs: Path | None = None) -> None:
@@ -568,7 +582,7 @@ def write_docs(results: dict, seeds, docs: Path | None = None) -> None:
     docs = docs or DOCS_JSON.parent
     (docs / "hyperparameters.json").write_text(json.dumps({"seeds": list(seeds), **results}, indent=1))
     body = (f"`python -m sft_helpers.course.experiments hyperparameters --seeds {' '.join(map(str, seeds))}` "
-            f"(values per seed, \"seed {' / seed '.join(map(str, seeds))}\"):\n\n{tables(results)}")
+            f"(values per seed, \"seed {' / seed '.join(map(str, seeds))}\"):\n\n{tables(results, configs=True)}")
     write_block(docs / "experiments.md", "hyperparameters", "Lesson 05: hyperparameters", body)
 
 
