@@ -1139,7 +1139,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="print N labelled training examples with their trained tokens in [[...]]")
     ap.add_argument("--keys", action="store_true", help="list every config key with its default and meaning")
     ap.add_argument("--list", action="store_true", help="list the shipped example configs")
-    args, overrides = ap.parse_args(_positional(argv)[0]), _positional(argv)[1]
+    own, overrides = _positional(argv)
+    args = ap.parse_args(own)
     if args.keys:
         for k, f in FIELDS.items():
             print(f"{k:<24} {json.dumps(f.default):<18} {f.doc}")

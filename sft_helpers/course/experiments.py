@@ -233,12 +233,12 @@ def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None 
     eval_every = eval_every and max(1, min(eval_every, budget.steps(eval_every)))
     if eval_examples is not None:
         eval_examples = budget.items(eval_examples)
+    tok = load_tokenizer(model_id, verbose=False)
     if examples is None:
-        examples, _ = build_labels(records, load_tokenizer(model_id, verbose=False), "completion_only")
+        examples, _ = build_labels(records, tok, "completion_only")
     if not train_eos:
-        examples = drop_end_of_turn(examples, load_tokenizer(model_id, verbose=False))
+        examples = drop_end_of_turn(examples, tok)
     if replay:
-        tok = load_tokenizer(model_id, verbose=False)
         docs = load_pretraining_corpus()
         rng = random.Random(seed)
         picked = rng.sample(docs, int(len(examples) * replay / (1 - replay)))
