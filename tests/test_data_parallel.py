@@ -57,14 +57,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(commands: list[list[str]], timeout: int = 120) -> None:
-    """Run `commands` at the same time (the processes of one job); fail with their output if any fails."""
+def _run(commands: list[list[str]], timeout: int = 300) -> None:
+    """Run `commands` at the same time (the processes of one job); fail with the output of every one
+    of them if any fails or the job outlives `timeout` seconds (then all are killed: a process that
+    died leaves the others waiting in a collective, and its output says why)."""
+    import tempfile
+    import time
+
     env = {**os.environ, **ENV}
-    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              cwd=Path(__file__).resolve().parent.parent) for c in commands]
-    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for p, text in zip(procs, outputs):
-        assert p.returncode == 0, f"{p.args} exited {p.returncode}:\n{text[-4000:]}"
+    logs = [tempfile.TemporaryFile("w+") for _ in commands]  # a pipe could fill and block a process
+    procs = [subprocess.Popen(c, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                              cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+             for c, log in zip(commands, logs)]
+    deadline, late = time.monotonic() + timeout, False
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            late = True
+            break
+    if late:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, 9)  # torchrun and its workers
+    for p, log in zip(procs, logs):
+        p.wait()
+        log.seek(0)
+    outputs = [log.read() for log in logs]
+    report = "\n".join(f"--- {' '.join(p.args[3:])} (exit {p.returncode}):\n{text[-3000:]}"
+                       for p, text in zip(procs, outputs))
+    assert not late, f"the job ran past {timeout} s; its processes printed:\n{report}"
+    assert all(p.returncode == 0 for p in procs), report
+
+
+def test_run_drains_every_process(tmp_path):
+    """A process of a job may print a lot while another waits for it (rank 0 in a collective while rank 1
+    warns): `_run` must not leave its output in a full pipe (that deadlocked a CI run), and a job that
+    hangs fails with what each process printed."""
+    flag = tmp_path / "done"
+    wait_for_flag = f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)"
+    talk_then_flag = f"print('w' * 300_000); open({str(flag)!r}, 'w').close()"
+    _run([[sys.executable, "-c", wait_for_flag], [sys.executable, "-c", talk_then_flag]], timeout=30)
+    with pytest.raises(AssertionError, match="(?s)ran past 1 s.*still here"):
+        _run([[sys.executable, "-c", "print('still here', flush=True); import time; time.sleep(60)"]],
+             timeout=1)
 
 
 def _max_difference(a: str, b: str) -> float:
