@@ -25,7 +25,7 @@ import html
 import re
 from dataclasses import dataclass, field
 
-from .records import conversation_problems
+from .records import chat_inputs, conversation_problems
 
 IGNORE = -100
 MODES = ("full", "completion_only", "assistant_only")
@@ -57,13 +57,13 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
-def full_labels(tokenizer, messages: list[dict]) -> dict:
+def full_labels(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> dict:
     """Labels on every token: the plain causal-LM objective."""
-    ids = render_ids(tokenizer, messages)
+    ids = render_ids(tokenizer, messages, tools=tools)
     return {"input_ids": ids, "labels": list(ids)}
 
 
-def completion_only_labels(tokenizer, messages: list[dict]) -> dict:
+def completion_only_labels(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> dict:
     """Labels only on the final assistant turn: everything before it is -100.
 
     The prompt is `messages[:-1]` rendered with the generation prompt; the completion starts where
@@ -79,8 +79,8 @@ def completion_only_labels(tokenizer, messages: list[dict]) -> dict:
     """
     if messages[-1]["role"] != "assistant":
         raise ValueError("completion-only labels need a conversation that ends with an assistant turn")
-    prompt = render_ids(tokenizer, messages[:-1], add_generation_prompt=True)
-    ids = render_ids(tokenizer, messages)
+    prompt = render_ids(tokenizer, messages[:-1], add_generation_prompt=True, tools=tools)
+    ids = render_ids(tokenizer, messages, tools=tools)
     n = common_prefix_length(prompt, ids)
     return {"input_ids": ids, "labels": [IGNORE] * n + ids[n:], "prefix_ok": n == len(prompt)}
 
@@ -88,6 +88,7 @@ def completion_only_labels(tokenizer, messages: list[dict]) -> dict:
 _GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
 # a special-token-shaped marker: <|im_end|>, <end_of_turn>, </s>, <turn|>, <｜end▁of▁sentence｜>
 _MARKER = r"<[^<>\s]{1,40}>"
+_MARKER_AT = re.compile(_MARKER)
 _SENTINEL_EDGES = "QZXJqzxj§¤¶"
 
 
@@ -113,10 +114,10 @@ def _with_text(message: dict, text: str) -> dict:
     return {**message, "content": content}
 
 
-def _render(tokenizer, messages: list[dict], template: str | None, add_generation_prompt: bool = False
-            ) -> str:
+def _render(tokenizer, messages: list[dict], template: str | None, add_generation_prompt: bool = False,
+            tools: list[dict] | None = None) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template,
+        return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template, tools=tools,
                                              add_generation_prompt=add_generation_prompt)
     except Exception as e:  # the template's own refusal (TemplateError, UndefinedError, TypeError, ...)
         raise MaskError(f"the chat template cannot render this conversation ({type(e).__name__}: {e})") from e
@@ -145,8 +146,8 @@ def _sentinel(n: int, text: str) -> str:
     return f"{free[0]}sft{n}{free[1]}"
 
 
-def content_spans(tokenizer, messages: list[dict], chat_template: str | None = None
-                  ) -> tuple[str, list[tuple[int, int]]]:
+def content_spans(tokenizer, messages: list[dict], chat_template: str | None = None,
+                  tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and, for every message, the character span its content occupies in it.
 
     Found from renders with sentinel contents, never by searching the content's text, so replies equal
@@ -155,7 +156,8 @@ def content_spans(tokenizer, messages: list[dict], chat_template: str | None = N
     around each content, which must reappear verbatim in the real render around the content (as given,
     or whitespace-trimmed). Otherwise each message is diffed alone: its span starts where the real
     render and one with only its content a sentinel stop agreeing, and ends where they agree again (a
-    content the template does not render gets an empty span).
+    content the template does not render gets an empty span). The span of an assistant turn with tool
+    calls runs on over the calls as the template renders them (`_with_tool_calls`).
 
     >>> from sft_helpers.models import load_tokenizer
     >>> text, spans = content_spans(load_tokenizer("tiny", verbose=False),
@@ -163,19 +165,54 @@ def content_spans(tokenizer, messages: list[dict], chat_template: str | None = N
     >>> [text[s:e] for s, e in spans]
     ['Hi', 'assistant']
     """
-    text = _render(tokenizer, messages, chat_template)
+    text = _render(tokenizer, messages, chat_template, tools=tools)
     stand_ins = [_sentinel(j, _text_of(m["content"])) for j, m in enumerate(messages)]
-    skeleton = _render(tokenizer, [_with_text(m, s) for m, s in zip(messages, stand_ins)], chat_template)
+    skeleton = _render(tokenizer, [_with_text(m, s) for m, s in zip(messages, stand_ins)], chat_template,
+                       tools=tools)
     spans = _spans_from_skeleton(text, skeleton, stand_ins, [_text_of(m["content"]) for m in messages])
-    if spans is not None:
-        return text, spans
-    spans = []
+    if spans is None:
+        spans = [_differing_span(text, _render(tokenizer, messages[:j] + [_with_text(m, stand_ins[j])]
+                                               + messages[j + 1:], chat_template, tools=tools))
+                 for j, m in enumerate(messages)]
+    return text, _with_tool_calls(tokenizer, messages, chat_template, tools, text, spans)
+
+
+def _differing_span(text: str, other: str) -> tuple[int, int]:
+    """The span of `text` where it differs from `other` (the same render with one thing changed)."""
+    start = _common_prefix(text, other)
+    return start, len(text) - _common_suffix(text, other, min(len(text), len(other)) - start)
+
+
+def _calls_span(tokenizer, messages: list[dict], j: int, chat_template: str | None, tools: list[dict] | None,
+                text: str) -> tuple[int, int] | None:
+    """Where the tool calls of turn `j` are in `text` (its render): the span where it differs from the
+    render without them; None when the template does not render them."""
+    without = {k: v for k, v in messages[j].items() if k != "tool_calls"}
+    try:
+        other = _render(tokenizer, messages[:j] + [without] + messages[j + 1:], chat_template, tools=tools)
+    except MaskError as e:
+        raise MaskError(f"cannot locate the tool calls of turn {j}: the template refuses the conversation "
+                        f"without them ({str(e).split('(', 1)[-1]}") from e
+    # the calls are an insertion: aligned leftmost (suffix first), so that an insertion ending the way
+    # the text after it begins ('<tool_call>' before '<|im_end|>') starts at its first character
+    same_end = _common_suffix(text, other, min(len(text), len(other)))
+    start, end = _common_prefix(text[:len(text) - same_end], other[:len(other) - same_end]), len(text) - same_end
+    cut = text.rfind("<", start, end)  # a marker the diff ends inside (GLM's '<|observation|>' after calls,
+    if cut >= 0 and (m := _MARKER_AT.match(text, cut)) and m.end() > end:  # '<|user|>' without them)
+        end = cut
+    return (start, end) if end > start else None
+
+
+def _with_tool_calls(tokenizer, messages: list[dict], chat_template: str | None, tools: list[dict] | None,
+                     text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`spans` with each assistant turn that makes tool calls extended over them (`_calls_span`; an
+    empty content's span starts where the calls begin)."""
+    out = list(spans)
     for j, m in enumerate(messages):
-        alone = messages[:j] + [_with_text(m, stand_ins[j])] + messages[j + 1:]
-        other = _render(tokenizer, alone, chat_template)
-        start = _common_prefix(text, other)
-        spans.append((start, len(text) - _common_suffix(text, other, min(len(text), len(other)) - start)))
-    return text, spans
+        if m.get("tool_calls") and (calls := _calls_span(tokenizer, messages, j, chat_template, tools, text)):
+            cs, ce = spans[j]
+            out[j] = (cs if _text_of(m["content"]).strip() or cs <= calls[0] else calls[0], max(ce, calls[1]))
+    return out
 
 
 def _spans_from_skeleton(text: str, skeleton: str, stand_ins: list[str], contents: list[str]
@@ -230,8 +267,8 @@ def _end_of_turn_length(after: str, closing: str, markers: re.Pattern) -> int:
     return have[n - 1] if n else 0
 
 
-def assistant_char_spans(tokenizer, messages: list[dict], chat_template: str | None = None
-                         ) -> tuple[str, list[tuple[int, int]]]:
+def assistant_char_spans(tokenizer, messages: list[dict], chat_template: str | None = None,
+                         tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and, for each assistant turn, the character span to train: what the model
     generates after the generation prompt, through the reply's end-of-turn marker(s).
 
@@ -244,12 +281,12 @@ def assistant_char_spans(tokenizer, messages: list[dict], chat_template: str | N
       it: one or several (`<|END_RESPONSE|><|END_OF_TURN_TOKEN|>`), and the ones of intermediate turns
       when they differ from the final turn's. Whitespace after the last marker is not trained.
     """
-    text, spans = content_spans(tokenizer, messages, chat_template)
-    return text, _train_spans(tokenizer, messages, chat_template, text, spans)
+    text, spans = content_spans(tokenizer, messages, chat_template, tools)
+    return text, _train_spans(tokenizer, messages, chat_template, text, spans, tools)
 
 
 def _train_spans(tokenizer, messages: list[dict], chat_template: str | None, text: str,
-                 spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+                 spans: list[tuple[int, int]], tools: list[dict] | None = None) -> list[tuple[int, int]]:
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not turns:
         return []
@@ -258,8 +295,14 @@ def _train_spans(tokenizer, messages: list[dict], chat_template: str | None, tex
         closing = text[spans[last][1]:]
     else:
         sentinel = _sentinel(last, _text_of(messages[last]["content"]))
-        final = _render(tokenizer, messages[:last] + [_with_text(messages[last], sentinel)], chat_template)
-        closing = final[final.find(sentinel) + len(sentinel):]
+        final = _render(tokenizer, messages[:last] + [_with_text(messages[last], sentinel)], chat_template,
+                        tools=tools)
+        end = final.find(sentinel) + len(sentinel)
+        if messages[last].get("tool_calls"):  # the closing comes after the calls
+            final_turns = messages[:last] + [_with_text(messages[last], sentinel)]
+            calls = _calls_span(tokenizer, final_turns, last, chat_template, tools, final)
+            end = max(end, calls[1]) if calls else end
+        closing = final[end:]
     markers = _markers(tokenizer)
     if not _leading_markers(closing, markers):
         raise MaskError(f"the template emits no end-of-turn marker after a final reply (it emits "
@@ -270,20 +313,20 @@ def _train_spans(tokenizer, messages: list[dict], chat_template: str | None, tex
         cs, ce = spans[i]
         start = cs
         if i:
-            prompt = _render(tokenizer, messages[:i], chat_template, add_generation_prompt=True)
+            prompt = _render(tokenizer, messages[:i], chat_template, add_generation_prompt=True, tools=tools)
             cut = _common_prefix(prompt, text)
             start = cut if spans[i - 1][1] <= cut < cs else cs
         out.append((start, ce + _end_of_turn_length(text[ce:], closing, markers)))
     return out
 
 
-def assistant_mask_from_offsets(tokenizer, messages: list[dict], chat_template: str | None = None
-                                ) -> tuple[list[int], list[int]]:
+def assistant_mask_from_offsets(tokenizer, messages: list[dict], chat_template: str | None = None,
+                                tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
     """`(input_ids, mask)` for templates without generation markers (e.g. SmolLM2's): a token is an
     assistant token when its characters overlap a span of `assistant_char_spans`."""
-    text, spans = content_spans(tokenizer, messages, chat_template)
+    text, spans = content_spans(tokenizer, messages, chat_template, tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return _mask_from_spans(enc, _train_spans(tokenizer, messages, chat_template, text, spans))
+    return _mask_from_spans(enc, _train_spans(tokenizer, messages, chat_template, text, spans, tools))
 
 
 def _mask_from_spans(enc, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
@@ -291,8 +334,8 @@ def _mask_from_spans(enc, spans: list[tuple[int, int]]) -> tuple[list[int], list
     return list(enc["input_ids"]), mask
 
 
-def assistant_mask_from_markers(tokenizer, messages: list[dict], chat_template: str | None = None
-                                ) -> tuple[list[int], list[int]]:
+def assistant_mask_from_markers(tokenizer, messages: list[dict], chat_template: str | None = None,
+                                tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
     """`(input_ids, mask)` from the template's `{% generation %}` markers (transformers'
     `return_assistant_tokens_mask`)."""
     template = chat_template or tokenizer.chat_template
@@ -301,7 +344,7 @@ def assistant_mask_from_markers(tokenizer, messages: list[dict], chat_template: 
                          "or add_generation_markers()")
     try:
         enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, chat_template=template,
-                                            return_assistant_tokens_mask=True)
+                                            tools=tools, return_assistant_tokens_mask=True)
     except Exception as e:
         raise MaskError(f"the chat template cannot render this conversation ({type(e).__name__}: {e})") from e
     return list(enc["input_ids"]), list(enc["assistant_masks"])
@@ -327,8 +370,8 @@ def choose_assistant_method(tokenizer, chat_template: str | None = None) -> tupl
     return "offsets", template, "sentinel spans (no markers, no TRL twin)"
 
 
-def assistant_mask_problems(tokenizer, messages: list[dict], example: dict, chat_template: str | None = None
-                            ) -> list[str]:
+def assistant_mask_problems(tokenizer, messages: list[dict], example: dict, chat_template: str | None = None,
+                            tools: list[dict] | None = None) -> list[str]:
     """What is wrong with an assistant-only mask (`example` with `input_ids` and `labels`), one line per
     problem, naming the turn (its index in `messages`); empty when it is right.
 
@@ -353,7 +396,7 @@ def assistant_mask_problems(tokenizer, messages: list[dict], example: dict, chat
     candidates = ([chat_template] if chat_template
                   else [choose_assistant_method(tokenizer)[1], tokenizer.chat_template])
     for template in candidates:
-        text, spans = content_spans(tokenizer, messages, template)
+        text, spans = content_spans(tokenizer, messages, template, tools)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         if list(enc["input_ids"]) == ids:
             return _problems(tokenizer, messages, list(example["labels"]), text, spans, enc)
@@ -380,15 +423,22 @@ def _problems(tokenizer, messages: list[dict], labels: list[int], text: str, spa
         cs, ce = spans[i]
         shown, reply = text[cs:ce], _text_of(m["content"])
         if not shown.strip():
-            problems.append(f"turn {i}: the template does not render this reply")
+            calls = " (nor its tool calls: the chat template ignores 'tool_calls')" if m.get("tool_calls") else ""
+            problems.append(f"turn {i}: the template does not render this reply{calls}")
             continue
-        if shown.strip() != reply.strip():
+        if m.get("tool_calls"):  # the span holds the reply and the calls, as the template writes them
+            missing = [c["function"]["name"] for c in m["tool_calls"] if c["function"]["name"] not in shown]
+            if reply.strip() not in shown or missing:
+                problems.append(f"turn {i}: the template does not render {missing or 'the reply'} here: "
+                                f"{shown[:60]!r}")
+                continue
+        elif shown.strip() != reply.strip():
             problems.append(f"turn {i}: the template rewrites this reply as {shown[:60]!r}")
             continue
         lo, hi = cs + len(shown) - len(shown.lstrip()), ce - (len(shown) - len(shown.rstrip()))
         run = next((r for r in runs if r[0] <= lo and hi <= r[1]), None)
         if run is None:
-            trained = "".join(text[max(a, cs):min(b, ce)] for a, b in runs if a < ce and b > cs)
+            trained = "".join(text[max(a, cs):min(b, ce)] for a, b, *_ in runs if a < ce and b > cs)
             problems.append(f"turn {i}: the reply is not fully trained (trained of it: {trained[:60]!r})")
             continue
         used.append(run)
@@ -410,7 +460,8 @@ def _problems(tokenizer, messages: list[dict], labels: list[int], text: str, spa
 
 
 def assistant_only_labels(tokenizer, messages: list[dict], method: str = "auto",
-                          chat_template: str | None = None, check: bool = True) -> dict:
+                          chat_template: str | None = None, check: bool = True,
+                          tools: list[dict] | None = None) -> dict:
     """Labels on every assistant turn (its reply and end-of-turn token); system and user turns -100.
 
     `method`: "markers" (the template's `{% generation %}` markers), "trl" (the markers of TRL's
@@ -420,7 +471,9 @@ def assistant_only_labels(tokenizer, messages: list[dict], method: str = "auto",
     trains besides reply and end-of-turn: template text emitted after the generation prompt (Qwen3's
     empty think block), for some twins the role header (GPT-OSS, DeepSeek) or the newline after the
     end-of-turn. With `check` (default), `assistant_mask_problems` must find nothing, else MaskError
-    names the turn; MaskError also when the template cannot render the conversation.
+    names the turn; MaskError also when the template cannot render the conversation. `tools`: the
+    function schemas given to the template; tool calls are trained as part of their turn, tool
+    results (`tool` turns) are not.
 
     >>> from sft_helpers.models import load_tokenizer
     >>> tok = load_tokenizer("tiny", verbose=False)
@@ -445,12 +498,12 @@ def assistant_only_labels(tokenizer, messages: list[dict], method: str = "auto",
     if method not in ("markers", "offsets"):
         raise ValueError(f"method must be 'auto', 'markers', 'trl' or 'offsets', not {method!r}")
     if method == "markers":
-        ids, mask = assistant_mask_from_markers(tokenizer, messages, template)
+        ids, mask = assistant_mask_from_markers(tokenizer, messages, template, tools)
     if check or method == "offsets":
-        text, spans = content_spans(tokenizer, messages, template)
+        text, spans = content_spans(tokenizer, messages, template, tools)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     if method == "offsets":
-        ids, mask = _mask_from_spans(enc, _train_spans(tokenizer, messages, template, text, spans))
+        ids, mask = _mask_from_spans(enc, _train_spans(tokenizer, messages, template, text, spans, tools))
     labels = [t if m else IGNORE for t, m in zip(ids, mask)]
     if check:
         problems = (_problems(tokenizer, messages, labels, text, spans, enc) if list(enc["input_ids"]) == ids
@@ -460,7 +513,8 @@ def assistant_only_labels(tokenizer, messages: list[dict], method: str = "auto",
     return {"input_ids": ids, "labels": labels}
 
 
-def prompt_weighted_labels(tokenizer, messages: list[dict], prompt_weight: float) -> dict:
+def prompt_weighted_labels(tokenizer, messages: list[dict], prompt_weight: float,
+                           tools: list[dict] | None = None) -> dict:
     """Labels on every token plus `loss_weights`: `prompt_weight` on the prompt, 1 on the completion.
 
     Use with `weighted_lm_loss`. `prompt_weight=0` gives exactly the completion-only loss, 1 the
@@ -468,9 +522,36 @@ def prompt_weighted_labels(tokenizer, messages: list[dict], prompt_weight: float
     """
     if not 0.0 <= prompt_weight <= 1.0:
         raise ValueError(f"prompt_weight must be in [0, 1], not {prompt_weight}")
-    ex = completion_only_labels(tokenizer, messages)
+    ex = completion_only_labels(tokenizer, messages, tools)
     weights = [prompt_weight if lab == IGNORE else 1.0 for lab in ex["labels"]]
     return {"input_ids": ex["input_ids"], "labels": list(ex["input_ids"]), "loss_weights": weights}
+
+
+def tool_use_problems(tokenizer, messages: list[dict], tools: list[dict] | None = None,
+                      chat_template: str | None = None) -> str | None:
+    """Why the chat template would silently train on less than the record holds (None when it would
+    not): it ignores `tools`, or an assistant turn's `tool_calls`. One render more per tool-call turn
+    (and one for tools): records without tool use cost nothing.
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> tok = load_tokenizer("tiny", verbose=False)
+    >>> call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+    >>> msgs = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    >>> tool_use_problems(tok, msgs) is None
+    True
+    >>> tool_use_problems(tok, msgs, chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")
+    "the chat template ignores the tool calls of turn 1 (they would not be trained): use a template that renders 'tool_calls'"
+    """
+    if not tools and not any(m.get("tool_calls") for m in messages):
+        return None
+    text = _render(tokenizer, messages, chat_template, tools=tools)
+    if tools and _render(tokenizer, messages, chat_template) == text:
+        return "the chat template ignores 'tools' (the model would never see the schemas): use one that renders them"
+    for i, m in enumerate(messages):
+        if m.get("tool_calls") and not _calls_span(tokenizer, messages, i, chat_template, tools, text):
+            return (f"the chat template ignores the tool calls of turn {i} (they would not be trained): "
+                    "use a template that renders 'tool_calls'")
+    return None
 
 
 def weighted_lm_loss(logits, labels, loss_weights=None, num_items: float | None = None):
@@ -629,11 +710,15 @@ def label_record(rec, i: int, tokenizer, mode: str = "completion_only", max_leng
         if on_all_masked == "raise":
             raise AllMaskedError(reason)
         return None, reason, False
+    messages, tools = chat_inputs(rec)
     try:
+        unrendered = tool_use_problems(tokenizer, messages, tools)
+        if unrendered:
+            raise MaskError(unrendered)
         if prompt_weight is not None:
-            ex = prompt_weighted_labels(tokenizer, rec["messages"], prompt_weight)
+            ex = prompt_weighted_labels(tokenizer, messages, prompt_weight, tools)
         else:
-            ex = LABELLERS[mode](tokenizer, rec["messages"])
+            ex = LABELLERS[mode](tokenizer, messages, tools=tools)
     except MaskError as e:
         if on_error == "raise":
             raise MaskError(f"{rid}: {e}") from e

@@ -1,7 +1,10 @@
 """Chat records: the schema an engineer's data is checked against, and reading it from files.
 
-A record is `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}` with at least
-one user and one assistant turn. `conversation_problems(record)` lists what is wrong with one record;
+A record is `{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}` with at
+least one user and one assistant turn; for tool use, an assistant turn may carry `tool_calls`
+(`[{"type": "function", "function": {"name", "arguments"}}]`, its content then possibly empty), `tool`
+turns give their results, and a `tools` key the function schemas the chat template is given
+(`chat_inputs` returns what `apply_chat_template` takes). `conversation_problems(record)` lists what is wrong with one record;
 `load_conversations(path)` reads chat JSONL, checks every record and reports every problem
 (undecodable bytes included) as `file:line: reason`; files are read as UTF-8 with or without a byte
 order mark, or as the UTF-16/32 their byte order mark names.
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from .paths import data_path  # noqa: F401  (records name files relative to the data folder
 
-ROLES = {"system", "user", "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}
 # byte order marks, longest first (the UTF-32 LE mark starts with the UTF-16 LE one)
 BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le", "UTF-32 LE"), (codecs.BOM_UTF32_BE, "utf-32-be", "UTF-32 BE"),
         (codecs.BOM_UTF8, "utf-8", "UTF-8"), (codecs.BOM_UTF16_LE, "utf-16-le", "UTF-16 LE"),
@@ -61,6 +64,9 @@ def conversation_problems(record: object) -> list[str]:
 
     >>> conversation_problems({"messages": [{"role": "user", "content": "hi"}]})
     ['no assistant turn']
+    >>> conversation_problems({"messages": [{"role": "user", "content": "hi"},
+    ...     {"role": "tool", "content": "21 C"}, {"role": "assistant", "content": "Warm."}]})
+    ['message 1: a tool result with no tool call before it']
     """
     if not isinstance(record, dict):
         return [f"record is a {type(record).__name__}, not an object"]
@@ -69,7 +75,7 @@ def conversation_problems(record: object) -> list[str]:
         return ["missing 'messages'"]
     if not isinstance(msgs, list) or not msgs:
         return ["'messages' must be a non-empty list"]
-    problems = []
+    problems = _tools_problems(record.get("tools"))
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             problems.append(f"message {i} is not an object")
@@ -79,13 +85,20 @@ def conversation_problems(record: object) -> list[str]:
             problems.append(f"message {i}: missing 'role'")
         elif not isinstance(role, str) or role not in ROLES:
             problems.append(f"message {i}: unknown role {role!r} (expected one of {sorted(ROLES)})")
+        calls = m.get("tool_calls")
+        if calls is not None:
+            problems += [f"message {i}: {p}" for p in _tool_call_problems(calls, role)]
         content = m.get("content")
         if "content" not in m:
             problems.append(f"message {i}: missing 'content'")
         elif not isinstance(content, str):
             problems.append(f"message {i}: content is {type(content).__name__}, not a string")
-        elif not content.strip():
+        elif not content.strip() and not calls and role != "tool":
             problems.append(f"message {i}: empty content")
+        if role == "tool":
+            before = msgs[i - 1] if i else {}
+            if not isinstance(before, dict) or not (before.get("tool_calls") or before.get("role") == "tool"):
+                problems.append(f"message {i}: a tool result with no tool call before it")
     roles = [m.get("role") for m in msgs if isinstance(m, dict)]
     if "assistant" not in roles:
         problems.append("no assistant turn")
@@ -94,10 +107,93 @@ def conversation_problems(record: object) -> list[str]:
     return problems
 
 
+def _json_object(text: object) -> object:
+    """`text` parsed when it is a JSON string, else as it is (None when a string is not JSON)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _tool_call_problems(calls: object, role: object) -> list[str]:
+    if role != "assistant":
+        return ["only assistant turns make tool calls"]
+    if not isinstance(calls, list) or not calls:
+        return ["tool_calls must be a non-empty list"]
+    problems = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            problems.append(f"tool call {j}: needs a function name ({{'function': {{'name', 'arguments'}}}})")
+        elif not isinstance(_json_object(function.get("arguments", "{}")), dict):
+            problems.append(f"tool call {j} ({function['name']}): arguments must be a JSON object")
+    return problems
+
+
+def _tools_problems(tools: object) -> list[str]:
+    if tools is None:
+        return []
+    parsed = _json_object(tools)
+    if not isinstance(parsed, list) or not all(isinstance(t, dict) for t in parsed):
+        return ["'tools' must be a list of function schemas (or that list as JSON text)"]
+    return []
+
+
+def chat_inputs(record: dict) -> tuple[list[dict], list[dict] | None]:
+    """`(messages, tools)` of a checked record as `apply_chat_template` takes them: tool-call arguments
+    as objects (templates render them with `tojson`), `tools` as a list (records keep both as JSON
+    text, so that Arrow never merges the schemas of different records into one with None fields).
+
+    >>> msgs, tools = chat_inputs(to_messages({"tools": [{"type": "function", "function": {"name": "f"}}],
+    ...     "messages": [{"role": "user", "content": "?"}, {"role": "assistant", "content": None,
+    ...                   "tool_calls": [{"function": {"name": "f", "arguments": '{"x": 1}'}}]}]}))
+    >>> msgs[1]["tool_calls"][0]["function"], tools[0]["function"]["name"]
+    ({'name': 'f', 'arguments': {'x': 1}}, 'f')
+    """
+    messages = [{**m, "tool_calls": [{**c, "function": {**c["function"],
+                                                        "arguments": _json_object(c["function"]["arguments"])}}
+                                     for c in m["tool_calls"]]} if m.get("tool_calls") else m
+                for m in record["messages"]]
+    tools = record.get("tools")
+    return messages, (_json_object(tools) or None) if tools is not None else None
+
+
+def _canonical_call(call: object) -> object:
+    """A tool call as `{"type": "function", "function": {"name", "arguments": JSON text}}`, from that
+    shape or a flat `{"name", "arguments"}`; anything else as it is (the check names it)."""
+    if not isinstance(call, dict):
+        return call
+    function = call.get("function", call if "name" in call else None)
+    if not isinstance(function, dict):
+        return call
+    arguments = function.get("arguments", {})
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return {**{k: v for k, v in call.items() if k not in ("name", "arguments")}, "type": "function",
+            "function": {"name": function.get("name"), "arguments": arguments}}
+
+
+def _canonical_message(m: object) -> object:
+    """A message with text content (OpenAI content blocks joined; None content of a tool-call turn
+    as ""), and canonical tool calls."""
+    if not isinstance(m, dict):
+        return m
+    out = {**m, "content": _text(m["content"])} if "content" in m else dict(m)
+    if m.get("tool_calls") is not None:
+        calls = m["tool_calls"]
+        out["tool_calls"] = [_canonical_call(c) for c in calls] if isinstance(calls, list) else calls
+        if out.get("content") is None:
+            out["content"] = ""
+    return out
+
+
 # --- other formats: converted to messages before they are checked ---------------------------------
 
 FORMATS = {
-    "messages": "messages: {'messages': [{'role', 'content'}, ...]} (OpenAI content blocks joined)",
+    "messages": "messages: {'messages': [{'role', 'content'}, ...]} (OpenAI content blocks joined; "
+                "tool calls: 'tool_calls', 'tool' turns and a 'tools' column)",
     "prompt_completion": "prompt/completion: the prompt a user turn, the completion the assistant's reply",
     "conversational_prompt_completion": "prompt/completion as message lists: prompt + completion",
     "sharegpt": "ShareGPT: 'conversations' of {'from', 'value'} (human: user, gpt: assistant)",
@@ -158,8 +254,9 @@ def to_messages(record: dict, fmt: str | None = None) -> dict:
     if fmt == "messages":
         msgs = record.get("messages")
         if isinstance(msgs, list):
-            msgs = [{**m, "content": _text(m["content"])} if isinstance(m, dict) and "content" in m else m
-                    for m in msgs]
+            msgs = [_canonical_message(m) for m in msgs]
+        if isinstance(rest.get("tools"), list):
+            rest["tools"] = json.dumps(rest["tools"], ensure_ascii=False)
         return {**rest, "messages": msgs}
     if fmt == "prompt_completion":
         msgs = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["completion"]}]

@@ -544,8 +544,7 @@ def with_chat_template(t, template):
 def test_self_check_rejects_markers_that_leave_the_end_of_turn_out(tok, test_split):
     # the same render, but {% generation %} stops before <|im_end|>: the model would never learn to stop
     no_eot = with_chat_template(tok, tok.chat_template.replace(
-        "{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}",
-        "{{- message['content'] }}{%- endgeneration %}{{- '<|im_end|>' }}"))
+        "{{- '<|im_end|>' }}{%- endgeneration %}", "{%- endgeneration %}{{- '<|im_end|>' }}"))
     assert no_eot.chat_template != tok.chat_template
     rec = record_with_roles(test_split, ["system", "user", "assistant", "user", "assistant"])
     assert same_rendering(tok, no_eot.chat_template, [rec["messages"]]) == 1

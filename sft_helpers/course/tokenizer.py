@@ -4,7 +4,10 @@ Special tokens: `<|endoftext|>` separates pre-training documents, `<|im_start|>`
 chat turns (`<|im_end|>` is the EOS a chat model must learn to emit), `<|pad|>` pads and is *not* EOS,
 so masking padding can never hide the real end of a turn. The chat template renders ChatML and wraps
 every assistant reply, including its `<|im_end|>`, in `{% generation %}` markers so that
-`apply_chat_template(..., return_assistant_tokens_mask=True)` works.
+`apply_chat_template(..., return_assistant_tokens_mask=True)` works. For tool use it lists the `tools`
+schemas in a system turn and writes an assistant turn's `tool_calls` as
+`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` inside the reply (so they are trained);
+`tool` turns are rendered like any other role (and not trained).
 """
 
 from __future__ import annotations
@@ -17,10 +20,23 @@ from transformers import PreTrainedTokenizerFast
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 CHATML_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n# Tools\\nCall a function as <tool_call>{\\\"name\\\": ..., "
+    "\\\"arguments\\\": {...}}</tool_call>.\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' + tool | tojson }}{%- endfor %}"
+    "{{- '\\n</tools><|im_end|>\\n' }}"
+    "{%- endif %}"
     "{%- for message in messages %}"
     "{%- if message['role'] == 'assistant' %}"
     "{{- '<|im_start|>assistant\\n' }}"
-    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{%- generation %}{{- message['content'] }}"
+    "{%- for call in message.tool_calls or [] %}"
+    "{%- set call = call.function if call.function is defined else call %}"
+    "{%- if message['content'] or not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{{- '<tool_call>{\\\"name\\\": \\\"' + call.name + '\\\", \\\"arguments\\\": ' }}"
+    "{{- call.arguments | tojson }}{{- '}</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>' }}{%- endgeneration %}"
     "{{- '\\n' }}"
     "{%- else %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
