@@ -46,6 +46,14 @@ class WeightedLossTrainer(Trainer):
             total = self.accelerator.gather(total).sum() / processes
         return total
 
+    pad_rows = 0  # rows `make_trainer` appended that train nothing (data parallel, `TailPaddedSampler`)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.pad_rows:
+            return super()._get_train_sampler(train_dataset)
+        rows = len(train_dataset if train_dataset is not None else self.train_dataset) - self.pad_rows
+        return TailPaddedSampler(rows, self.pad_rows, self.args.data_seed)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         weights = inputs.pop("loss_weights", None)
@@ -55,6 +63,62 @@ class WeightedLossTrainer(Trainer):
         outputs = model(**inputs)
         loss = weighted_lm_loss(outputs.logits, labels, weights, num_items=num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+
+class TailPaddedSampler(torch.utils.data.Sampler):
+    """One epoch's order under data parallelism: the `rows` real rows shuffled exactly as accelerate's
+    seeded sampler shuffles them in a one-process run, then `pad` rows that train nothing (all labels
+    -100), so that every process gets full batches and the last step holds the same real rows as the
+    one-process step with gradient accumulation. Without it accelerate completes the last batches
+    with repeats of the first rows (`even_batches`): a row trained twice, a loss that differs. Not a
+    `RandomSampler`, so accelerate keeps it as it is.
+
+    >>> list(TailPaddedSampler(5, 3, seed=0))[5:]
+    [5, 6, 7]
+    """
+
+    def __init__(self, rows: int, pad: int, seed: int | None):
+        from accelerate.data_loader import SeedableRandomSampler
+
+        self.shuffled = SeedableRandomSampler(range(rows), data_seed=seed)
+        self.rows, self.pad = rows, pad
+
+    def __len__(self) -> int:
+        return self.rows + self.pad
+
+    def __iter__(self):
+        yield from self.shuffled
+        yield from range(self.rows, self.rows + self.pad)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.shuffled.set_epoch(epoch)
+
+
+class WithPadRows(torch.utils.data.Dataset):
+    """`data` followed by `pad` copies of its first row with nothing trained (labels -100, loss weights
+    0): shapes and keys every collator knows, no loss, no target token counted."""
+
+    def __init__(self, data, pad: int):
+        self.data, self.pad = data, pad
+        first = dict(data[0])
+        self.blank = {**first, "labels": [IGNORE] * len(first["labels"])}
+        if "loss_weights" in first:
+            self.blank["loss_weights"] = [0.0] * len(first["loss_weights"])
+
+    def __len__(self) -> int:
+        return len(self.data) + self.pad
+
+    def __getitem__(self, i: int) -> dict:
+        return self.data[i] if i < len(self.data) else self.blank
+
+
+def pad_rows_needed(rows: int, batch_size: int, processes: int) -> int:
+    """Rows to append so that `rows` fill whole batches on every one of `processes` processes.
+
+    >>> pad_rows_needed(19, 3, 2), pad_rows_needed(18, 3, 2), pad_rows_needed(19, 3, 1)
+    (5, 0, 0)
+    """
+    return (-rows) % (batch_size * processes) if processes > 1 else 0
 
 
 class EvalLossCallback(TrainerCallback):
@@ -190,8 +254,10 @@ def make_trainer(model, tokenizer, train: list[dict], eval: list[dict] | None = 
         **args)
     callbacks = list(callbacks or []) + (
         [EvalLossCallback(tokenizer, eval, eval_steps or logging_steps, early_stopping_patience)] if eval else [])
-    trainer = WeightedLossTrainer(model=model, args=targs, train_dataset=train, callbacks=callbacks,
-                                  data_collator=collator or PaddedCollator(tokenizer.pad_token_id))
+    pad = pad_rows_needed(len(train), batch_size, targs.world_size) if not group_by_length and len(train) else 0
+    trainer = WeightedLossTrainer(model=model, args=targs, train_dataset=WithPadRows(train, pad) if pad else train,
+                                  callbacks=callbacks, data_collator=collator or PaddedCollator(tokenizer.pad_token_id))
+    trainer.pad_rows = pad
     trainer.remove_callback(PrinterCallback)  # without a progress bar Trainer prints raw log dicts instead
     if precision == "fp16" and s["device"] == "cpu":
         # accelerate skips fp16 autocast and the loss scaler on a CPU; run them as on a T4

@@ -23,9 +23,10 @@ ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE"
        "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
 
 
-def worker(batching: str, out: str) -> None:
+def worker(batching: str, out: str, rows: str = "") -> None:
     """Train the tiny model `STEPS` steps of `WORLD * MICRO_BATCH` examples (or packed rows): one
-    process with accumulation `WORLD`, or (under torchrun) `WORLD` processes with accumulation 1."""
+    process with accumulation `WORLD`, or (under torchrun) `WORLD` processes with accumulation 1.
+    With `rows`: one whole epoch of the first `rows` rows (the last step then holds fewer)."""
     import torch
 
     from sft_helpers import load_model
@@ -43,10 +44,10 @@ def worker(batching: str, out: str) -> None:
     if batching == "packed":
         examples, _ = pack_examples(examples, max_length=192, shuffle_seed=0)
         collator = PackedCollator(tok.pad_token_id, max_length=192)
-    # one epoch only: at its end, processes pad their last batches with repeats, one process does not
     assert len(examples) >= STEPS * WORLD * MICRO_BATCH, f"{len(examples)} {batching} rows are too few"
-    train_sft(model, tok, examples, lr=1e-3, max_steps=STEPS, batch_size=MICRO_BATCH,
-              grad_accum=WORLD // world, warmup=0, logging_steps=STEPS, seed=0, collator=collator)
+    steps = {"max_steps": STEPS} if not rows else {"epochs": 1}
+    train_sft(model, tok, examples[:int(rows)] if rows else examples, lr=1e-3, batch_size=MICRO_BATCH,
+              grad_accum=WORLD // world, warmup=0, logging_steps=STEPS, seed=0, collator=collator, **steps)
     if int(os.environ.get("RANK", 0)) == 0:
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
 
@@ -137,12 +138,12 @@ def single(tmp_path_factory):
     (a launch would spend far longer on imports than on its few steps)."""
     done: dict[str, str] = {}
 
-    def get(batching: str) -> str:
-        if batching not in done:
+    def get(batching: str, rows: str = "") -> str:
+        if (batching, rows) not in done:
             assert "WORLD_SIZE" not in os.environ
-            done[batching] = str(tmp_path_factory.mktemp("single") / f"{batching}.pt")
-            worker(batching, done[batching])
-        return done[batching]
+            done[batching, rows] = str(tmp_path_factory.mktemp("single") / f"{batching}{rows}.pt")
+            worker(batching, done[batching, rows], rows)
+        return done[batching, rows]
     return get
 
 
@@ -153,6 +154,19 @@ def test_two_processes_equal_one_with_accumulation(batching, single, tmp_path):
                       str(_free_port()), WORKER, batching, ddp]])
     assert _moved(single(batching)) > 1e-3
     assert _max_difference(single(batching), ddp) < 2e-5
+
+
+@pytest.mark.parametrize("batching,rows", [("padded", 22), ("packed", 19)])
+def test_an_epoch_whose_rows_do_not_divide_equals_one_process(batching, rows, single, tmp_path):
+    """The epoch's end: 22 rows are 3 steps of 6 and one of 4 (process 1 holds 1 real row), 19 are 3 of
+    6 and one of 1 (process 1 holds none). Before, accelerate completed the last batches with repeats
+    of the first rows (a row trained twice); now with rows that train nothing (`TailPaddedSampler`)."""
+    assert rows % (WORLD * MICRO_BATCH)
+    ddp = str(tmp_path / "ddp.pt")
+    _run([TORCHRUN + ["--nproc_per_node", str(WORLD), "--master_addr", "127.0.0.1", "--master_port",
+                      str(_free_port()), WORKER, batching, ddp, str(rows)]])
+    assert _moved(single(batching, str(rows))) > 1e-3
+    assert _max_difference(single(batching, str(rows)), ddp) < 2e-5
 
 
 def test_two_machines_on_localhost_equal_one_with_accumulation(single, tmp_path):
