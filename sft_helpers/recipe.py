@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -1117,7 +1118,7 @@ def _positional(argv: list[str] | None) -> tuple[list[str], list[str]]:
         if argv[i] == "--show-masks":  # the command's own option with a value
             own += argv[i:i + 2]
             i += 2
-        elif argv[i].startswith("-") and argv[i] not in ("--dry-run", "--keys", "--list", "-h", "--help"):
+        elif argv[i].startswith("-") and argv[i] not in ("--dry-run", "--debug", "--keys", "--list", "-h", "--help"):
             overrides += argv[i:i + 2]
             i += 2
         else:
@@ -1137,6 +1138,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="check config and data, print preflight and memory, stop")
     ap.add_argument("--show-masks", type=int, default=0, metavar="N",
                     help="print N labelled training examples with their trained tokens in [[...]]")
+    ap.add_argument("--debug", action="store_true",
+                    help="with a one-line error, also print the traceback behind it")
     ap.add_argument("--keys", action="store_true", help="list every config key with its default and meaning")
     ap.add_argument("--list", action="store_true", help="list the shipped example configs")
     own, overrides = _positional(argv)
@@ -1153,12 +1156,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("a config file is required (or --keys / --list)")
     try:
         cfg = load_config(args.config, overrides)
-    except ConfigError as e:
-        print(f"sft-train: {e}", file=sys.stderr)
-        return 2
-    try:
         return run(cfg, dry_run=args.dry_run, show_masks=args.show_masks)
     except (ConfigError, FileNotFoundError) as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"sft-train: {e}", file=sys.stderr)
         return 2
 

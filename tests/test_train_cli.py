@@ -227,6 +227,9 @@ def test_common_mistakes_are_one_line_errors_before_anything_loads(tmp_path, cap
         assert expected in err and "Traceback" not in err, (expected, err)
     assert main(base + ["--lr", "10", "--force", "true"]) == 0  # forced: preflight's warning, no error
     assert "[warning] learning rate" in capsys.readouterr().out
+    assert main(cases["has no chat template"] + ["--debug"]) == 2  # --debug: the traceback behind the line
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.index("Traceback") < err.rindex("sft-train: ") < err.rindex("chat template")
 
 
 def test_multi_turn_records_with_completion_only_get_a_warning(tmp_path, capsys):
