@@ -52,8 +52,9 @@ def attention_blocks(batch: dict, attn_implementation: str) -> torch.Tensor:
     under `attn_implementation`: a `[rows, T]` tensor of block ids, causal attention staying inside a
     block; -1 for padding dropped by the `attention_mask`. Decided by transformers' own functions, in
     the order its code applies them. Flash variants (`_flash_attention_forward`): the `attention_mask`
-    (`_get_unpad_data`), else all four `cu_seq_lens_q/k`, `max_length_q/k`, else position restarts when
-    the batch is one row (`_is_packed_sequence`, `prepare_fa_kwargs_from_position_ids`), else each row.
+    (`_get_unpad_data`) unless it is all ones (then dropped, `masking_utils.flash_attention_mask`), else all
+    four `cu_seq_lens_q/k`, `max_length_q/k`, else position restarts when the batch is one row
+    (`_is_packed_sequence`, `prepare_fa_kwargs_from_position_ids`), else each row.
     sdpa / eager / flex (`masking_utils`): position restarts (`find_packed_sequence_indices`) when there
     is no `attention_mask` and no cache (a `use_cache` left out counts as False), else each row.
 
@@ -62,13 +63,16 @@ def attention_blocks(batch: dict, attn_implementation: str) -> torch.Tensor:
     [[0, 0, 1, 1], [2, 2, 2, 3]]
     >>> attention_blocks({"input_ids": pos, "position_ids": pos}, "flash_attention_2").tolist()  # leaks
     [[0, 0, 0, 0], [1, 1, 1, 1]]
+    >>> one = {"input_ids": pos[:1], "position_ids": pos[:1], "attention_mask": torch.ones_like(pos[:1])}
+    >>> attention_blocks(one, "flash_attention_2").tolist()  # the all-ones mask dropped: split by positions
+    [[0, 0, 1, 1]]
     """
     ids = torch.as_tensor(batch["input_ids"])
     (rows, width), device = ids.shape, ids.device
     pos, mask = _positions(batch), batch.get("attention_mask")
     if is_flash(attn_implementation):
         every = torch.arange(rows * width, device=device)
-        if mask is not None:
+        if mask is not None and not bool(torch.as_tensor(mask).all()):  # all ones: dropped (`flash_attention_mask`)
             every, cu, _ = _get_unpad_data(torch.as_tensor(mask))
         elif all(batch.get(k) is not None for k in FLASH_KWARGS):
             cu = torch.as_tensor(batch["cu_seq_lens_q"])

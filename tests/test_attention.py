@@ -101,12 +101,15 @@ def test_refusal_fires_for_every_leaking_combination(data, attn):
             leaking.append((name, variant))
             with pytest.raises(ValueError, match="use PackedCollator|pass use_cache=False"):
                 check_packed_batch(b, attn)
-    assert ("packed rows", "with an attention_mask") in leaking
-    assert ("padding-free", "with an attention_mask") in leaking
     if "flash" in attn:  # the bug: several packed rows without cu_seq_lens (one row is read from positions)
+        # an all-ones attention_mask is dropped (`flash_attention_mask`): the samples stay apart
+        assert ("packed rows", "with an attention_mask") not in leaking
+        assert ("padding-free", "with an attention_mask") not in leaking
         assert ("packed rows", "without cu_seq_lens") in leaking
         assert ("one packed row", "without cu_seq_lens") not in leaking
-    else:  # sdpa/eager/flex read every row's positions, but not with a cache
+    else:  # sdpa/eager/flex read every row's positions, but not with a cache or a mask
+        assert ("packed rows", "with an attention_mask") in leaking
+        assert ("padding-free", "with an attention_mask") in leaking
         assert ("packed rows", "with use_cache") in leaking
         assert ("packed rows", "without cu_seq_lens") not in leaking
     assert not any(variant == "as collated" for _, variant in leaking)
