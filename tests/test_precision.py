@@ -151,3 +151,23 @@ def test_merged_model_runs_forward_in_half_precision(precision):
 
 def model_precision_dtype(precision):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+@pytest.mark.parametrize("precision, checkpointing", [("fp16", False), ("bf16", True)])
+def test_qlora_base_is_nf4_linear_layers_and_fp32_elsewhere(precision, checkpointing):
+    """What the precision table (docs/benchmarks.md, `sft_helpers.precision`) and `load_model` say a
+    QLoRA base holds after peft's `prepare_model_for_kbit_training`: the blocks' linear layers in nf4
+    computing in the lane's dtype, every other weight (norms, embeddings; the tiny base's lm_head is tied)
+    upcast to fp32, all frozen; the embedding output requires grad only with (non-reentrant) checkpointing,
+    where transformers, not peft, turns it on."""
+    model, _ = load_model("tiny", quantization="4bit", precision=precision,
+                          gradient_checkpointing=checkpointing)
+    params = dict(model.named_parameters())
+    nf4 = {n for n, p in params.items() if type(p).__name__ == "Params4bit"}
+    assert nf4 and all(".self_attn." in n or ".mlp." in n for n in nf4)
+    rest = {n: p.dtype for n, p in params.items() if n not in nf4}
+    assert "model.embed_tokens.weight" in rest and "model.norm.weight" in rest
+    assert set(rest.values()) == {torch.float32}
+    assert model_precision(model) == precision  # the 4-bit layers' compute dtype
+    assert not any(p.requires_grad for p in params.values())
+    assert model.get_input_embeddings()(torch.tensor([[1, 2]])).requires_grad == checkpointing
