@@ -144,10 +144,31 @@ def merge_adapter(model_id: str, folder, dequantize: bool = True, precision: str
             base = base.dequantize(dtype=torch.float32)
         else:
             base, tok = load_model(model_id, precision="fp32")
-        merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+        model = PeftModel.from_pretrained(base, str(folder))
+    return merge_loaded(model, dtype), tok
+
+
+def merge_loaded(model, dtype: torch.dtype):
+    """Merge the adapters of the loaded `PeftModel` `model` into its base, in place, and return the
+    plain transformers model with every weight cast to `dtype` (in eval mode). Without the cast,
+    whatever trained in fp32 beside a half-precision base (the trained embedding copies of
+    `train_embeddings`, a k-bit base's fp32 norms) would stay fp32: a model of mixed dtypes fails
+    in a forward pass without autocast, and `save_pretrained` records the first weight's dtype.
+    The merge itself is done in the base weights' dtype (`merge_adapter` loads an fp32 base for it).
+
+    >>> from sft_helpers import load_model
+    >>> from sft_helpers.precision import cast_trainable_to_fp32
+    >>> model = add_lora(load_model("tiny", precision="bf16")[0], r=2, train_embeddings=True, verbose=False)
+    >>> n = cast_trainable_to_fp32(model)  # as training does
+    >>> merged = merge_loaded(model, torch.bfloat16)
+    >>> sorted({str(p.dtype) for p in merged.parameters()}), merged.config.dtype
+    (['torch.bfloat16'], torch.bfloat16)
+    """
+    with _quiet():  # peft's use of a deprecated transformers property
+        merged = model.merge_and_unload()
     merged.to(dtype)
     merged.eval()
-    return merged, tok
+    return merged
 
 
 @torch.no_grad()

@@ -35,6 +35,10 @@ The precision policy it assumes is the package's (`sft_helpers.precision`, appli
   holds 8 in fp32, 10 in half precision); `measure_training_memory` measures it on a CPU step;
 * **overhead**: the CUDA context and allocator fragmentation, a flat 1 GB (a rough figure; measure).
 
+Early stopping (`early_stopping_patience`) keeps a copy of the best trained weights in host memory
+(`EvalLossCallback` moves it to the CPU: 4 bytes per trained parameter of RAM), so nothing is added
+on the GPU for it.
+
 The total is the sum of the parts: an upper bound of a step's peak, since gradients, the half copies
 and the logits' working set are not all alive at the same instant. `ARCHITECTURES` holds the published
 dimensions of common sizes (no download), and `memory_table` gives a verdict per GPU in `GPUS`.

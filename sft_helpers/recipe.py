@@ -855,7 +855,8 @@ def write_run(run: Path, cfg: dict, history: list[dict], model, tokenizer, score
     """Write the run folder; returns what was written."""
     import yaml
 
-    from .lora import _quiet, merge_adapter, save_adapter
+    from .lora import merge_adapter, merge_loaded, save_adapter
+    from .models import device_settings
     from .diagnostics import plot_loss_curves
 
     run.mkdir(parents=True, exist_ok=True)
@@ -879,9 +880,8 @@ def write_run(run: Path, cfg: dict, history: list[dict], model, tokenizer, score
         if cfg["save"] in ("merged", "both"):
             if cfg["method"] == "qlora":  # into the dequantised 4-bit base the adapter was trained on
                 merged, _ = merge_adapter(cfg["model"], run / "adapter", precision=cfg["precision"])
-            else:
-                with _quiet():  # peft's use of a deprecated transformers property
-                    merged = model.merge_and_unload()
+            else:  # in place, every weight in the lane's dtype (the trained embeddings are fp32)
+                merged = merge_loaded(model, device_settings(str(model.device), cfg["precision"])["dtype"])
             merged.save_pretrained(run / "model")
             tokenizer.save_pretrained(run / "model")
             written.append("model/")

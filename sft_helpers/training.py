@@ -126,7 +126,9 @@ class EvalLossCallback(TrainerCallback):
     (or, with `every="epoch"`, at every epoch's end) and at step 0 and the last step, into the
     trainer's `log_history`. With `patience`, stops training
     once the loss has not improved for `patience` evaluations and puts back the trainable weights of
-    the best one (early stopping)."""
+    the best one (early stopping). The best weights (`best_weights`) are kept on the CPU: for full
+    fine-tuning a copy on the GPU would be 4 more bytes per parameter there, which
+    `estimate_memory` does not count; host memory holds them instead."""
 
     def __init__(self, tokenizer, examples: list[dict], every: int | str, patience: int | None = None):
         self.tokenizer, self.examples, self.every, self.patience = tokenizer, examples, every, patience
@@ -139,7 +141,8 @@ class EvalLossCallback(TrainerCallback):
             if self.patience:
                 if loss < self.best - 1e-4:
                     self.best, self.bad = loss, 0
-                    self.best_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                    self.best_weights = {n: p.detach().to("cpu", copy=True)
+                                         for n, p in model.named_parameters() if p.requires_grad}
                 else:
                     self.bad += 1
                     control.should_training_stop = self.bad >= self.patience
@@ -162,7 +165,7 @@ class EvalLossCallback(TrainerCallback):
             with torch.no_grad():
                 for n, p in model.named_parameters():
                     if n in self.best_weights:
-                        p.copy_(self.best_weights[n])
+                        p.copy_(self.best_weights[n])  # back to the parameter's device and dtype
 
 
 def is_due(every: int | str, state) -> bool:

@@ -304,3 +304,23 @@ def test_show_masks_prints_the_trained_tokens(tmp_path, capsys):
     shown = out.split("--- training example 1 (trained tokens in [[...]]):\n")[1].split("\n--- training example 2")[0]
     trained = shown.split("[[")[1].split("]]")[0]
     assert shown.count("[[") == 1 and trained.startswith(reply[:10]) and "<|im_end|>" in trained  # reply + EOT
+
+
+def test_merged_lora_with_trained_embeddings_on_a_bf16_lane_is_all_bf16(tmp_path, one_thread):
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    path = _config(tmp_path, load_split("train")[:4], method="lora", lora_r=2, precision="bf16",
+                   train_embeddings=True, save="merged", max_steps=2, warmup=0, batching="padded",
+                   max_length=64, max_skipped=0.5)
+    assert main([path]) == 0
+    run = tmp_path / "run"
+    assert json.loads((run / "model" / "config.json").read_text())["dtype"] == "bfloat16"
+    with safe_open(str(run / "model" / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"BF16"}, dtypes
+    merged = AutoModelForCausalLM.from_pretrained(run / "model", dtype="auto").eval()
+    assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
+    with torch.no_grad():  # no autocast: a mixed-dtype model fails here
+        assert merged(input_ids=torch.tensor([[5, 6, 7]])).logits.dtype == torch.bfloat16

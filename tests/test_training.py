@@ -139,3 +139,21 @@ def test_trainer_loss_by_hand_and_all_masked_step(data):
     step.backward()
     assert torch.isnan(step)
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
+def test_early_stopping_keeps_the_best_weights_on_the_cpu(monkeypatch):
+    # a parameter "on a GPU" without one: a fake tensor (shape, dtype and device, no data)
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    import sft_helpers.training as training
+
+    mode = FakeTensorMode()
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(FakeTensor(mode, torch.empty(4, 3, device="meta"), torch.device("cuda", 0)))
+    monkeypatch.setattr(training, "eval_loss", lambda *args: 1.0)
+    callback = training.EvalLossCallback(None, [], every=1, patience=2)
+    state = SimpleNamespace(global_step=0, log_history=[])
+    with mode:
+        callback.on_train_begin(None, state, SimpleNamespace(should_training_stop=False), model=model)
+    assert model.w.device.type == "cuda"
+    assert {n: t.device.type for n, t in callback.best_weights.items()} == {"w": "cpu"}  # not a 2nd GPU copy
