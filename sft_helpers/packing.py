@@ -12,8 +12,8 @@ Samples longer than `max_length` follow `overflow`: "raise", "truncate" (one bin
 
 `pack_examples` applies a packer to labelled examples (dicts from `masking.build_labels`) and returns
 rows ready for `collators.PackedCollator`; `pack_dataset_columnar` (and `pack_columns` on an Arrow
-table) makes the same rows as a `datasets.Dataset`, gathering the tokens with numpy from Arrow
-buffers: the path for large data. `padding_stats` measures what plain padded batches waste.
+table) makes the same rows as a `datasets.Dataset`, gathering the tokens from the Arrow buffers
+in C: the path for large data. `padding_stats` measures what plain padded batches waste.
 """
 
 from __future__ import annotations
@@ -220,23 +220,32 @@ def pack_examples(examples: list[dict], max_length: int, strategy: str = "bfd", 
 
 
 
-def _gather(values: list[np.ndarray], chunks: list[int], starts: list[int], ends: list[int]) -> np.ndarray:
-    """The slices `values[chunks[k]][starts[k]:ends[k]]` laid end to end: one `np.concatenate` of
-    views (one copy of the tokens, no index array).
+def _gather(values: list[pa.Array], chunks: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> pa.Array:
+    """The runs `values[chunks[k]][starts[k]:starts[k] + sizes[k]]` laid end to end, in one copy: from
+    one chunk by Arrow (a list view over the values, flattened: no Python per run), from several by
+    `np.concatenate` of numpy views.
 
-    >>> import numpy as np
-    >>> _gather([np.arange(10), np.arange(100, 105)], [0, 1, 0], [7, 0, 4], [9, 3, 5]).tolist()
+    >>> import numpy as np, pyarrow as pa
+    >>> v, k = [pa.array(range(10)), pa.array(range(100, 105))], np.array
+    >>> _gather(v, k([0, 1, 0]), k([7, 0, 4]), k([2, 3, 1])).to_pylist()
     [7, 8, 100, 101, 102, 4]
+    >>> _gather(v[:1], k([0, 0]), k([7, 4]), k([2, 1])).to_pylist()
+    [7, 8, 4]
     """
     import numpy as np
+    import pyarrow as pa
 
-    return np.concatenate([values[c][s:e] for c, s, e in zip(chunks, starts, ends)] or [np.zeros(0, np.int64)])
+    if len(values) == 1:
+        return pa.LargeListViewArray.from_arrays(starts, sizes, values[0]).flatten()
+    arrays = [v.to_numpy() for v in values]  # no copy
+    runs = [arrays[c][s:s + n] for c, s, n in zip(chunks.tolist(), starts.tolist(), sizes.tolist())]
+    return pa.array(np.concatenate(runs or [arrays[0][:0]]), values[0].type)
 
 
-def _list_column(chunks: list[pa.Array]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def _list_column(chunks: list[pa.Array]) -> tuple[np.ndarray, np.ndarray, list[pa.Array]]:
     """`(starts, lengths, values)` of a list column given as chunks (Arrow list arrays, maybe
-    sliced): where each example's list begins in its chunk's value buffer, its length, and each
-    chunk's value buffer as a numpy array (no copy)."""
+    sliced): where each example's list begins in its chunk's values, its length, and each chunk's
+    values (the whole child array, no copy)."""
     import numpy as np
 
     offsets = [np.asarray(c.offsets, np.int64) for c in chunks]
@@ -244,7 +253,7 @@ def _list_column(chunks: list[pa.Array]) -> tuple[np.ndarray, np.ndarray, list[n
         raise ValueError("packed columns must have no null rows")
     return (np.concatenate([np.zeros(0, np.int64)] + [o[:-1] for o in offsets]),
             np.concatenate([np.zeros(0, np.int64)] + [np.diff(o) for o in offsets]),
-            [c.values.to_numpy() for c in chunks])
+            [c.values for c in chunks])
 
 
 def packed_blocks(table: pa.Table, max_length: int, strategy: str = "bfd", overflow: str = "raise",
@@ -252,9 +261,9 @@ def packed_blocks(table: pa.Table, max_length: int, strategy: str = "bfd", overf
     """`pack_examples` on a `pyarrow.Table` of list columns (`input_ids`, and `labels` and
     `loss_weights` when present; other columns are dropped): the same rows, in the same order, as
     tables of `rows_per_block` rows (default: one table) with `seq_lengths`. The bins come from the
-    same packers; each block's tokens are then copied, a sample's run at a time, from the columns'
-    Arrow value buffers by numpy (no Python lists of tokens, no copy of the input), in the columns'
-    own types. There is always at least one block, maybe empty.
+    same packers; each block's tokens are then copied by Arrow from the columns' values, the runs
+    given by numpy arrays of offsets (`_gather`: no Python lists of tokens, no loop over samples, no
+    copy of the input), in the columns' own types. There is always at least one block, maybe empty.
 
     >>> import pyarrow as pa
     >>> t = pa.table({"input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]], "labels": [[-100, 2, 3], [4, 5], [6, 7, 8, 9]]})
@@ -272,7 +281,8 @@ def packed_blocks(table: pa.Table, max_length: int, strategy: str = "bfd", overf
     types = [table.schema.field(k).type for k in keys]
     if not all(pa.types.is_list(t) or pa.types.is_large_list(t) for t in types):
         raise ValueError(f"columns to pack must be lists, not {dict(zip(keys, map(str, types)))}")
-    batches = table.select(keys).to_batches()  # aligned chunks of every column, no copy
+    table = table.select(keys)
+    batches = table.to_batches() or [pa.RecordBatch.from_pylist([], table.schema)]  # aligned chunks, no copy
     columns = [_list_column([b.column(k) for b in batches]) for k in keys]
     lengths = columns[0][1]
     for k, (_, n, _) in zip(keys, columns):
@@ -291,8 +301,7 @@ def packed_blocks(table: pa.Table, max_length: int, strategy: str = "bfd", overf
         p0, p1 = row_pieces[r0], row_pieces[r1]
         out = {}
         for k, t, (_, _, values), begin in zip(keys, types, columns, begins):
-            b, e = begin[p0:p1], begin[p0:p1] + sizes[p0:p1]
-            flat = pa.array(_gather(values, chunk_of[p0:p1].tolist(), b.tolist(), e.tolist()), t.value_type)
+            flat = _gather(values, chunk_of[p0:p1], begin[p0:p1], sizes[p0:p1])
             array, dtype = (pa.LargeListArray, np.int64) if pa.types.is_large_list(t) else (pa.ListArray, np.int32)
             out[k] = array.from_arrays((row_tokens[r0:r1 + 1] - row_tokens[r0]).astype(dtype), flat)
         out["seq_lengths"] = pa.ListArray.from_arrays((row_pieces[r0:r1 + 1] - p0).astype(np.int32),
@@ -301,8 +310,9 @@ def packed_blocks(table: pa.Table, max_length: int, strategy: str = "bfd", overf
 
 
 def pack_columns(table: pa.Table, max_length: int, strategy: str = "bfd", overflow: str = "raise",
-                 shuffle_seed: int | None = None) -> pa.Table:
-    """`packed_blocks` as one table: `pack_examples`' rows from a `pyarrow.Table` of list columns.
+                 shuffle_seed: int | None = None, rows_per_block: int | None = 1000) -> pa.Table:
+    """`packed_blocks` as one table (a chunk per block: the copies stay small and reuse their memory):
+    `pack_examples`' rows from a `pyarrow.Table` of list columns.
 
     >>> import pyarrow as pa
     >>> t = pa.table({"input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]], "labels": [[-100, 2, 3], [4, 5], [6, 7, 8, 9]]})
@@ -310,7 +320,9 @@ def pack_columns(table: pa.Table, max_length: int, strategy: str = "bfd", overfl
     >>> packed["input_ids"], packed["labels"], packed["seq_lengths"]
     ([[6, 7, 8, 9], [1, 2, 3, 4, 5]], [[6, 7, 8, 9], [-100, 2, 3, 4, 5]], [[4], [3, 2]])
     """
-    return next(packed_blocks(table, max_length, strategy, overflow, shuffle_seed))
+    import pyarrow as pa
+
+    return pa.concat_tables(packed_blocks(table, max_length, strategy, overflow, shuffle_seed, rows_per_block))
 
 
 def _write_arrow(blocks: Iterator[pa.Table], path: str) -> None:
@@ -340,7 +352,8 @@ def pack_dataset_columnar(data: Dataset | dict | list[dict], max_length: int, st
     Arrow file next to it (or in `cache_dir`, or `cache_file_name`; a temporary one with
     `datasets.disable_caching()`),
     named by its fingerprint and the packing's arguments, and the result is memory-mapped from that
-    file: packing the same data the same way again just reopens it. Other data is packed in memory.
+    file: packing the same data the same way again just reopens it. Other data is packed in memory
+    (also `rows_per_block` rows at a time, a chunk each).
 
     >>> packed, stats = pack_dataset_columnar({"input_ids": [[1, 2, 3], [4, 5]], "labels": [[1, 2, 3], [4, 5]]}, 5)
     >>> packed[0], stats["efficiency"]
@@ -357,15 +370,15 @@ def pack_dataset_columnar(data: Dataset | dict | list[dict], max_length: int, st
     if isinstance(data, dict):
         data = Dataset.from_dict(data)
     args = {"max_length": max_length, "strategy": strategy, "overflow": overflow, "shuffle_seed": shuffle_seed}
+    key = Hasher.hash([data._fingerprint, args, packed_blocks])  # the result's fingerprint
     if cache_file_name is None and data.cache_files:
         folder = (cache_dir or os.path.dirname(data.cache_files[0]["filename"]) if is_caching_enabled()
                   else get_temporary_cache_files_directory())
         os.makedirs(folder, exist_ok=True)
-        key = Hasher.hash([data._fingerprint, args, packed_blocks])
         cache_file_name = os.path.join(folder, f"packed-{key}.arrow")
     table = data.with_format("arrow")[:]
-    if cache_file_name is None:
-        packed = Dataset(pack_columns(table, **args))
+    if cache_file_name is None:  # given, a fingerprint spares `Dataset` hashing every token
+        packed = Dataset(pack_columns(table, **args, rows_per_block=rows_per_block), fingerprint=key)
     else:
         if not os.path.exists(cache_file_name):
             _write_arrow(packed_blocks(table, **args, rows_per_block=rows_per_block), cache_file_name)

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from sft_helpers.course.bench import bench_rows, efficiency_table, gpu_bench, lane_run, main, write_section
+from sft_helpers.course.bench import (bench_rows, efficiency_table, gpu_bench, labelled_dataset, lane_run, main,
+                                      packer_run, packer_speed_section, write_section)
 from sft_helpers.models import load_tokenizer
 from sft_helpers.packing import long_tailed_lengths
 
@@ -26,6 +27,21 @@ def test_efficiency_table_orders_the_packers_as_the_lesson_says():
     rows = {r["method"].split(", ")[-1]: r["efficiency"] for r in efficiency_table(long_tailed_lengths(3000, 2048), 2048)}
     assert rows["bfd"] >= 0.99 and rows["bfd"] >= rows["ffd"] > rows["sequential"]
     assert rows["batches of 16 (random)"] < 0.5 < rows["batches of 16 (length-grouped)"]
+
+
+def test_packer_speed_runs_ours_and_trl_on_disk_and_in_memory(tmp_path, monkeypatch):
+    from importlib import import_module
+
+    fingerprint, bars = import_module("datasets.fingerprint"), import_module("datasets.utils.tqdm")
+    monkeypatch.setattr(fingerprint, "_CACHING_ENABLED", fingerprint._CACHING_ENABLED)  # packer_run turns it off
+    monkeypatch.setattr(bars, "_hf_datasets_progress_bars_disabled", bars._hf_datasets_progress_bars_disabled)
+    labelled_dataset(60, 256).save_to_disk(tmp_path / "data")
+    rows = [{"examples": 60, "load": 0.0, **packer_run(packer, str(tmp_path / "data"), 256, case)}
+            for case in ("disk", "memory") for packer in ("ours", "trl_whole", "trl")]
+    assert len({(r["rows"], r["tokens"]) for r in rows if r["packer"] != "trl"}) == 1  # the same bins
+    section = packer_speed_section(rows, "cmd")
+    assert "60 examples, on disk: **" in section and "60 examples, in memory: **" in section
+    assert section.count("| sft_helpers `pack_dataset_columnar` (BFD, whole dataset) |") == 2
 
 
 @pytest.mark.parametrize("lane", ["fp32", "fp16", "bf16"])  # one lane per test: half lanes are slow on CPU

@@ -9,8 +9,9 @@
 
 `packing` measures (lesson 02): packing efficiency of sequential / FFD / BFD at max_length 2048 on
 10k long-tailed lengths; the same packing job (labelled examples to packed rows) by our
-`pack_dataset_columnar` and TRL's `pack_dataset(strategy="bfd")` on 100k and 1M examples, each in
-its own process (time, peak memory, efficiency; `--speed-only` reruns just this part of the section);
+`pack_dataset_columnar` and TRL's `pack_dataset(strategy="bfd")` on 100k and 1M examples, from a
+dataset on disk (memory-mapped) and from one in memory, each in its own process (time, peak memory,
+efficiency; `--speed-only` reruns just this part of the section);
 and training throughput (real tokens per second, peak memory, final loss) of padded, packed and
 padding-free batches on the tiny base. `training_throughput` is also what notebook 02 calls at small
 scale.
@@ -71,15 +72,19 @@ def _reset_peak_rss() -> None:
 
 
 class _CountingCollator:
-    """Wraps a collator and counts real tokens (labels' sample tokens) and tensor slots per batch."""
+    """Wraps a collator and counts real tokens (labels' sample tokens) and tensor slots per batch, and
+    keeps each batch's trained (label) tokens in `label_tokens`."""
 
     def __init__(self, collate):
-        self.collate, self.real, self.slots = collate, 0, 0
+        self.collate, self.real, self.slots, self.label_tokens = collate, 0, 0, []
 
     def __call__(self, features):
+        from ..masking import IGNORE
+
         batch = self.collate(features)
         self.real += sum(len(f["input_ids"]) for f in features)
         self.slots += batch["input_ids"].numel()
+        self.label_tokens.append(int((batch["labels"][..., 1:] != IGNORE).sum()))
         return batch
 
 
@@ -196,11 +201,16 @@ def labelled_dataset(n: int, max_length: int = 2048, seed: int = 1):
                              "labels": pa.ListArray.from_arrays(offsets.astype(np.int32), labels)}))
 
 
-def packer_run(packer: str, path: str, max_length: int = 2048) -> dict:
-    """One packing job of `packer_speed`, in this process: the labelled dataset saved at `path`
-    (memory-mapped) to packed rows (`input_ids`, `labels`, `seq_lengths`; a Dataset written to a
-    temporary arrow file, caching off). Returns wall and CPU seconds, rows, efficiency, the peak
-    resident memory (VmHWM, reset after loading) and its rise above the resident memory before."""
+CASES = {"disk": "a dataset on disk (`load_from_disk`: memory-mapped Arrow, cache files; packed to a file)",
+         "memory": "an in-memory dataset (`load_from_disk(keep_in_memory=True)`: no cache files; packed in memory)"}
+
+
+def packer_run(packer: str, path: str, max_length: int = 2048, case: str = "disk") -> dict:
+    """One packing job of `packer_speed`, in this process: the labelled dataset saved at `path`, read
+    as `case` says (`CASES`: memory-mapped, or into memory), to packed rows (`input_ids`, `labels`,
+    `seq_lengths`; a Dataset, caching off: on disk written to a temporary arrow file, in memory kept
+    there). Returns wall and CPU seconds, rows, efficiency, the peak resident memory (VmHWM, reset
+    after loading) and its rise above the resident memory before."""
     from datasets import disable_caching, load_from_disk
     from datasets.utils.logging import disable_progress_bar
     from trl import pack_dataset
@@ -209,7 +219,7 @@ def packer_run(packer: str, path: str, max_length: int = 2048) -> dict:
 
     disable_caching()
     disable_progress_bar()
-    data = load_from_disk(path)
+    data = load_from_disk(path, keep_in_memory=case == "memory")
     start = _status_mb("VmRSS")
     _reset_peak_rss()
     if packer == "lists":
@@ -226,15 +236,17 @@ def packer_run(packer: str, path: str, max_length: int = 2048) -> dict:
     peak = _status_mb("VmHWM")
     tokens = sum(sum(r["seq_lengths"]) for r in packed) if packer == "lists" else sum(
         c.values.to_numpy().sum() for c in packed.data["seq_lengths"].chunks)
-    return {"packer": packer, "seconds": seconds, "cpu_s": cpu, "rows": len(packed), "tokens": int(tokens),
-            "efficiency": int(tokens) / (len(packed) * max_length), "peak_mb": peak, "rise_mb": peak - start}
+    return {"packer": packer, "case": case, "seconds": seconds, "cpu_s": cpu, "rows": len(packed),
+            "tokens": int(tokens), "efficiency": int(tokens) / (len(packed) * max_length), "peak_mb": peak,
+            "rise_mb": peak - start}
 
 
 def packer_speed(sizes=(100_000, 1_000_000), max_length: int = 2048, seed: int = 1,
-                 packers=("ours", "trl", "trl_whole"), lists_up_to: int = 100_000) -> list[dict]:
+                 packers=("ours", "trl", "trl_whole"), lists_up_to: int = 100_000, cases=tuple(CASES)) -> list[dict]:
     """The same job for every packer in `PACKER_RUNS`: labelled examples (`labelled_dataset`, saved
-    to disk) to packed rows of `max_length`, at each size in `sizes`, each run in a fresh process
-    (`packer_run`) so its peak memory is its own; the list path only up to `lists_up_to` examples."""
+    to disk) to packed rows of `max_length`, at each size in `sizes`, for each of `cases` (`CASES`:
+    on disk, in memory), each run in a fresh process (`packer_run`) so its peak memory is its own; the
+    list path (its own in-memory input) only on disk and up to `lists_up_to` examples."""
     import json
     import subprocess
     import tempfile
@@ -246,49 +258,63 @@ def packer_speed(sizes=(100_000, 1_000_000), max_length: int = 2048, seed: int =
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="bench-packing-") as tmp:
             labelled_dataset(n, max_length, seed).save_to_disk(tmp)
-            for packer in [*packers, *(["lists"] if n <= lists_up_to else [])]:
-                args = json.dumps({"packer": packer, "path": tmp, "max_length": max_length})
-                load = os.getloadavg()[0]
-                done = subprocess.run([sys.executable, "-m", "sft_helpers.course.bench", "packer-one", args],
-                                      capture_output=True, text=True)
-                if done.returncode:
-                    raise RuntimeError(f"packer run {packer!r} failed:\n{done.stderr[-3000:]}")
-                rows.append({"examples": n, "load": load, **json.loads(done.stdout.strip().splitlines()[-1])})
-                print(rows[-1], flush=True)
+            os.sync()  # the first run should not share the disk with the write-back of the data
+            for case in cases:
+                for packer in [*packers, *(["lists"] if case == "disk" and n <= lists_up_to else [])]:
+                    args = json.dumps({"packer": packer, "path": tmp, "max_length": max_length, "case": case})
+                    load = os.getloadavg()[0]
+                    done = subprocess.run([sys.executable, "-m", "sft_helpers.course.bench", "packer-one", args],
+                                          capture_output=True, text=True)
+                    if done.returncode:
+                        raise RuntimeError(f"packer run {packer!r} ({case}) failed:\n{done.stderr[-3000:]}")
+                    rows.append({"examples": n, "load": load, **json.loads(done.stdout.strip().splitlines()[-1])})
+                    print(rows[-1], flush=True)
     return rows
 
 
 def packer_speed_section(rows: list[dict], command: str) -> str:
-    """The `packing-speed` part of the packing section: a table per size and ours / TRL."""
+    """The `packing-speed` part of the packing section: a table per size and case (`CASES`), each
+    packer's time against ours in the same run, and a summary line per table (ours / TRL).
+
+    >>> rows = [{"examples": 10, "case": "memory", "packer": p, "seconds": s, "cpu_s": s, "rows": 1, "tokens": 9,
+    ...          "efficiency": 0.9, "peak_mb": 1, "rise_mb": 0, "load": 0} for p, s in [("ours", 1), ("trl", 2)]]
+    >>> print(*[line for line in packer_speed_section(rows, "cmd").splitlines() if line.startswith("* ")])
+    * 10 examples, in memory: **0.50** (0.50 CPU) against TRL's default; memory rise 0 MB against 0 MB
+    """
     columns = {"packer": ("name", "{}"), "wall s": ("seconds", "{:.1f}"), "CPU s": ("cpu_s", "{:.1f}"),
                "ours / this (wall)": ("ratio", "{:.2f}"), "ours / this (CPU)": ("cpu_ratio", "{:.2f}"),
                "rows": ("rows", "{:,}"), "efficiency": ("efficiency", "{:.2%}"),
                "peak RSS (MB)": ("peak_mb", "{:,.0f}"), "rise (MB)": ("rise_mb", "{:,.0f}"),
                "load avg": ("load", "{:.1f}")}
     tables, summary = [], []
-    for n in dict.fromkeys(r["examples"] for r in rows):
-        size = {r["packer"]: r for r in rows if r["examples"] == n}
+    for n, case in dict.fromkeys((r["examples"], r["case"]) for r in rows):
+        size = {r["packer"]: r for r in rows if (r["examples"], r["case"]) == (n, case)}
         for r in size.values():
             r |= {"name": PACKER_RUNS[r["packer"]], "ratio": size["ours"]["seconds"] / r["seconds"],
                   "cpu_ratio": size["ours"]["cpu_s"] / r["cpu_s"]}
-        table = _md_table(list(size.values()), columns)
-        tables.append(f"{n:,} examples ({size['ours']['tokens']:,} tokens):\n\n{table}")
-        ours, trl, whole = size["ours"], size["trl"], size["trl_whole"]
-        summary.append(f"* {n:,} examples: **{whole['ratio']:.2f}** ({whole['cpu_ratio']:.2f} CPU) against TRL at "
-                       f"equal efficiency, **{trl['ratio']:.2f}** ({trl['cpu_ratio']:.2f} CPU) against TRL's "
-                       f"default; memory rise {ours['rise_mb']:,.0f} MB against {whole['rise_mb']:,.0f} and "
-                       f"{trl['rise_mb']:,.0f} MB")
+        where = {"disk": "on disk", "memory": "in memory"}[case]
+        tables.append(f"{n:,} examples ({size['ours']['tokens']:,} tokens), {CASES[case]}:\n\n"
+                      f"{_md_table(list(size.values()), columns)}")
+        against = [f"**{r['ratio']:.2f}** ({r['cpu_ratio']:.2f} CPU) against {label}"
+                   for key, label in [("trl_whole", "TRL at equal efficiency"), ("trl", "TRL's default")]
+                   if (r := size.get(key))]
+        rises = " and ".join(f"{size[k]['rise_mb']:,.0f}" for k in ("trl_whole", "trl") if k in size)
+        summary.append(f"* {n:,} examples, {where}: {', '.join(against)}; memory rise "
+                       f"{size['ours']['rise_mb']:,.0f} MB against {rises} MB")
     tables = "\n\n".join(tables)
     return f"""**Packer speed: the same job** (`{command}`, {datetime.date.today()}; {machine()}).
-From labelled examples (a `datasets.Dataset` saved to disk and memory-mapped: `input_ids` int32 and
-`labels` int64 of `packing.long_tailed_lengths`, median 200, clipped at 2048) to packed rows of 2048
-(`input_ids`, `labels`, `seq_lengths`, what `PackedCollator` reads) written as a Dataset (caching off),
-each run in a fresh process: wall and CPU seconds, the peak resident set (VmHWM; the memory-mapped
-input counts once touched) and its rise above the process before the job, and the load average of
-the shared machine as the run started. TRL's default bins each 1,000-example `map` batch apart (fewer
-tokens per row); with `batch_size=None` it bins the whole dataset, as ours does. Ours: the same bins
-as `pack_examples` (BFD, bitset best fit), tokens gathered from the Arrow buffers by numpy and written
-1,000 rows at a time. Target: ours at least as fast as TRL at equal efficiency.
+From labelled examples (a `datasets.Dataset` saved to disk: `input_ids` int32 and `labels` int64 of
+`packing.long_tailed_lengths`, median 200, clipped at 2048) to packed rows of 2048 (`input_ids`,
+`labels`, `seq_lengths`, what `PackedCollator` reads) as a Dataset (caching off), in two cases: the
+dataset on disk, memory-mapped (packed into a temporary Arrow file), and the same dataset read into
+memory (no cache files; packed in memory). Each run in a fresh process: wall and CPU seconds, the peak
+resident set (VmHWM; a memory-mapped input counts once touched, an in-memory one is resident before
+the job) and its rise above the process before the job, and the load average of the shared machine
+as the run started. TRL's default bins each 1,000-example `map` batch apart (fewer tokens per row);
+with `batch_size=None` it bins the whole dataset, as ours does. Ours: the same bins as `pack_examples`
+(BFD, bitset best fit), each 1,000 rows' tokens copied at once from the input's Arrow buffers (here
+in 1,000-example chunks: numpy views concatenated), on disk written block by block. Target: ours at
+least as fast as TRL, in both cases.
 
 {tables}
 
@@ -331,14 +357,35 @@ def _md_table(rows: list[dict], columns: dict) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    """One line naming the machine and the versions that produced a figure."""
-    import transformers
-    import trl
+def _version(dist: str) -> str:
+    """`dist version` of an installed distribution, or `no dist` (read from its metadata: never imported)."""
+    import importlib.metadata
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    try:
+        return f"{dist} {importlib.metadata.version(dist)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"no {dist}"
+
+
+def gpu_driver() -> str:
+    """The NVIDIA driver's version as `nvidia-smi` reports it, or "driver unknown"."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        out = []
+    return f"driver {out[0]}" if out else "driver unknown"
+
+
+def machine() -> str:
+    """One line naming the machine and the versions that produced a figure (versions from the packages'
+    metadata: the GPU image has no trl, and a figure must not be lost to an import)."""
+    device = (f"{torch.cuda.get_device_name()}, {gpu_driver()}, CUDA {torch.version.cuda}"
+              if torch.cuda.is_available() else "no GPU")
     return (f"{platform.machine()}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), {device}; "
-            f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
+            f"torch {torch.__version__}, {_version('transformers')}, {_version('trl')}")
 
 
 def write_section(name: str, body: str, path: Path = Path("docs/benchmarks.md")) -> None:
@@ -447,10 +494,14 @@ def qlora_memory(arch: str = "tiny", methods=("full", "lora", "qlora"), seq_len:
     """For each method, train a random-initialised `arch` for `steps` AdamW steps on random tokens and
     compare the memory with `memory.estimate_memory`: on a GPU the peak allocated memory (the
     estimate without the CUDA-context overhead), on a CPU each part as `measure_training_memory`
-    sees it. Also real tokens per second over the steps after the first."""
+    sees it. Also real tokens per second over the steps after the first. Each method trains as
+    `train_sft` does (`training.training_precision`): full fine-tuning on a GPU keeps fp32 master
+    weights and AdamW states under bf16/fp16 autocast (16 bytes per parameter, what the estimate
+    counts), not pure bf16 (8)."""
     from ..lora import add_lora
     from ..memory import estimate_memory, measure_training_memory
     from ..models import device_settings, load_model
+    from ..training import training_precision
 
     s = device_settings()
     cuda = s["device"].startswith("cuda")
@@ -461,6 +512,7 @@ def qlora_memory(arch: str = "tiny", methods=("full", "lora", "qlora"), seq_len:
         model, _ = load_model(folder, quantization="4bit" if method == "qlora" else None, gradient_checkpointing=grad_ckpt)
         if method != "full":
             model = add_lora(model, verbose=False)
+        lane = training_precision(model)  # train_sft's policy: what trains fp32, half-precision autocast
         config = model.config
         est = estimate_memory(config, method, seq_len, batch, grad_ckpt, dtype_bytes=2 if cuda else 4, overhead_gb=0)
         ids = torch.randint(0, config.vocab_size, (batch, seq_len), device=s["device"])
@@ -480,7 +532,8 @@ def qlora_memory(arch: str = "tiny", methods=("full", "lora", "qlora"), seq_len:
                 if cuda:
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            with _autocast(model, lane):
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -553,7 +606,9 @@ def gpu_attentions(device: str) -> list[str]:
 
     if not _ampere(device):
         return ["sdpa"]
-    if importlib.util.find_spec("flash_attn") is not None:
+    from ..models import flash_attn_problem
+
+    if flash_attn_problem() is None:  # installed, imports, accepted by transformers
         return ["sdpa", "flash_attention_2"]
     if importlib.util.find_spec("kernels") is not None:
         return ["sdpa", "kernels-community/flash-attn2"]
@@ -634,13 +689,12 @@ def packed_vs_padded(model, tokenizer, rows: list[dict], lane: str = "fp32") -> 
     packed = PackedCollator(tokenizer.pad_token_id)(rows)
     check_packed_batch(packed, model.config._attn_implementation)
     packed = {k: v.to(device) if torch.is_tensor(v) else v for k, v in packed.items() if k != "labels"}
-    ids, mask = packed["input_ids"], padded["attention_mask"].to(device)
+    mask = padded["attention_mask"].to(device)
     with _autocast(model, lane):
         a = model(input_ids=padded["input_ids"].to(device), attention_mask=mask, use_cache=False).logits
         a = a.float()
         b = model(**packed).logits.float()  # the batch says use_cache=False
-        c = model(input_ids=ids, position_ids=packed["position_ids"], attention_mask=torch.ones_like(ids),
-                  use_cache=False).logits.float()
+        c = model(**leaky_batch(packed, model.config._attn_implementation), use_cache=False).logits.float()
     diff = leak = 0.0
     sums, count = [0.0, 0.0], 0
     for i, (r, offset, sample, labels) in enumerate(samples):
@@ -654,6 +708,24 @@ def packed_vs_padded(model, tokenizer, rows: list[dict], lane: str = "fp32") -> 
         count += int((target != IGNORE).sum())
     return {"logit_diff": diff, "loss_diff": (sums[1] - sums[0]) / max(count, 1), "leak_diff": leak,
             "batch": padded, "logits": a[mask.bool()]}
+
+
+def leaky_batch(packed: dict, attn_implementation: str) -> dict:
+    """The packed rows as a forward that lets their samples attend to each other: an all-ones
+    `attention_mask` with the rows' restarting positions (sdpa / eager read positions only without a
+    mask); under flash attention, which drops an all-ones mask and splits one row by its restarts,
+    positions 0..T-1 along each row as well. Each row is then one causal sequence (`attention_blocks`).
+
+    >>> pos = torch.tensor([[0, 1, 0, 1]])
+    >>> leaky_batch({"input_ids": pos, "position_ids": pos}, "flash_attention_2")["position_ids"].tolist()
+    [[0, 1, 2, 3]]
+    """
+    from ..attention import is_flash
+
+    ids, pos = packed["input_ids"], packed["position_ids"]
+    if is_flash(attn_implementation):
+        pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    return {"input_ids": ids, "position_ids": pos, "attention_mask": torch.ones_like(ids)}
 
 
 def _dtype_names(tensors) -> list[str]:
@@ -687,10 +759,16 @@ class _TrainingState(TrainerCallback):
     """Keeps, after every optimizer step, `precision_report` of the model and its (accelerate-wrapped)
     optimizer and scaler, the scaler's scale, and how many steps the scaler skipped (its scale went
     down: an inf or nan gradient; accelerate's `step_was_skipped` misses it with fused AdamW, which
-    always runs and skips inside its kernel)."""
+    always runs and skips inside its kernel); and the time each step ends (`step_ends`, after a CUDA
+    synchronisation: the GPU's work done, not just queued)."""
 
     def __init__(self):
-        self.report, self.scale, self.skipped = None, None, 0
+        self.report, self.scale, self.skipped, self.step_ends = None, None, 0, []
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if torch.cuda.is_available() and model is not None and model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        self.step_ends.append(time.perf_counter())
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kw):
         scaler = getattr(optimizer, "scaler", None)
@@ -712,7 +790,9 @@ def lane_run(model_id: str, lane: str, attention: str, method: str, rows: list[d
     LR 1e-4, no warmup) and record what the lane must hold: `losses` and `finite`; `trainable`,
     `frozen`, `grads` and `optimizer_states` dtypes (`precision_report`, elements per dtype, after
     the last optimizer step); `scaler` (a loss scaler active), `scale`, `skipped_steps`; `updated`
-    (share of the small trained tensors that changed); on CUDA `peak_gib` (peak allocated during
+    (share of the small trained tensors that changed); `label_tokens_per_s`, trained (label) tokens
+    per second over steps 2..N (the first holds warm-up; loading, evaluation and the merge are
+    outside); on CUDA `peak_gib` (peak allocated during
     loading and training, `torch.cuda.max_memory_allocated`) next to `estimate_gib`
     (`memory.estimate_memory` for the same rows, no checkpointing, no CUDA overhead); then
     `packed_vs_padded` in eval mode, and for adapters, with `merge`, `merged_forward`.
@@ -739,10 +819,14 @@ def lane_run(model_id: str, lane: str, attention: str, method: str, rows: list[d
     before = {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()
               if p.requires_grad and p.numel() <= 2**16}  # norms, LoRA matrices, the tiny model's layers
     state, row_length = _TrainingState(), max(len(r["input_ids"]) for r in rows)
+    counted = _CountingCollator(PackedCollator(tok.pad_token_id, row_length))
     history = train_sft(model, tok, rows[:steps * rows_per_step], lr=1e-4, max_steps=steps,
                         batch_size=rows_per_step, warmup=0, logging_steps=1, precision=lane,
-                        collator=PackedCollator(tok.pad_token_id, row_length), callbacks=[state])
+                        collator=counted, callbacks=[state])
     out = {"losses": [h["loss"] for h in history if "loss" in h]}
+    ends = state.step_ends
+    if len(ends) >= 2 and len(counted.label_tokens) >= len(ends):  # steps 2..N: no warm-up, no loading
+        out["label_tokens_per_s"] = sum(counted.label_tokens[1:len(ends)]) / (ends[-1] - ends[0])
     if cuda:
         torch.cuda.synchronize(device)
         out["peak_gib"] = (torch.cuda.max_memory_allocated(device) - start) / 2**30
@@ -805,11 +889,12 @@ def _model_source(name: str) -> tuple[str, str | None]:
 
 def gpu_bench(models=GPU_MODELS, device: str | None = None, lanes=None, attentions=None, methods=GPU_METHODS,
               steps: int = 5, rows_per_step: int = 4, row_length: int = 1024, budget_s: float = 420.0,
-              log=print) -> list[dict]:
+              log=print, on_row=None) -> list[dict]:
     """`lane_run` for every model × lane × attention × method (flash variants skip fp32), each in its
     own try/except: a failure is a row with its `error` line, never the end of the bench; runs due
     after `budget_s` seconds are recorded as skipped. Every row also holds `device` (the GPU's name),
-    `seconds` and `problems` (`lane_problems`); `log` gets one line per run. Lanes and attentions
+    `seconds` and `problems` (`lane_problems`); `log` gets one line per run, and `on_row` (when given)
+    the rows so far after each run (to write them: a crash later keeps what ran). Lanes and attentions
     default to what the device runs (`gpu_lanes`, `gpu_attentions`); merged forwards run with the
     first attention only. Models: "tiny", "smollm2-135m", a `QLORA_ARCHS` or `memory.ARCHITECTURES`
     name (random, built offline), a hub id or a folder."""
@@ -853,6 +938,8 @@ def gpu_bench(models=GPU_MODELS, device: str | None = None, lanes=None, attentio
         row["seconds"] = time.perf_counter() - t
         row["problems"] = lane_problems(row)
         results.append(row)
+        if on_row is not None:
+            on_row(results)
         losses = row.get("losses") or [math.nan]
         log(f"[{i}/{len(plan)}] {m} {lane} {attn} {method}: {'; '.join(row['problems']) or 'ok'} "
             f"(loss {losses[0]:.3f} → {losses[-1]:.3f}, {row['seconds']:.1f} s)")
@@ -863,15 +950,7 @@ def gpu_bench(models=GPU_MODELS, device: str | None = None, lanes=None, attentio
 
 
 def _versions() -> str:
-    import importlib.metadata
-
-    found = []
-    for dist in ("peft", "accelerate", "bitsandbytes", "flash-attn", "kernels"):
-        try:
-            found.append(f"{dist} {importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            found.append(f"no {dist}")
-    return ", ".join(found)
+    return ", ".join(_version(d) for d in ("peft", "accelerate", "bitsandbytes", "flash-attn", "kernels"))
 
 
 def _cell(row: dict, key: str, fmt: str = "{:.3g}") -> str:
@@ -888,7 +967,7 @@ def _cell(row: dict, key: str, fmt: str = "{:.3g}") -> str:
 GPU_COLUMNS = {"model": "model", "lane": "lane", "attention": "attention", "method": "method",
                "loss first → last": "loss", "trained / frozen": "dtypes", "AdamW states": "states",
                "loss scaler": "scaler", "peak / estimate GiB (ratio)": "memory",
-               "packed vs padded Δlogit": "diff", "Δloss": "loss_diff", "leaky Δlogit": "leak",
+               "label tok/s (steps 2..N)": "speed", "packed vs padded Δlogit": "diff", "Δloss": "loss_diff", "leaky Δlogit": "leak",
                "merged model": "merged", "s": "s", "checks": "checks"}
 
 
@@ -907,7 +986,8 @@ def _gpu_cells(r: dict) -> dict:
             "loss": f"{losses[0]:.3f} → {losses[-1]:.3f}" if losses else "",
             "dtypes": f"{_cell(r, 'trainable')} / {_cell(r, 'frozen')}" if "trainable" in r else "",
             "states": _cell(r, "optimizer_states"),
-            "scaler": scaler, "memory": memory, "diff": _cell(r, "packed_logit_diff", "{:.1e}"),
+            "scaler": scaler, "memory": memory, "speed": _cell(r, "label_tokens_per_s", "{:,.0f}"),
+            "diff": _cell(r, "packed_logit_diff", "{:.1e}"),
             "loss_diff": _cell(r, "packed_loss_diff", "{:+.1e}"),
             "leak": _cell(r, "packed_leak_diff", "{:.2f}"), "merged": merged, "s": f"{r['seconds']:.0f}",
             "checks": "; ".join(r["problems"]).replace("|", "/") or "ok"}
@@ -934,16 +1014,18 @@ def gpu_section(rows: list[dict], command: str, on_gpu: bool, steps: int, rows_p
     return head + f"""Machine: {machine()}; {_versions()}. Device: {rows[0]['device'] if rows else '-'}.
 
 Each run loads the model on one lane (`load_model(precision=...)`: the frozen base in the lane's dtype,
-QLoRA's in nf4), trains {steps} steps of {rows_per_step} packed rows of up to {row_length} tokens
+QLoRA's linear layers in nf4, its norms, embeddings and head fp32), trains {steps} steps of {rows_per_step} packed rows of up to {row_length} tokens
 (`PackedCollator`, course conversations, completion-only labels, `train_sft`, LR 1e-4) and records:
-the first and last step's loss; the dtypes of the trained and frozen weights and of AdamW's states
+the first and last step's loss; trained (label) tokens per second over steps 2..N (synchronised on a
+GPU; loading, warm-up, evaluation and merging left out); the dtypes of the trained and frozen weights and of AdamW's states
 after the last step (`precision.precision_report`; the policy: whatever trains is fp32); whether a
 loss scaler ran (fp16 only) and how many steps it skipped; on a GPU the peak allocated memory from
 loading through training (`torch.cuda.max_memory_allocated`) next to `memory.estimate_memory` for
 the same rows (no checkpointing, no CUDA overhead). Then, in eval mode under the lane's autocast, the
 first step's samples as one padded batch and as the packed rows: the largest logit difference and
 the loss difference (packed − padded), next to the logit difference of a deliberately leaky forward
-of the same rows (all-ones attention mask: the size of a leak); and for adapters (first attention
+of the same rows (`leaky_batch`: an all-ones attention mask, and under flash attention positions
+running on along the row: the size of a leak); and for adapters (first attention
 only) the model merged by `lora.merge_adapter` in the lane's dtype: its dtypes, finite logits and
 largest difference from the adapter model. "checks" lists what breaks the policy
 (`bench.lane_problems`), or the error line of a run that failed.
@@ -1151,15 +1233,20 @@ def bench_gpu(args) -> list[dict]:
     models = args.model or (["tiny"] if args.smoke or not cuda else list(GPU_MODELS))
     os.environ.setdefault("TQDM_DISABLE", "1")  # one progress line per run instead of bars
     hf_logging.disable_progress_bar()
+    section = "gpu" if cuda else "gpu-cpu"
+    saved = args.out.with_name(f"benchmarks-{section}.json")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(rows: list[dict]) -> None:  # after every run: a crash keeps what ran
+        saved.write_text(json.dumps(rows, indent=1) + "\n")
+
     rows = gpu_bench(models, device, _csv(args.lanes), _csv(args.attn), _csv(args.methods), steps,
-                     rows_per_step, row_length, args.budget_s)
+                     rows_per_step, row_length, args.budget_s, on_row=save)
     shown = [a for i, a in enumerate(args.argv)  # the command as run, without --out
              if "--out" not in (a.split("=")[0], args.argv[i - 1] if i else "")]
-    section = "gpu" if cuda else "gpu-cpu"
     body = gpu_section(rows, "python -m sft_helpers.course.bench " + " ".join(shown), cuda, steps, rows_per_step,
                        row_length)
     write_section(section, body, args.out)
-    args.out.with_name(f"benchmarks-{section}.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(body)
     return rows
 

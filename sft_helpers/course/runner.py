@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("spread", help="measure notebook numbers under other CPU settings (see --help)",
                    add_help=False)
+    kit = sub.add_parser("gpu-kit", help="build the folder the GPU machine needs for `bench gpu` (bitsandbytes)")
+    kit.add_argument("--out", default="build/gpu-kit")
     sync = sub.add_parser("sync-install-cell", help="write the install cell into every notebook")
     sync.add_argument("--notebooks", default="notebooks")
     args, rest = ap.parse_known_args(argv)
@@ -170,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "spread":
         from .portability import main as spread_main
         return spread_main(rest)
+    if args.command == "gpu-kit":
+        from .gpu_kit import main as kit_main
+        return kit_main(args.out)
     if args.command == "sync-install-cell":
         from .colab import sync_install_cell
         for path in sync_install_cell(course_notebooks(args.notebooks)):
