@@ -202,7 +202,7 @@ def test_missing_fields_and_odd_roles_are_reasons_not_crashes():
     msgs = [{"role": ["user"], "content": "Hi"}, {"content": "Hi"}, {"role": "user"},
             {"role": "assistant", "content": "Hello."}]
     assert conversation_problems({"messages": msgs}) == [
-        "message 0: unknown role ['user'] (expected one of ['assistant', 'system', 'user'])",
+        "message 0: unknown role ['user'] (expected one of ['assistant', 'system', 'tool', 'user'])",
         "message 1: missing 'role'", "message 2: missing 'content'"]
     odd = conversation_problems({"messages": [{"role": {"r": 1}, "content": "x"}]})
     assert odd[0].startswith("message 0: unknown role {'r': 1}")
