@@ -46,13 +46,11 @@ class WeightedLossTrainer(Trainer):
             total = self.accelerator.gather(total).sum() / processes
         return total
 
-    pad_rows = 0  # rows `make_trainer` appended that train nothing (data parallel, `TailPaddedSampler`)
-
     def _get_train_sampler(self, train_dataset=None):
-        if not self.pad_rows:
+        data = train_dataset if train_dataset is not None else self.train_dataset
+        if not isinstance(data, WithPadRows):  # rows that train nothing go last (`TailPaddedSampler`)
             return super()._get_train_sampler(train_dataset)
-        rows = len(train_dataset if train_dataset is not None else self.train_dataset) - self.pad_rows
-        return TailPaddedSampler(rows, self.pad_rows, self.args.data_seed)
+        return TailPaddedSampler(len(data.data), data.pad, self.args.data_seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
@@ -260,7 +258,6 @@ def make_trainer(model, tokenizer, train: list[dict], eval: list[dict] | None = 
     pad = pad_rows_needed(len(train), batch_size, targs.world_size) if not group_by_length and len(train) else 0
     trainer = WeightedLossTrainer(model=model, args=targs, train_dataset=WithPadRows(train, pad) if pad else train,
                                   callbacks=callbacks, data_collator=collator or PaddedCollator(tokenizer.pad_token_id))
-    trainer.pad_rows = pad
     trainer.remove_callback(PrinterCallback)  # without a progress bar Trainer prints raw log dicts instead
     if precision == "fp16" and s["device"] == "cpu":
         # accelerate skips fp16 autocast and the loss scaler on a CPU; run them as on a T4
