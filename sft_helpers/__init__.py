@@ -12,7 +12,8 @@ imports the course (an import-linter contract in `pyproject.toml`, checked by th
   `lora`, `memory`;
 - training and checks: `training` (`train_sft`), `recipe` (`run_sft`: the one pipeline behind
   `sft-train` and every lesson's runs, driven by a config),
-  `diagnostics` (pre-flight checks, symptom detectors), `dedup`, `evaluate`, `reference` (TRL's own
+  `diagnostics` (pre-flight checks, symptom detectors), `dedup`, `evaluate`, `stats` (a claim's
+  difference with its confidence interval), `reference` (TRL's own
   masks, packing and adapters: the oracle), `progress`.
 
 **The course** (`sft_helpers.course`) is the machinery of the lessons: the fictional world and its
@@ -42,12 +43,13 @@ from .packing import pack_dataset_columnar, pack_examples
 from .paths import data_path
 from .recipe import SFTRun, load_config, run_sft
 from .records import ConversationFormatError, SkipReport, conversation_problems, load_conversations
+from .stats import compare, compare_seeds
 from .training import train_sft
 
 __all__ = [
     "ConversationFormatError", "PackedCollator", "PaddedCollator", "PaddingFreeCollator", "SFTRun",
     "SkipReport", "add_lora", "build_labels", "chat_eval", "check_history", "check_labels",
-    "check_packed_batch", "cloze_recall", "conversation_problems", "data_path", "device_settings",
+    "check_packed_batch", "cloze_recall", "compare", "compare_seeds", "conversation_problems", "data_path", "device_settings",
     "ensure_pad_token", "estimate_memory", "exact_duplicates", "generate", "label_dataset",
     "load_config", "load_conversations", "load_model", "load_tokenizer", "mask_report",
     "near_duplicates", "pack_dataset_columnar", "pack_examples", "preflight", "run_sft",
