@@ -87,3 +87,25 @@ def test_a_k_epoch_run_at_a_constant_rate_is_the_first_k_epochs_of_a_longer_run(
     assert len(evals[0]) == 2 and len(evals[1]) == 4, "evaluated before training and at each epoch end"
     assert evals[0][1] == pytest.approx(evals[1][1], abs=1e-5), (evals[0], evals[1])
     assert abs(evals[2][1] - evals[0][1]) > 1e-3, "a decaying schedule's first epoch differs"
+
+
+def test_best_rate_ratio_recovers_a_known_ratio_between_grid_points():
+    """Losses shaped like a parabola in log10(rate), LoRA's optimum 10x full's plus seed noise: the fitted
+    ratio lands near 10 although neither optimum is on the grid, and its interval holds it."""
+    import math
+    import random
+
+    from sft_helpers.course.hyperparameters import best_rate_ratio, quarter_decades
+
+    rng = random.Random(0)
+
+    def run(lr, best):
+        return {"val_loss": 2.0 + (math.log10(lr) - math.log10(best)) ** 2 + rng.gauss(0, 0.01)}
+
+    results = {}
+    for method, best, grid in (("full", 7e-4, quarter_decades(-4, -2)), ("lora", 7e-3, quarter_decades(-3, -1))):
+        for lr in grid:
+            results[f"{method} {lr:.3g}"] = [run(lr, best) for _ in range(3)]
+    d = best_rate_ratio(results)
+    assert 10 ** d.low <= 10 <= 10 ** d.high and abs(10 ** d.delta - 10) < 1.5, d
+    assert d.n_seeds == 3 and d.supports(">")

@@ -350,11 +350,14 @@ def finetune_seeds(seeds=(0, 1), steps: int = 120) -> str:
 
 if __name__ == "__main__":
     import argparse
+    from pathlib import Path
 
     ap = argparse.ArgumentParser(description="lesson experiments, several seeds")
     ap.add_argument("experiment", choices=["masking", "finetune", "hyperparameters", "data-strategy", "data-sets"])
     ap.add_argument("--out", default="sets", help="data-sets: the folder the training sets are written to")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--docs", default=None, help="hyperparameters: the folder to write the JSON and tables to "
+                                                 "(default: docs/)")
     ap.add_argument("--only", nargs="+", default=None, metavar="SWEEP",
                     help="hyperparameters: rerun only these sweeps (e.g. epochs), keep the stored others; "
                          "data-strategy: only these groups (quality, diversity, repeats, dedup)")
@@ -377,12 +380,12 @@ if __name__ == "__main__":
         from sft_helpers.course import hyperparameters
 
         results = hyperparameters.all_sweeps(tuple(args.seeds), only=args.only)
-        if args.only:
+        if args.only and not args.docs:  # merge into the stored sweeps
             stored = hyperparameters.load_stored()
             if stored["seeds"] != args.seeds:
                 raise SystemExit(f"--only merges into stored sweeps of seeds {stored['seeds']}: use those seeds")
             results = {**{k: v for k, v in stored.items() if k != "seeds"}, **results}
-        hyperparameters.write_docs(results, args.seeds)
+        hyperparameters.write_docs(results, args.seeds, Path(args.docs) if args.docs else None)
         print(hyperparameters.tables(results))
     else:
         print(masking_seeds(tuple(args.seeds)) if args.experiment == "masking" else finetune_seeds(tuple(args.seeds)))

@@ -26,7 +26,21 @@ from transformers import TrainerCallback
 # the course's recipe for a 60-step run; every sweep changes one of these
 RECIPE = dict(method="full", lr=1e-3, steps=60, samples_per_step=16, schedule="cosine", warmup=0.05,
               weight_decay=0.01)
-LR_GRID = {"full": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2), "lora": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)}
+
+
+def quarter_decades(low: float, high: float) -> tuple[float, ...]:
+    """Learning rates from 10**low to 10**high in steps of 10**0.25 (x1.78), three significant digits:
+    fine enough to tell a 3x from a 10x ratio between two optima.
+
+    >>> quarter_decades(-3, -2.5)
+    (0.001, 0.00178, 0.00316)
+    """
+    return tuple(float(f"{10 ** (k / 4):.3g}") for k in range(round(4 * low), round(4 * high) + 1))
+
+
+# LoRA trains the embeddings and output head too (`train_embeddings`): without them, adapters on the
+# tiny base stall whatever the rate (lesson 03), and a sweep of runs that learn nothing has no optimum
+LR_GRID = {"full": quarter_decades(-4, -2), "lora": quarter_decades(-3.5, -1.5)}
 SCHEDULES = {"constant (5% warmup)": dict(schedule="constant_with_warmup"),
              "cosine (5% warmup)": dict(schedule="cosine"),
              "cosine, no warmup": dict(schedule="cosine", warmup=0.0)}
@@ -41,6 +55,9 @@ REGULARISATION = {"weight decay 0": dict(weight_decay=0.0), "weight decay 0.01":
 EPOCHS = dict(n_train=2520, steps=-1, epochs=8, schedule="constant_with_warmup", warmup=20,
               eval_every="epoch", exact_every="epoch")
 EPOCH_SETS = {"2,520 (whole split)": dict(duplicate=False), "1,260, each twice": dict(duplicate=True)}
+# the guide's schedule over 1, 2 or 3 epochs of the whole split: each its own run (a decaying rate
+# makes the first k epochs of a longer run a different run)
+EPOCHS_COSINE = dict(n_train=2520, steps=-1, schedule="cosine", warmup=0.05, eval_every="epoch", exact_every="epoch")
 COURSE_MAX_LENGTH = 1024  # longer than any course conversation: nothing is cut unless a run sets max_length
 DOCS_JSON = Path(__file__).resolve().parents[2] / "docs" / "hyperparameters.json"
 
@@ -130,9 +147,9 @@ class ExactMatchCallback(TrainerCallback):
 def hp_config(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, steps: int = 60,
               epochs: float = 1.0, samples_per_step: int = 16, grad_accum: int = 1, batching: str = "packed",
               schedule: str = "cosine", warmup: float = 0.05, weight_decay: float = 0.01,
-              lora_dropout: float = 0.0, max_length: int | None = None, eval_every: int | str | None = None,
-              eval_items: int = 60, test_items: int = 60, n_train: int | None = None, duplicate: bool = False,
-              seed: int = 0, **course) -> dict:
+              lora_dropout: float = 0.0, train_embeddings: bool = False, max_length: int | None = None,
+              eval_every: int | str | None = None, eval_items: int = 60, test_items: int = 60,
+              n_train: int | None = None, duplicate: bool = False, seed: int = 0, **course) -> dict:
     """The `sft-train` config of a `run_hp` run with these keywords (capped by the lane's budget):
     `n_train` is `max_train_examples` unless `duplicate` (then the run trains on the first
     `n_train // 2` conversations twice, which no config key says); the `course` keywords
@@ -150,7 +167,8 @@ def hp_config(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3,
     if batching not in ("packed", "padded", "padding_free"):
         raise ValueError(f"batching must be 'packed', 'padded' or 'padding_free', not {batching!r}")
     packed = batching == "packed"
-    return run_config(model=model_id, method=method, lora_dropout=lora_dropout, lr=lr, max_steps=steps,
+    return run_config(model=model_id, method=method, lora_dropout=lora_dropout,
+                      train_embeddings=train_embeddings and method != "full", lr=lr, max_steps=steps,
                       epochs=epochs, batching=batching, batch_size=2 if packed else samples_per_step // grad_accum,
                       grad_accum=1 if packed else grad_accum, samples_per_step=samples_per_step if packed else None,
                       schedule="cosine" if schedule == "cosine" else "constant", warmup=warmup,
@@ -168,12 +186,12 @@ def _start_and_end(steps: int, epochs: float) -> int | str:
 def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, steps: int = 60,
            epochs: float = 1.0, samples_per_step: int = 16, grad_accum: int = 1, batching: str = "packed",
            schedule: str = "cosine", warmup: float = 0.05, weight_decay: float = 0.01,
-           lora_dropout: float = 0.0, max_length: int | None = None, n_train: int | None = None,
-           duplicate: bool = False, eval_every: int | str | None = None, exact_every: int | str | None = None,
+           lora_dropout: float = 0.0, train_embeddings: bool = False, max_length: int | None = None,
+           n_train: int | None = None, duplicate: bool = False, eval_every: int | str | None = None, exact_every: int | str | None = None,
            eval_items: int = 60, test_items: int = 60, records: list[dict] | None = None,
            eval_sets: dict[str, list[dict]] | None = None, seed: int = 0) -> dict:
     """One fine-tuning run of lesson 05: `model_id` by `method` ("full", or "lora": r=16, alpha 32,
-    adapters on every linear layer) on the training split (its first `n_train` conversations; with
+    adapters on every linear layer, with `train_embeddings` the embeddings and output head too) on the training split (its first `n_train` conversations; with
     `duplicate`, its first `n_train // 2` each twice), completion-only labels cut to `max_length`
     (keeping the start), `steps` optimizer steps (or `epochs` with `steps=-1`) of about
     `samples_per_step` conversations in two packed rows (`batching="packed"`), or in micro-batches of
@@ -185,6 +203,7 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
 
     Returns `history`, `val_loss` (response tokens of `eval_items` validation conversations, as in
     lesson 01), `exact`, `format_ok`, `stop_rate` (greedy, `test_items` test conversations),
+    `exact_items` (1 or 0 per test conversation, for `sft_helpers.stats.compare`),
     `truncated` (share of the kept training examples cut), `dropped` (share of conversations left
     with no trained token: the reply cut entirely), `slots_per_epoch` (token positions computed per
     epoch, padding included) and `steps`. Steps, batch and evaluation sets are capped by the lane's
@@ -196,8 +215,8 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
     """
     cfg = hp_config(model_id, method=method, lr=lr, steps=steps, epochs=epochs, samples_per_step=samples_per_step,
                     grad_accum=grad_accum, batching=batching, schedule=schedule, warmup=warmup,
-                    weight_decay=weight_decay, lora_dropout=lora_dropout, max_length=max_length,
-                    eval_every=eval_every, eval_items=eval_items, test_items=test_items, n_train=n_train,
+                    weight_decay=weight_decay, lora_dropout=lora_dropout, train_embeddings=train_embeddings,
+                    max_length=max_length, eval_every=eval_every, eval_items=eval_items, test_items=test_items, n_train=n_train,
                     duplicate=duplicate, seed=seed)
     budget = lane(model_id)
     eval_items, test_items = budget.count(eval_items), budget.count(test_items)
@@ -229,7 +248,7 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
     history = run.history
     return {"history": history, "val_loss": run.val_loss, "exact": scores["exact_match"],
             "format_ok": scores["format_ok"], "stop_rate": scores["stop_rate"],
-            "truncated": report.truncated / max(report.kept, 1),
+            "exact_items": [int(r["exact"]) for r in scores["rows"]], "truncated": report.truncated / max(report.kept, 1),
             "dropped": len(report.dropped) / run.data["n_records"], "slots_per_epoch": slots,
             "steps": history[-1].get("step", 0), "per_task": scores["per_task"], "sets": sets,
             "n_train": run.data["n_records"], "config": cfg}
@@ -269,7 +288,8 @@ def accumulation_gap(model_id: str = "tiny", batch: int = 64, micro_batch: int =
 
 def _summary(run: dict) -> dict:
     """What a table needs of a run (histories kept short: losses and eval losses by step)."""
-    keep = ("val_loss", "exact", "format_ok", "stop_rate", "truncated", "slots_per_epoch", "steps", "n_train")
+    keep = ("val_loss", "exact", "format_ok", "stop_rate", "exact_items", "truncated", "slots_per_epoch", "steps",
+            "n_train")
     out = {k: run[k] for k in keep + ("dropped",) if k in run}
     out["train_loss"] = [(h["step"], round(h["loss"], 4)) for h in run["history"] if "loss" in h]
     out["eval_loss"] = [(h["step"], round(h["eval_loss"], 4)) for h in run["history"] if "eval_loss" in h]
@@ -308,9 +328,70 @@ def best_lr(results: dict[str, list[dict]]) -> tuple[float, float]:
     return lr, means[lr]
 
 
-def lr_settings(method: str, lrs=None, model_id: str = "tiny") -> dict[str, dict]:
+def fitted_best_lr(runs: dict[str, dict]) -> float:
+    """One seed's best learning rate between grid points: the vertex of the parabola through the
+    validation loss against log10(rate) at the grid's lowest point and its two neighbours (the
+    lowest point itself when it is at the grid's edge). `runs`: `{"method lr": summary}`.
+
+    >>> round(fitted_best_lr({"full 0.0001": {"val_loss": 3.0}, "full 0.001": {"val_loss": 2.0},
+    ...                       "full 0.01": {"val_loss": 4.0}}), 5)
+    0.00068
+    """
+    points = sorted((math.log10(float(name.split()[-1])), run["val_loss"]) for name, run in runs.items())
+    i = min(range(len(points)), key=lambda k: points[k][1])
+    if i in (0, len(points) - 1):
+        return 10 ** points[i][0]
+    (x0, y0), (x1, y1), (x2, y2) = points[i - 1:i + 2]
+    # vertex of the parabola through three points (x1 in the middle, evenly spaced or not)
+    num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+    den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+    return 10 ** (x1 - 0.5 * num / den)
+
+
+def best_rate_ratio(results: dict[str, list[dict]]):
+    """LoRA's best learning rate over full fine-tuning's, from a learning-rate sweep on several seeds:
+    a `stats.Difference` of log10 rates (`fitted_best_lr` per seed, paired by seed); the ratio is
+    `10 ** d.delta`, its 95% interval `10 ** d.low` to `10 ** d.high`."""
+    from ..stats import compare_seeds
+
+    by_method = {m: {n: r for n, r in results.items() if n.split()[0] == m} for m in ("lora", "full")}
+    seeds = range(len(next(iter(results.values()))))
+    logs = {m: [math.log10(fitted_best_lr({n: r[s] for n, r in runs.items()})) for s in seeds]
+            for m, runs in by_method.items()}
+    return compare_seeds(logs["lora"], logs["full"], ("LoRA's best log10 rate", "full fine-tuning's"))
+
+
+def early_peak(run: dict, first: int = 10) -> float:
+    """The highest training loss logged in the first `first` steps: the spike a schedule lets through
+    (compare runs of one seed: the same batches in the same order).
+
+    >>> early_peak({"train_loss": [(1, 9.0), (2, 12.5), (3, 7.0), (11, 20.0)]})
+    12.5
+    """
+    return max(loss for step, loss in run["train_loss"] if step <= first)
+
+
+def warmup_excess(without: list[dict], with_warmup: list[dict], first: int = 10) -> list[float]:
+    """Per seed, how much higher the training loss is without warmup than with it over the first
+    `first` steps, step by step on the same batches (the runs share their seed and so their data
+    order): what the schedule does, with what each batch contains cancelled out.
+
+    >>> warmup_excess([{"train_loss": [(1, 9.0), (2, 8.0)]}], [{"train_loss": [(1, 9.0), (2, 6.0)]}])
+    [1.0]
+    """
+    out = []
+    for a, b in zip(without, with_warmup):
+        paired = [(x, y) for (sx, x), (sy, y) in zip(a["train_loss"], b["train_loss"]) if sx == sy <= first]
+        if [s for s, _ in a["train_loss"]][:first] != [s for s, _ in b["train_loss"]][:first]:
+            raise ValueError("warmup_excess: the runs did not log the same steps")
+        out.append(sum(x - y for x, y in paired) / len(paired))
+    return out
+
+
+def lr_settings(method: str, lrs=None, model_id: str = "tiny", train_embeddings: bool = False) -> dict[str, dict]:
     """Sweep settings for `method` over `lrs` (default `LR_GRID[method]`, moved to the lane's own
-    rates on a lane other than the tiny base's), named "method lr".
+    rates on a lane other than the tiny base's), named "method lr"; `train_embeddings` for LoRA trains the
+    embeddings and output head too.
 
     >>> list(lr_settings("lora", (1e-3, 1e-2)))
     ['lora 0.001', 'lora 0.01']
@@ -318,7 +399,9 @@ def lr_settings(method: str, lrs=None, model_id: str = "tiny") -> dict[str, dict
     ['full 2e-05']
     """
     shift = lane(model_id).lr(method) / lane("tiny").lr(method)
-    return {f"{method} {lr * shift:.3g}": dict(method=method, lr=lr * shift) for lr in (lrs or LR_GRID[method])}
+    extra = {"train_embeddings": True} if train_embeddings and method != "full" else {}
+    return {f"{method} {lr * shift:.3g}": dict(method=method, lr=lr * shift, **extra)
+            for lr in (lrs or LR_GRID[method])}
 
 
 def sweep_plan(lengths: dict[int, int]) -> dict[str, tuple[dict[str, dict], dict]]:
@@ -327,9 +410,10 @@ def sweep_plan(lengths: dict[int, int]) -> dict[str, tuple[dict[str, dict], dict
     percentiles (the max-length sweep's settings)."""
     base = dict(steps=RECIPE["steps"], samples_per_step=RECIPE["samples_per_step"])
     return {
-        "learning rate": ({**lr_settings("full"), **lr_settings("lora")}, base),
+        "learning rate": ({**lr_settings("full"), **lr_settings("lora", train_embeddings=True)}, base),
         "schedule": (SCHEDULES, {**base, "lr": 3e-3}),
         "epochs": (EPOCH_SETS, EPOCHS),
+        "epochs, cosine": ({f"{k} epoch{'s' * (k > 1)}": dict(epochs=k) for k in (1, 2, 3)}, EPOCHS_COSINE),
         "batch": ({f"effective batch {b}": dict(samples_per_step=b, grad_accum=b // 8) for b in (8, 32, 128)},
                   dict(batching="padding_free", n_train=1024, steps=-1, epochs=1)),
         "max length": ({f"p{p}: {n} tokens": dict(max_length=n) for p, n in lengths.items() if p in (50, 95, 100)},
@@ -475,20 +559,32 @@ def _lr_table(results: dict) -> list[str]:
            "| method | LR | response val loss | exact match | config |", "|---|---|---|---|---|"]
     out += [f"| {name.split()[0]} | {name.split()[1]} | {_per_seed(runs, 'val_loss')} | "
             f"{_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |" for name, runs in lr.items()]
-    best = {m: best_lr({n: r for n, r in lr.items() if n.startswith(m)}) for m in ("full", "lora")}
-    return out + ["", f"Best LR (lowest mean validation loss): full fine-tuning {best['full'][0]:g} "
-                  f"({best['full'][1]:.3f}), LoRA {best['lora'][0]:g} ({best['lora'][1]:.3f}): LoRA's optimum is "
-                  f"{best['lora'][0] / best['full'][0]:g}× full fine-tuning's."]
+    by_method = {m: {n: r for n, r in lr.items() if n.split()[0] == m} for m in ("full", "lora")}
+    best = {m: best_lr(runs) for m, runs in by_method.items()}
+    seeds = range(len(next(iter(lr.values()))))
+    fitted = {m: " / ".join(f"{fitted_best_lr({n: r[s] for n, r in runs.items()}):.2g}" for s in seeds)
+              for m, runs in by_method.items()}
+    out += ["", f"Best LR on the grid (lowest mean validation loss): full fine-tuning {best['full'][0]:g} "
+            f"({best['full'][1]:.3f}), LoRA {best['lora'][0]:g} ({best['lora'][1]:.3f}). Between grid points "
+            f"(`fitted_best_lr`, per seed): full {fitted['full']}, LoRA {fitted['lora']}."]
+    if len(seeds) > 1:
+        d = best_rate_ratio(lr)
+        out.append(f"LoRA's best rate over full fine-tuning's: {10 ** d.delta:.1f}× (95% CI {10 ** d.low:.1f}× to "
+                   f"{10 ** d.high:.1f}×, {d.n_seeds} seeds; `best_rate_ratio`).")
+    return out
 
 
 def _schedule_table(results: dict) -> list[str]:
     config, rows = _configs(results, "schedule")
+    runs = results["schedule"]
     out = ["#### Schedule (LR 3e-3, 60 steps)", "", config,
-           "| schedule | biggest loss jump | final training loss | response val loss | exact match | config |",
-           "|---|---|---|---|---|---|"]
-    return out + [f"| {name} | {_per_seed(runs, biggest_jump, '{:.2f}')} | "
-                  f"{_per_seed(runs, lambda r: r['train_loss'][-1][1], '{:.2f}')} | {_per_seed(runs, 'val_loss')} | "
-                  f"{_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |" for name, runs in results["schedule"].items()]
+           "| schedule | biggest loss jump | peak loss, steps 1-10 | mean loss above the warmed-up run's, steps 1-10 "
+           "| final training loss | response val loss | exact match | config |", "|---|---|---|---|---|---|---|---|"]
+    warm = runs["cosine (5% warmup)"]
+    return out + [f"| {name} | {_per_seed(seeds, biggest_jump, '{:.2f}')} | {_per_seed(seeds, early_peak, '{:.2f}')} | "
+                  f"{' / '.join(f'{v:+.2f}' for v in warmup_excess(seeds, warm))} | "
+                  f"{_per_seed(seeds, lambda r: r['train_loss'][-1][1], '{:.2f}')} | {_per_seed(seeds, 'val_loss')} | "
+                  f"{_per_seed(seeds, 'exact', '{:.0%}')} | {rows[name]} |" for name, seeds in runs.items()]
 
 
 def _epochs_table(results: dict) -> list[str]:
@@ -504,6 +600,18 @@ def _epochs_table(results: dict) -> list[str]:
                        f"{' '.join(f'{v:.0%}' for _, v in r['exact_curve'])} | {best_epoch(r)} | "
                        f"{rows[name]} |")
     return out
+
+
+def _epochs_cosine_table(results: dict) -> list[str]:
+    config, rows = _configs(results, "epochs, cosine")
+    out = ["#### Epochs under warmup + cosine (the whole training split; each row its own run)", "", config,
+           "| epochs | steps | final training loss | final validation loss | best validation loss (epoch) | "
+           "exact match | config |", "|---|---|---|---|---|---|---|"]
+    return out + [f"| {name.split()[0]} | {runs[0]['steps']} | {_per_seed(runs, lambda r: train_loss_by_epoch(r)[-1], '{:.2f}')} | "
+                  f"{_per_seed(runs, lambda r: r['eval_loss'][-1][1], '{:.2f}')} | "
+                  f"{' / '.join(f'{best_val(r):.2f} ({best_epoch(r)})' for r in runs)} | "
+                  f"{_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |"
+                  for name, runs in results["epochs, cosine"].items()]
 
 
 def _batch_table(results: dict) -> list[str]:
@@ -550,6 +658,7 @@ def _regularisation_table(results: dict) -> list[str]:
 
 
 TABLES = {"learning rate": _lr_table, "schedule": _schedule_table, "epochs": _epochs_table,
+          "epochs, cosine": _epochs_cosine_table,
           "batch": _batch_table, "max length": _max_length_table, "regularisation": _regularisation_table}
 
 
@@ -561,7 +670,7 @@ def tables(results: dict, sections=None, configs: bool = False) -> str:
     unknown = set(sections or ()) - set(TABLES)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {list(TABLES)}")
-    blocks = [TABLES[name](results) for name in (sections or TABLES)]
+    blocks = [TABLES[name](results) for name in (sections or [n for n in TABLES if n in results])]
     return "\n\n".join("\n".join(lines if configs else _without_configs(lines)) for lines in blocks)
 
 
@@ -580,6 +689,8 @@ def write_docs(results: dict, seeds, docs: Path | None = None) -> None:
     """Store `results` in docs/hyperparameters.json (the notebook plots them) and their tables in
     docs/experiments.md between the `<!-- hyperparameters -->` markers."""
     docs = docs or DOCS_JSON.parent
+    if not (docs / "experiments.md").exists():
+        (docs / "experiments.md").write_text("# Lesson experiments across seeds\n")
     (docs / "hyperparameters.json").write_text(json.dumps({"seeds": list(seeds), **results}, indent=1))
     body = (f"`python -m sft_helpers.course.experiments hyperparameters --seeds {' '.join(map(str, seeds))}` "
             f"(values per seed, \"seed {' / seed '.join(map(str, seeds))}\"):\n\n{tables(results, configs=True)}")
