@@ -356,8 +356,8 @@ if __name__ == "__main__":
     ap.add_argument("experiment", choices=["masking", "finetune", "hyperparameters", "data-strategy", "data-sets"])
     ap.add_argument("--out", default="sets", help="data-sets: the folder the training sets are written to")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--docs", default=None, help="hyperparameters: the folder to write the JSON and tables to "
-                                                 "(default: docs/)")
+    ap.add_argument("--docs", default=None, help="hyperparameters, data-strategy: the folder to write the JSON and "
+                                                 "tables to (default: docs/)")
     ap.add_argument("--only", nargs="+", default=None, metavar="SWEEP",
                     help="hyperparameters: rerun only these sweeps (e.g. epochs), keep the stored others; "
                          "data-strategy: only these groups (quality, diversity, repeats, dedup)")
@@ -373,7 +373,7 @@ if __name__ == "__main__":
         from sft_helpers.course import data_strategy
 
         results = data_strategy.run_experiments(tuple(args.seeds), only=args.only)
-        data_strategy.write_docs(results)
+        data_strategy.write_docs(results, Path(args.docs) if args.docs else None)
         print(data_strategy.tables(results))
         raise SystemExit(0)
     if args.experiment == "hyperparameters":  # lesson 05: writes docs/experiments.md and docs/hyperparameters.json

@@ -211,7 +211,7 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
 
     Lesson 06 trains on its own data sets: `records` replaces the training split, and each of
     `eval_sets` (`{name: records}`) is scored after training, in `sets[name]`: greedy `exact`,
-    `format_ok`, `per_task` and the response-token `loss`.
+    `format_ok`, `per_task`, the response-token `loss` and `exact_items`.
     """
     cfg = hp_config(model_id, method=method, lr=lr, steps=steps, epochs=epochs, samples_per_step=samples_per_step,
                     grad_accum=grad_accum, batching=batching, schedule=schedule, warmup=warmup,
@@ -244,7 +244,8 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
         got = chat_eval(model, tok, items)
         labelled, _ = build_labels(items, tok, "completion_only")
         sets[name] = {"exact": got["exact_match"], "format_ok": got["format_ok"], "per_task": got["per_task"],
-                      "loss": eval_loss(model, tok, labelled), "n": len(items)}
+                      "loss": eval_loss(model, tok, labelled), "n": len(items),
+                      "exact_items": [int(r["exact"]) for r in got["rows"]]}
     history = run.history
     return {"history": history, "val_loss": run.val_loss, "exact": scores["exact_match"],
             "format_ok": scores["format_ok"], "stop_rate": scores["stop_rate"],
