@@ -155,3 +155,23 @@ def test_same_fact_pairs_count_as_right_and_distinct_questions_do_not():
                          pairs=[(0, 1, 0.99), (0, 2, 0.98), (2, 3, 0.97)])
     row = method_scores({"semantic": merged}, planted=[], records=records)["semantic"]
     assert row["same_fact"] == 1 / 3 and row["removed_same_fact"] == 1 / 3
+
+
+def test_phrasing_gap_pairs_each_question_with_itself_in_both_wordings():
+    """Seen wordings right on 60 of 100 questions, new wordings on the first 40 of those (a paired gap
+    of -20 points, no noise): the interval is the pairing's; half the seen accuracy is 30%, below 40%."""
+    from sft_helpers.course.data_strategy import phrasing_gap
+
+    seen = [1] * 60 + [0] * 40
+    new = [1] * 40 + [0] * 60
+    wide_new = [1] * 55 + [0] * 45
+
+    def run(seen_items, new_items):
+        return {"sets": {"seen wordings": {"exact_items": seen_items}, "new wordings": {"exact_items": new_items}}}
+
+    gap = phrasing_gap({"training split": [run(seen, new)] * 3, "widened phrasing": [run(seen, wide_new)] * 3})
+    split = gap["training split"]
+    assert split["new vs seen"].supports("<") and split["new vs seen"].delta == pytest.approx(-0.2)
+    assert split["new vs half seen"].supports(">") and split["new vs half seen"].delta == pytest.approx(0.1)
+    assert gap["new wordings"].supports(">") and gap["seen wordings"].supports("~")
+    assert gap["new wordings"].names == ("widened phrasing", "training split")

@@ -243,6 +243,31 @@ def phrasing_sets() -> dict[str, list[dict]]:
     return {"seen wordings": [test[r["id"].removesuffix("-reworded")] for r in reworded], "new wordings": reworded}
 
 
+
+def phrasing_gap(diversity: dict[str, list[dict]], sets=("training split", "widened phrasing")) -> dict:
+    """What the training data's phrasing does to the test questions in held-out wordings, with 95%
+    intervals over items and seeds (`stats.compare`, paired: the same questions in both wordings).
+    For each training set in `sets`: `new vs seen` (held-out minus training wordings) and `new vs
+    half seen` (positive: held-out accuracy above half the seen one, the default recipe's bar); and
+    between the two sets, `new wordings` and `seen wordings` (second set minus first).
+    `diversity`: stored runs `{set: [summary per seed]}` with `sets[...]["exact_items"]`."""
+    from ..stats import compare
+
+    def items(name: str, wording: str):
+        return [r["sets"][wording]["exact_items"] for r in diversity[name]]
+
+    out = {}
+    for name in sets:
+        new, seen = items(name, "new wordings"), items(name, "seen wordings")
+        out[name] = {"new vs seen": compare(new, seen, ("new wordings", "seen wordings")),
+                     "new vs half seen": compare(new, [[0.5 * x for x in s] for s in seen],
+                                                 ("new wordings", "half the seen accuracy"), percent=True)}
+    first, second = sets
+    for wording in ("new wordings", "seen wordings"):
+        out[wording] = compare(items(second, wording), items(first, wording), (second, first))
+    return out
+
+
 # --- duplicates ---------------------------------------------------------------------------------
 
 def with_repeats(records: list[dict], times: int = 10, n_items: int = 20, seed: int = 0

@@ -379,13 +379,12 @@ if __name__ == "__main__":
     if args.experiment == "hyperparameters":  # lesson 05: writes docs/experiments.md and docs/hyperparameters.json
         from sft_helpers.course import hyperparameters
 
-        results = hyperparameters.all_sweeps(tuple(args.seeds), only=args.only)
-        if args.only and not args.docs:  # merge into the stored sweeps
+        results = hyperparameters.with_seeds(hyperparameters.all_sweeps(tuple(args.seeds), only=args.only),
+                                             args.seeds)
+        if args.only and not args.docs:  # merge into the stored sweeps, each keeping its own seeds
             stored = hyperparameters.load_stored()
-            if stored["seeds"] != args.seeds:
-                raise SystemExit(f"--only merges into stored sweeps of seeds {stored['seeds']}: use those seeds")
-            results = {**{k: v for k, v in stored.items() if k != "seeds"}, **results}
-        hyperparameters.write_docs(results, args.seeds, Path(args.docs) if args.docs else None)
+            results = {**stored, **results, "seeds": {**stored["seeds"], **results["seeds"]}}
+        hyperparameters.write_docs(results, Path(args.docs) if args.docs else None)
         print(hyperparameters.tables(results))
     else:
         print(masking_seeds(tuple(args.seeds)) if args.experiment == "masking" else finetune_seeds(tuple(args.seeds)))

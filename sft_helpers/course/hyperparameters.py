@@ -4,7 +4,7 @@ Every run is `run_hp`: the course recipe (completion-only labels, packed rows, A
 cosine) with one setting changed, the same data, steps and seed, measured the same way (loss on the
 validation split's response tokens, greedy exact match on the test split). The sweeps run side by
 side in worker processes (`run_in_workers`); `python -m sft_helpers.course.experiments hyperparameters
---seeds 0 1` runs them all on two seeds and writes the tables to docs/experiments.md.
+--seeds 0 1 2` runs them all on three seeds and writes the tables to docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -501,17 +501,18 @@ def guide_vs_tiny(stored: dict) -> str:
     lr = stored["learning rate"]
     full, lora = good_lr_range(lr, "full"), good_lr_range(lr, "lora")
     (full_best, _), (lora_best, _) = (best_lr({n: r for n, r in lr.items() if n.startswith(m)}) for m in ("full", "lora"))
-    jumps = {n: [round(biggest_jump(r), 1) for r in runs] for n, runs in stored["schedule"].items()}
+    ratio = best_rate_ratio(lr)
+    peaks = {n: [round(early_peak(r), 1) for r in runs] for n, runs in stored["schedule"].items()}
     epochs = {n: [best_epoch(r) for r in runs] for n, runs in stored["epochs"].items()}
     batch = {n.split()[-1]: [round(r["val_loss"], 2) for r in runs] for n, runs in stored["batch"].items()}
     lengths = stored["lengths"]
     rows = [
         ("LR, full", "5e-6 – 5e-5", f"best {full_best:g}; within 30% of it: {full[0]:g} – {full[1]:g}",
          "a 4M model needs far larger steps"),
-        ("LR, LoRA", "1e-4 – 3e-4", f"best {lora_best:g} ({lora_best / full_best:g}× full's); {lora[0]:g} – {lora[1]:g}",
-         "adapters start at zero, low rank"),
-        ("schedule", "warmup + cosine", f"tallest spike without warmup {jumps['cosine, no warmup']} vs "
-         f"{jumps['cosine (5% warmup)']}", "Adam's first steps are its largest"),
+        ("LR, LoRA", "1e-4 – 3e-4", f"best {lora_best:g}; {lora[0]:g} – {lora[1]:g}; {10 ** ratio.delta:.1f}× full's "
+         f"(95% CI {10 ** ratio.low:.1f}–{10 ** ratio.high:.1f}×)", "adapters start at zero, low rank"),
+        ("schedule", "warmup + cosine", f"peak loss, steps 1-10: no warmup {peaks['cosine, no warmup']} vs "
+         f"{peaks['cosine (5% warmup)']}", "Adam's first steps are its largest"),
         ("epochs", "1 – 3", "best epoch {} (whole split), {} (half, each twice)".format(*epochs.values()),
          "later: training loss falls, validation rises"),
         ("batch", "64 – 512", f"equal data: val loss batch 8 {batch['8']}, 32 {batch['32']}, 128 {batch['128']}",
@@ -520,9 +521,9 @@ def guide_vs_tiny(stored: dict) -> str:
          "cut replies lose content and EOS"),
         ("weight decay", "0.01 – 0.1", "no measurable effect on overfitting", "lr × wd is tiny per step"),
     ]
-    widths = [max(len(str(r[i])) for r in rows + [("row", "guide", "tiny base, two seeds", "why")]) for i in range(4)]
+    widths = [max(len(str(r[i])) for r in rows + [("row", "guide", "tiny base, stored sweeps", "why")]) for i in range(4)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format("row", "guide", "tiny base, two seeds", "why")] + [fmt.format(*r) for r in rows])
+    return "\n".join([fmt.format("row", "guide", "tiny base, stored sweeps", "why")] + [fmt.format(*r) for r in rows])
 
 
 def _per_seed(runs: list[dict], key, fmt: str = "{:.3f}") -> str:
@@ -671,7 +672,11 @@ def tables(results: dict, sections=None, configs: bool = False) -> str:
     unknown = set(sections or ()) - set(TABLES)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {list(TABLES)}")
-    blocks = [TABLES[name](results) for name in (sections or [n for n in TABLES if n in results])]
+    names = sections or [n for n in TABLES if n in results]
+    blocks = [TABLES[name](results) for name in names]
+    seeds = results.get("seeds", {})
+    blocks = [lines[:2] + ([f"Seeds {' / '.join(map(str, seeds[name]))} (values per seed, in this order).", ""]
+                           if name in seeds else []) + lines[2:] for name, lines in zip(names, blocks)]
     return "\n\n".join("\n".join(lines if configs else _without_configs(lines)) for lines in blocks)
 
 
@@ -686,18 +691,35 @@ def _without_configs(lines: list[str]) -> list[str]:
     return out
 
 
-def write_docs(results: dict, seeds, docs: Path | None = None) -> None:
-    """Store `results` in docs/hyperparameters.json (the notebook plots them) and their tables in
-    docs/experiments.md between the `<!-- hyperparameters -->` markers."""
+def write_docs(results: dict, docs: Path | None = None) -> None:
+    """Store `results` (with `"seeds"`: `{sweep: [seed, ...]}`) in docs/hyperparameters.json (the
+    notebook plots them) and their tables in docs/experiments.md between the `<!-- hyperparameters -->`
+    markers."""
     docs = docs or DOCS_JSON.parent
     if not (docs / "experiments.md").exists():
         (docs / "experiments.md").write_text("# Lesson experiments across seeds\n")
-    (docs / "hyperparameters.json").write_text(json.dumps({"seeds": list(seeds), **results}, indent=1))
-    body = (f"`python -m sft_helpers.course.experiments hyperparameters --seeds {' '.join(map(str, seeds))}` "
-            f"(values per seed, \"seed {' / seed '.join(map(str, seeds))}\"):\n\n{tables(results, configs=True)}")
+    (docs / "hyperparameters.json").write_text(json.dumps(results, indent=1))
+    by_seeds: dict[tuple, list[str]] = {}
+    for sweep, seeds in results["seeds"].items():
+        by_seeds.setdefault(tuple(seeds), []).append(sweep)
+    commands = "; ".join(f"`python -m sft_helpers.course.experiments hyperparameters --seeds {' '.join(map(str, seeds))}"
+                         f" --only {' '.join(repr(n) if ' ' in n else n for n in sweeps)}`"
+                         for seeds, sweeps in by_seeds.items())
+    body = (f"{commands} (values per seed, in the order of the seeds each table names):\n\n"
+            f"{tables(results, configs=True)}")
     write_block(docs / "experiments.md", "hyperparameters", "Lesson 05: hyperparameters", body)
 
 
+def with_seeds(results: dict, seeds) -> dict:
+    """`results` of `all_sweeps` with `"seeds"`: `{sweep: list(seeds)}` for each of its sweeps.
+
+    >>> with_seeds({"schedule": {}, "lengths": {}}, (0, 1, 2))["seeds"]
+    {'schedule': [0, 1, 2]}
+    """
+    return {**results, "seeds": {name: list(seeds) for name in results if name in TABLES}}
+
+
 def load_stored() -> dict:
-    """The two-seed sweeps stored by the command (docs/hyperparameters.json)."""
+    """The sweeps stored by the command (docs/hyperparameters.json); `stored["seeds"][sweep]` are the
+    seeds of each sweep, in the order of its runs."""
     return json.loads(DOCS_JSON.read_text())
