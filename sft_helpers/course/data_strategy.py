@@ -660,8 +660,6 @@ def write_docs(results: dict, docs: Path | None = None) -> None:
     from .runs import write_block
 
     docs = docs or DOCS_JSON.parent
-    if not (docs / "experiments.md").exists():
-        (docs / "experiments.md").write_text("# Lesson experiments across seeds\n")
     (docs / DOCS_JSON.name).write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     seeds = results["seeds"]
     body = (f"`python -m sft_helpers.course.experiments data-strategy --seeds {' '.join(map(str, seeds))}` "

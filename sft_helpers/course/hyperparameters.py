@@ -349,16 +349,20 @@ def fitted_best_lr(runs: dict[str, dict]) -> float:
     return 10 ** (x1 - 0.5 * num / den)
 
 
+def fitted_best_lrs(results: dict[str, list[dict]]) -> dict[str, list[float]]:
+    """`fitted_best_lr` of each method ("full", "lora") on each seed of a learning-rate sweep."""
+    by_method = {m: {n: r for n, r in results.items() if n.split()[0] == m} for m in ("full", "lora")}
+    seeds = range(len(next(iter(results.values()))))
+    return {m: [fitted_best_lr({n: r[s] for n, r in runs.items()}) for s in seeds] for m, runs in by_method.items()}
+
+
 def best_rate_ratio(results: dict[str, list[dict]]):
     """LoRA's best learning rate over full fine-tuning's, from a learning-rate sweep on several seeds:
     a `stats.Difference` of log10 rates (`fitted_best_lr` per seed, paired by seed); the ratio is
     `10 ** d.delta`, its 95% interval `10 ** d.low` to `10 ** d.high`."""
     from ..stats import compare_seeds
 
-    by_method = {m: {n: r for n, r in results.items() if n.split()[0] == m} for m in ("lora", "full")}
-    seeds = range(len(next(iter(results.values()))))
-    logs = {m: [math.log10(fitted_best_lr({n: r[s] for n, r in runs.items()})) for s in seeds]
-            for m, runs in by_method.items()}
+    logs = {m: [math.log10(lr) for lr in lrs] for m, lrs in fitted_best_lrs(results).items()}
     return compare_seeds(logs["lora"], logs["full"], ("LoRA's best log10 rate", "full fine-tuning's"))
 
 
@@ -563,9 +567,8 @@ def _lr_table(results: dict) -> list[str]:
             f"{_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |" for name, runs in lr.items()]
     by_method = {m: {n: r for n, r in lr.items() if n.split()[0] == m} for m in ("full", "lora")}
     best = {m: best_lr(runs) for m, runs in by_method.items()}
+    fitted = {m: " / ".join(f"{x:.2g}" for x in lrs) for m, lrs in fitted_best_lrs(lr).items()}
     seeds = range(len(next(iter(lr.values()))))
-    fitted = {m: " / ".join(f"{fitted_best_lr({n: r[s] for n, r in runs.items()}):.2g}" for s in seeds)
-              for m, runs in by_method.items()}
     out += ["", f"Best LR on the grid (lowest mean validation loss): full fine-tuning {best['full'][0]:g} "
             f"({best['full'][1]:.3f}), LoRA {best['lora'][0]:g} ({best['lora'][1]:.3f}). Between grid points "
             f"(`fitted_best_lr`, per seed): full {fitted['full']}, LoRA {fitted['lora']}."]
@@ -696,8 +699,6 @@ def write_docs(results: dict, docs: Path | None = None) -> None:
     notebook plots them) and their tables in docs/experiments.md between the `<!-- hyperparameters -->`
     markers."""
     docs = docs or DOCS_JSON.parent
-    if not (docs / "experiments.md").exists():
-        (docs / "experiments.md").write_text("# Lesson experiments across seeds\n")
     (docs / "hyperparameters.json").write_text(json.dumps(results, indent=1))
     by_seeds: dict[tuple, list[str]] = {}
     for sweep, seeds in results["seeds"].items():

@@ -138,7 +138,7 @@ def run_in_workers(function, jobs: list[dict], workers: int | None = None, keep_
 
 def write_block(md: Path, name: str, title: str, body: str) -> None:
     """Write `body` into the Markdown file `md` between `<!-- name:start -->` and `<!-- name:end -->`,
-    replacing what was there, or append it under a `## title` heading.
+    replacing what was there, or append it under a `## title` heading (a missing file is started).
 
     >>> import tempfile
     >>> md = Path(tempfile.mkdtemp()) / "x.md"; _ = md.write_text("# Results")
@@ -152,7 +152,7 @@ def write_block(md: Path, name: str, title: str, body: str) -> None:
     <!-- a:end -->
     <BLANKLINE>
     """
-    text = md.read_text(encoding="utf-8")
+    text = md.read_text(encoding="utf-8") if md.exists() else "# Lesson experiments across seeds\n"
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body}\n{end}"
     if start in text:
