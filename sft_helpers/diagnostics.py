@@ -353,22 +353,42 @@ def is_looping(text: str, n: int = 3, repeats: int = 3) -> bool:
     return any(grams.count(g) >= repeats for g in set(grams))
 
 
+def looping_items(replies: list[dict]) -> list[int]:
+    """1 for each reply (a dict with `text`, `stopped` from `generate`) that never stops or loops, else 0:
+    per-item scores for `sft_helpers.stats.compare`.
+
+    >>> looping_items([{"text": "a b c a b c a b c", "stopped": True}, {"text": "Velm.", "stopped": True}])
+    [1, 0]
+    """
+    return [int((not r["stopped"]) or is_looping(r["text"])) for r in replies]
+
+
 def looping_rate(replies: list[dict]) -> float:
     """Share of replies (dicts with `text`, `stopped` from `generate`) that never stop or loop."""
-    return sum((not r["stopped"]) or is_looping(r["text"]) for r in replies) / len(replies)
+    return sum(looping_items(replies)) / len(replies)
+
+
+def format_ignored_items(replies: list[dict]) -> list[int]:
+    """1 for each reply that ignores the chat format: empty, never stopping, or writing template
+    markup or another turn (`<|im_start|>`, "user:", "### Instruction"), else 0."""
+    markers = ("<|im_start|>", "<|im_end|>", "user:", "assistant:", "### instruction", "### response")
+    return [int((not r["text"].strip()) or (not r["stopped"]) or any(m in r["text"].lower() for m in markers))
+            for r in replies]
 
 
 def format_ignored_rate(replies: list[dict]) -> float:
-    """Share of replies that ignore the chat format: empty, never stopping, or writing template
-    markup or another turn (`<|im_start|>`, "user:", "### Instruction")."""
-    markers = ("<|im_start|>", "<|im_end|>", "user:", "assistant:", "### instruction", "### response")
-    return sum((not r["text"].strip()) or (not r["stopped"]) or any(m in r["text"].lower() for m in markers)
-               for r in replies) / len(replies)
+    """Share of replies that ignore the chat format (`format_ignored_items`)."""
+    return sum(format_ignored_items(replies)) / len(replies)
+
+
+def refusal_items(replies: list[dict]) -> list[int]:
+    """1 for each reply that is a refusal (`is_refusal`), else 0."""
+    return [int(is_refusal(r["text"])) for r in replies]
 
 
 def refusal_rate(replies: list[dict]) -> float:
     """Share of replies that are refusals (`is_refusal`)."""
-    return sum(is_refusal(r["text"]) for r in replies) / len(replies)
+    return sum(refusal_items(replies)) / len(replies)
 
 
 # --- all together -----------------------------------------------------------------------------

@@ -73,15 +73,16 @@ def chat_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 64)
 
 def cloze_recall(model, tokenizer, probes: list[dict], progress: bool = False) -> dict:
     """Share of plain-text probes whose greedy continuation starts with the answer, overall and per
-    relation. `probes` come from `sft_helpers.course.world.cloze_probes`."""
+    relation, and `hits` (1 or 0 per probe, in order, for `sft_helpers.stats.compare`). `probes` come
+    from `sft_helpers.course.world.cloze_probes`."""
     gens = generate(model, tokenizer, [p["prompt"] for p in probes], max_new_tokens=8,
                     batch_size=64, progress=progress)
-    per: dict[str, list[bool]] = defaultdict(list)
-    for p, g in zip(probes, gens):
-        per[p["relation"]].append(g["text"].strip().startswith(p["answer"]))
-    hits = [h for v in per.values() for h in v]
+    hits = [int(g["text"].strip().startswith(p["answer"])) for p, g in zip(probes, gens)]
+    per: dict[str, list[int]] = defaultdict(list)
+    for p, hit in zip(probes, hits):
+        per[p["relation"]].append(hit)
     return {"recall": sum(hits) / len(hits), "n": len(hits),
-            "per_relation": {k: sum(v) / len(v) for k, v in sorted(per.items())}}
+            "per_relation": {k: sum(v) / len(v) for k, v in sorted(per.items())}, "hits": hits}
 
 
 def format_ok(task: str, reply: str, reference: str) -> bool:

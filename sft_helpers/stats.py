@@ -56,21 +56,55 @@ class Difference:
             raise ValueError(f"direction must be '>', '<' or '~', not {direction!r}")
         return self.direction == direction
 
-    def _number(self, x: float, signed: bool = False) -> str:
+    def _number(self, x: float, signed: bool = False, decimals: int | None = None) -> str:
         sign = "+" if signed else ""
-        return f"{x * 100:{sign}.1f}" + (" pts" if signed else "%") if self.percent else f"{x:{sign}.3g}"
+        if self.percent:
+            return f"{x * 100:{sign}.{1 if decimals is None else decimals}f}" + (" pts" if signed else "%")
+        return f"{x:{sign}.3g}" if decimals is None else f"{x:{sign}.{decimals}f}"
 
-    def __str__(self) -> str:
+    def brief(self, decimals: int | None = None) -> str:
+        """The difference and its interval in a few characters, for a table cell.
+
+        >>> compare_seeds([2.0, 2.1, 2.2], [3.0, 3.2, 3.1]).brief()
+        '-1 (-1.25 to -0.752)'
+        >>> compare([1, 1, 0, 1] * 20, [0, 1, 0, 0] * 20).brief()
+        '+50.0 pts (+38.8 to +61.3)'
+        """
+        low, high = (self._number(x, True, decimals).removesuffix(" pts") for x in (self.low, self.high))
+        return f"{self._number(self.delta, True, decimals)} ({low} to {high})"
+
+    def text(self, decimals: int | None = None) -> str:
+        """The sentence a notebook prints. `decimals`: digits after the point (of percentage points
+        for rates); by default 1 for rates and 3 significant digits otherwise. A number that moves
+        between machines (a live run's) is printed no finer than it is reproducible: `f"{d:.0}"` is
+        `d.text(0)`.
+
+        >>> f"{compare([1, 1, 0, 1] * 20, [0, 1, 0, 0] * 20, ('a', 'b')):.0}"
+        'a > b: 75% vs 25% (Δ +50 pts, 95% CI +39 pts to +61 pts; 80 items)'
+        """
         a, b = self.names
         size = f"{self.n_items} items" + (f" × {self.n_seeds} seeds" if self.n_seeds > 1 else "")
         if self.n_items <= 1:
             size = f"{self.n_seeds} seeds"
-        interval = (f"Δ {self._number(self.delta, True)}, {self.confidence:.0%} CI "
-                    f"{self._number(self.low, True)} to {self._number(self.high, True)}; {size}")
-        values = f"{self._number(self.mean_a)} vs {self._number(self.mean_b)}"
+        def number(x: float, signed: bool = False) -> str:
+            return self._number(x, signed, decimals)
+
+        interval = (f"Δ {number(self.delta, True)}, {self.confidence:.0%} CI "
+                    f"{number(self.low, True)} to {number(self.high, True)}; {size}")
+        values = f"{number(self.mean_a)} vs {number(self.mean_b)}"
         if self.direction == "~":
             return f"no detectable difference between {a} and {b}: {values} ({interval})"
         return f"{a} {self.direction} {b}: {values} ({interval})"
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def __format__(self, spec: str) -> str:
+        if not spec:
+            return self.text()
+        if not spec.startswith(".") or not spec[1:].isdigit():
+            raise ValueError(f"a Difference formats as '.N' (N decimals), not {spec!r}")
+        return self.text(int(spec[1:]))
 
 
 def _per_seed(scores) -> np.ndarray:
@@ -84,32 +118,41 @@ def _per_seed(scores) -> np.ndarray:
 
 
 def compare(a, b, names: tuple[str, str] = ("A", "B"), *, confidence: float = 0.95, resamples: int = 10_000,
-            percent: bool | None = None, seed: int = 0) -> Difference:
-    """Paired bootstrap interval of `mean(a) - mean(b)` over per-item scores of the same items.
+            percent: bool | None = None, paired: bool = True, seed: int = 0) -> Difference:
+    """Bootstrap interval of `mean(a) - mean(b)` over per-item scores.
 
-    `a`, `b`: `[item, ...]` (one seed) or `[[item, ...], ...]` (one list per seed, the same items in the
-    same order in every list). Each resample draws seeds with replacement (when there are several),
-    then items with replacement, the same draws for both conditions, and averages the differences:
-    the percentile interval then holds both the item sampling and the seed-to-seed spread.
+    `a`, `b`: `[item, ...]` (one seed) or `[[item, ...], ...]` (one list per seed). Paired (the
+    default): the same items in the same order in every list; each resample draws seeds with
+    replacement (when there are several), then items with replacement, the same draws for both
+    conditions, and averages the differences, so the percentile interval holds both the item sampling
+    and the seed-to-seed spread. `paired=False`: `a` and `b` score different items (their counts may
+    differ); the seeds are still drawn together, the items of each side on their own.
     `percent` (default: whether the scores are all 0/1) prints rates in percent.
 
     >>> str(compare([1, 0, 1, 1], [1, 0, 1, 1], ("x", "y")))
     'no detectable difference between x and y: 75.0% vs 75.0% (Δ +0.0 pts, 95% CI +0.0 pts to +0.0 pts; 4 items)'
+    >>> compare([1] * 15 + [0] * 5, [1] * 2 + [0] * 18, ("x10", "x1"), paired=False).supports(">")
+    True
     """
     xa, xb = _per_seed(a), _per_seed(b)
-    if xa.shape != xb.shape:
-        raise ValueError(f"compare is paired: both conditions need the same seeds × items, got {xa.shape} and {xb.shape}")
-    n_seeds, n_items = xa.shape
-    diff = xa - xb
+    if xa.shape != xb.shape and (paired or len(xa) != len(xb)):
+        raise ValueError(f"compare{'' if paired else ' (unpaired)'} needs the same seeds{' × items' if paired else ''} "
+                         f"in both conditions, got {xa.shape} and {xb.shape}")
     rng = np.random.default_rng(seed)
+    n_seeds = len(xa)
     seeds = rng.integers(0, n_seeds, size=(resamples, n_seeds)) if n_seeds > 1 else np.zeros((resamples, 1), int)
-    items = rng.integers(0, n_items, size=(resamples, n_seeds, n_items))
-    boot = diff[seeds[:, :, None], items].mean(axis=(1, 2))
+
+    def draw(x: np.ndarray) -> np.ndarray:
+        items = rng.integers(0, x.shape[1], size=(resamples, n_seeds, x.shape[1]))
+        return x[seeds[:, :, None], items].mean(axis=(1, 2))
+
+    boot = draw(xa - xb) if paired else draw(xa) - draw(xb)
     tail = (1 - confidence) / 2
     low, high = np.quantile(boot, [tail, 1 - tail])
     if percent is None:
-        percent = bool(np.isin(np.concatenate([xa, xb]), (0.0, 1.0)).all())
-    return Difference(tuple(names), float(xa.mean()), float(xb.mean()), float(diff.mean()), float(low),
+        percent = bool(np.isin(np.concatenate([xa.ravel(), xb.ravel()]), (0.0, 1.0)).all())
+    n_items = xa.shape[1] if paired else min(xa.shape[1], xb.shape[1])
+    return Difference(tuple(names), float(xa.mean()), float(xb.mean()), float(xa.mean() - xb.mean()), float(low),
                       float(high), n_items, n_seeds, confidence, percent)
 
 

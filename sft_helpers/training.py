@@ -305,19 +305,43 @@ def training_precision(model, precision: str | None = None, pure_bf16: bool = Fa
     return precision
 
 
+def _length_batches(model, tokenizer, examples: list[dict], batch_size: int):
+    """`(indices, labels, logits)` for batches of `examples` taken in length order, so they carry
+    little padding."""
+    collate = PaddedCollator(tokenizer.pad_token_id)
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        batch = {k: v.to(model.device) for k, v in collate([examples[i] for i in index]).items()}
+        yield index, batch["labels"], model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
 @torch.no_grad()
 def eval_loss(model, tokenizer, examples: list[dict], batch_size: int = 8) -> float:
     """Mean token loss over `examples`' labels (e.g. completion-only labels of a held-out split, so
     runs trained with different masks are compared on the same response tokens). Batches are taken in
     length order, so they carry little padding (the sum over tokens does not depend on the order)."""
-    collate = PaddedCollator(tokenizer.pad_token_id)
-    model.eval()
-    examples = sorted(examples, key=lambda e: len(e["input_ids"]))
     total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(model.device) for k, v in collate(examples[start:start + batch_size]).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        n = (batch["labels"][:, 1:] != IGNORE).sum().item()
-        total += weighted_lm_loss(logits, batch["labels"]).item() * n
+    for _, labels, logits in _length_batches(model, tokenizer, examples, batch_size):
+        n = (labels[:, 1:] != IGNORE).sum().item()
+        total += weighted_lm_loss(logits, labels).item() * n
         count += n
     return total / count
+
+
+@torch.no_grad()
+def example_losses(model, tokenizer, examples: list[dict], batch_size: int = 8) -> list[float]:
+    """Each example's mean token loss over its labels, in the order given: the per-item scores that
+    `sft_helpers.stats.compare` needs to put an interval on a loss difference between two models
+    (`eval_loss` is the token-weighted mean of the same losses).
+
+    >>> losses = example_losses(model, tokenizer, labelled[:3])  # doctest: +SKIP
+    >>> len(losses)  # doctest: +SKIP
+    3
+    """
+    out = [float("nan")] * len(examples)
+    for index, labels, logits in _length_batches(model, tokenizer, examples, batch_size):
+        for row, i in enumerate(index):
+            out[i] = weighted_lm_loss(logits[row:row + 1], labels[row:row + 1]).item()
+    return out

@@ -175,3 +175,25 @@ def test_phrasing_gap_pairs_each_question_with_itself_in_both_wordings():
     assert split["new vs half seen"].supports(">") and split["new vs half seen"].delta == pytest.approx(0.1)
     assert gap["new wordings"].supports(">") and gap["seen wordings"].supports("~")
     assert gap["new wordings"].names == ("widened phrasing", "training split")
+
+
+def test_compare_sets_scores_one_family_on_its_own_test_items():
+    """Set a gets exactly the json test items right, set b none: over json items a > b by 100 points,
+    over knowledge items no difference; the split's families decide which items count."""
+    from sft_helpers.course.data import load_split
+    from sft_helpers.course.data_strategy import compare_sets, item_scores
+
+    tasks = [r["task"] for r in load_split("test")[:300]]
+    a = {"exact_items": [int(t == "json") for t in tasks], "val_loss": 1.0}
+    b = {"exact_items": [0] * len(tasks), "val_loss": 2.0}
+    runs = {"a": [a, a, a], "b": [b, b, b]}
+    json_items = item_scores(runs["a"], family="json")
+    assert json_items[0] == [1] * tasks.count("json") and len(json_items) == 3
+    on_json = compare_sets(runs, "a", "b", family="json")
+    assert on_json.supports(">") and on_json.delta == 1.0 and on_json.n_items == tasks.count("json")
+    assert compare_sets(runs, "a", "b", family="knowledge").supports("~")
+    whole = compare_sets(runs, "a", "b")
+    assert whole.delta == pytest.approx(tasks.count("json") / len(tasks))
+    runs["b"] = [{**b, "val_loss": v} for v in (2.0, 2.5, 3.0)]  # loss: one number per seed
+    loss = compare_sets(runs, "a", "b", "val_loss")
+    assert loss.supports("<") and loss.n_seeds == 3 and loss.delta == pytest.approx(-1.5)

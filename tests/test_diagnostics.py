@@ -240,3 +240,20 @@ def test_prompt_weighted_labels_are_a_loss_mask(tok, records):
     unweighted, _ = build_labels(records, tok, prompt_weight=1.0)  # weight 1: the full loss, no mask at all
     assert "no loss mask" in checks(check_labels(unweighted, tok))
     assert checks(check_labels([], tok)) == {"no examples"}
+
+
+def test_per_item_detectors_add_up_to_their_rates():
+    """The 0/1 items behind each generation-side rate, one per reply in order (what an interval
+    between two models resamples)."""
+    from sft_helpers.diagnostics import (format_ignored_items, format_ignored_rate, looping_items,
+                                         looping_rate, refusal_items, refusal_rate)
+
+    replies = [{"text": "a b c a b c a b c", "stopped": True}, {"text": "Velm.", "stopped": True},
+               {"text": "I can't help with that.", "stopped": True}, {"text": "user: hi", "stopped": False},
+               {"text": "", "stopped": True}]
+    assert looping_items(replies) == [1, 0, 0, 1, 0]
+    assert format_ignored_items(replies) == [0, 0, 0, 1, 1]
+    assert refusal_items(replies) == [0, 0, 1, 0, 0]
+    for items, rate in ((looping_items, looping_rate), (format_ignored_items, format_ignored_rate),
+                        (refusal_items, refusal_rate)):
+        assert rate(replies) == sum(items(replies)) / len(replies)

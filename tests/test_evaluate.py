@@ -140,3 +140,20 @@ def test_echo_detection_ignores_case_and_punctuation():
     assert echoes_prompt(prompt, "how old is gigun rulebus. They are 19 years old.")
     assert not echoes_prompt(prompt, "They are 19 years old.")
     assert not echoes_prompt(prompt, "Be brief.")  # the system prompt is not the question
+
+
+def test_cloze_recall_gives_one_hit_per_probe_in_order():
+    """`hits` are the probes in the order given (so two models pair up probe by probe): the recall
+    and every relation's share are their means; the base model knows most facts."""
+    from sft_helpers import cloze_recall, load_model
+    from sft_helpers.course.data import load_world
+    from sft_helpers.course.world import cloze_probes
+
+    model, tok = load_model("tiny")
+    probes = cloze_probes(load_world())[::40]
+    got = cloze_recall(model, tok, probes)
+    assert len(got["hits"]) == len(probes) == got["n"] and set(got["hits"]) <= {0, 1}
+    assert got["recall"] == sum(got["hits"]) / len(probes) > 0.5
+    for relation, share in got["per_relation"].items():
+        mine = [h for p, h in zip(probes, got["hits"]) if p["relation"] == relation]
+        assert share == sum(mine) / len(mine)

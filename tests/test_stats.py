@@ -19,6 +19,19 @@ def test_one_seed_interval_matches_scipys_paired_bootstrap():
     assert ours.delta == pytest.approx(a.mean() - b.mean())
 
 
+def test_unpaired_interval_matches_scipys_independent_bootstrap():
+    """Different items on each side (lesson 06's x10 and x1 probes): each side resampled on its own."""
+    rng = np.random.default_rng(4)
+    a = (rng.random(40) < 0.7).astype(float)
+    b = (rng.random(60) < 0.2).astype(float)
+    ours = compare(a, b, paired=False, resamples=20_000)
+    ref = scipy_stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), paired=False,
+                                n_resamples=20_000, method="percentile", random_state=0).confidence_interval
+    assert ours.low == pytest.approx(ref.low, abs=0.01) and ours.high == pytest.approx(ref.high, abs=0.01)
+    with pytest.raises(ValueError, match="same seeds"):
+        compare(a, b)  # paired needs the same items
+
+
 def test_pairing_narrows_the_interval_of_correlated_scores():
     rng = np.random.default_rng(2)
     a = rng.normal(size=200)
@@ -75,3 +88,15 @@ def test_bad_shapes_are_clear_errors():
         compare_seeds([1.0], [2.0])
     with pytest.raises(ValueError, match="direction"):
         compare([1], [0]).supports(">=")
+
+
+def test_a_difference_prints_no_finer_than_asked():
+    """Live runs move between machines: a notebook prints their intervals to whole points or to a
+    tenth of a nat (`f"{d:.0}"`, `f"{d:.1}"`); the default keeps one decimal of a point."""
+    rates = compare([1, 1, 0, 1] * 20, [0, 1, 0, 0] * 20, ("a", "b"))
+    assert f"{rates}" == str(rates) and "+50.0 pts" in str(rates)
+    assert f"{rates:.0}" == "a > b: 75% vs 25% (Δ +50 pts, 95% CI +39 pts to +61 pts; 80 items)"
+    losses = compare_seeds([3.61, 3.55, 3.7], [4.83, 4.9, 4.7], ("stopped", "50 epochs"))
+    assert f"{losses:.1}".startswith("stopped < 50 epochs: 3.6 vs 4.8 (Δ -1.2, 95% CI -1.")
+    with pytest.raises(ValueError, match="formats as"):
+        f"{losses:>10}"

@@ -9,7 +9,7 @@ from sft_helpers import load_model
 from sft_helpers.course.data import load_split
 from sft_helpers.collators import PaddedCollator
 from sft_helpers.masking import build_labels, weighted_lm_loss
-from sft_helpers.training import WeightedLossTrainer, eval_loss, train_sft
+from sft_helpers.training import WeightedLossTrainer, eval_loss, example_losses, train_sft
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,20 @@ def test_eval_loss_is_token_weighted(data):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     whole = weighted_lm_loss(logits, batch["labels"]).item()
     assert eval_loss(model, tok, val, batch_size=5) == pytest.approx(whole, rel=1e-4)
+
+
+def test_example_losses_keep_the_order_and_weight_up_to_eval_loss(data):
+    """One loss per example in the order given (each the example's own loss, as if scored alone),
+    and their token-weighted mean is `eval_loss`: the per-item scores behind a loss interval."""
+    tok, _, val = data
+    model, _ = load_model("tiny")
+    losses = example_losses(model, tok, val, batch_size=5)
+    assert losses[::-1] == pytest.approx(example_losses(model, tok, val[::-1], batch_size=3), rel=1e-4)
+    assert losses[7] == pytest.approx(eval_loss(model, tok, val[7:8]), rel=1e-4)
+    tokens = [sum(x != -100 for x in e["labels"][1:]) for e in val]
+    weighted = sum(l * n for l, n in zip(losses, tokens)) / sum(tokens)
+    assert weighted == pytest.approx(eval_loss(model, tok, val), rel=1e-4)
+    assert len(set(round(l, 3) for l in losses)) > len(val) // 2  # not one number repeated
 
 
 def test_gradient_accumulation_does_not_change_the_update(data):

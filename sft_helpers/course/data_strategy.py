@@ -244,6 +244,43 @@ def phrasing_sets() -> dict[str, list[dict]]:
 
 
 
+def item_scores(runs: list[dict], key: str = "exact", family: str | None = None,
+                wording: str | None = None) -> list[list[int]]:
+    """Per-item scores of stored runs, one list per seed: `key` "exact" or "format" (1 or 0 per test
+    conversation), on the test split or, with `wording`, on that scored set (`run["sets"]`); with
+    `family`, only the test items of that task family.
+
+    >>> item_scores([{"exact_items": [1, 0]}, {"exact_items": [1, 1]}])
+    [[1, 0], [1, 1]]
+    """
+    out = [(r["sets"][wording] if wording else r)[f"{key}_items"] for r in runs]
+    if family:
+        tasks = [r["task"] for r in load_split("test")[:len(out[0])]]
+        out = [[x for x, task in zip(items, tasks) if task == family] for items in out]
+    return out
+
+
+def compare_sets(runs_by_set: dict[str, list[dict]], a: str, b: str, key: str = "exact",
+                 family: str | None = None, wording: str | None = None):
+    """Training set `a` against training set `b` (stored runs `{set: [summary per seed]}`), with its
+    95% interval (`sft_helpers.stats`): "exact" or "format" paired over the same test items and
+    seeds (`family`, `wording`: as in `item_scores`), or a loss ("val_loss", or "loss" of the
+    scored set `wording`), one number per seed.
+
+    >>> runs = {"a": [{"val_loss": 1.0}, {"val_loss": 1.1}], "b": [{"val_loss": 2.0}, {"val_loss": 2.2}]}
+    >>> compare_sets(runs, "a", "b", "val_loss").supports("<")
+    True
+    """
+    from ..stats import compare, compare_seeds
+
+    if key.endswith("loss"):
+        def losses(name):
+            return [(r["sets"][wording] if wording else r)[key] for r in runs_by_set[name]]
+        return compare_seeds(losses(a), losses(b), (a, b))
+    return compare(item_scores(runs_by_set[a], key, family, wording),
+                   item_scores(runs_by_set[b], key, family, wording), (a, b))
+
+
 def phrasing_gap(diversity: dict[str, list[dict]], sets=("training split", "widened phrasing")) -> dict:
     """What the training data's phrasing does to the test questions in held-out wordings, with 95%
     intervals over items and seeds (`stats.compare`, paired: the same questions in both wordings).
@@ -253,18 +290,15 @@ def phrasing_gap(diversity: dict[str, list[dict]], sets=("training split", "wide
     `diversity`: stored runs `{set: [summary per seed]}` with `sets[...]["exact_items"]`."""
     from ..stats import compare
 
-    def items(name: str, wording: str):
-        return [r["sets"][wording]["exact_items"] for r in diversity[name]]
-
     out = {}
     for name in sets:
-        new, seen = items(name, "new wordings"), items(name, "seen wordings")
+        new, seen = (item_scores(diversity[name], wording=w) for w in ("new wordings", "seen wordings"))
         out[name] = {"new vs seen": compare(new, seen, ("new wordings", "seen wordings")),
                      "new vs half seen": compare(new, [[0.5 * x for x in s] for s in seen],
                                                  ("new wordings", "half the seen accuracy"), percent=True)}
     first, second = sets
     for wording in ("new wordings", "seen wordings"):
-        out[wording] = compare(items(second, wording), items(first, wording), (second, first))
+        out[wording] = compare_sets(diversity, second, first, wording=wording)
     return out
 
 
@@ -594,6 +628,20 @@ def _task(run: dict, task: str, key: str = "exact_match") -> float:
     return run["per_task"].get(task, {}).get(key, float("nan"))
 
 
+def _items(runs_by_set: dict[str, list[dict]]) -> str:
+    runs = next(iter(runs_by_set.values()))
+    n = len(runs[0].get("exact_items", ()))
+    return f"test split, {n} items × {len(runs)} seeds" if n else f"test split, {len(runs)} seeds"
+
+
+def _delta(runs_by_set: dict[str, list[dict]], name: str, ref: str, key: str = "exact") -> str:
+    """A table cell: `name` minus `ref` with its 95% interval, or "" for the reference row and for
+    runs stored without per-item scores."""
+    if name == ref or (key == "exact" and "exact_items" not in runs_by_set[name][0]):
+        return ""
+    return compare_sets(runs_by_set, name, ref, key).brief()
+
+
 def tables(results: dict) -> str:
     """The Markdown tables of `run_experiments` results (values per seed, "seed 0 / seed 1")."""
     from functools import partial
@@ -603,11 +651,15 @@ def tables(results: dict) -> str:
     per_seed = partial(_per_seed, fmt="{:.0%}")  # shares, unless a format is given
     lines = []
     if "quality" in results:
-        lines += ["**Quality vs quantity** (same steps; test split, greedy):", "",
-                  "| training set | records | exact match | format ok | response val loss |", "|---|---|---|---|---|"]
-        for name, runs in results["quality"].items():
+        runs_by_set = results["quality"]
+        ref = next(n for n in runs_by_set if n.startswith("noisy"))
+        lines += [f"**Quality vs quantity** (same steps; {_items(runs_by_set)}, greedy; Δ: exact match minus "
+                  f"the {ref} set's, points, 95% CI over items and seeds):", "",
+                  "| training set | records | exact match | Δ exact match | format ok | response val loss |",
+                  "|---|---|---|---|---|---|"]
+        for name, runs in runs_by_set.items():
             lines.append(f"| {name} | {runs[0].get('n_train', '?'):,} | {per_seed(runs, lambda r: r['exact'])} | "
-                         f"{per_seed(runs, lambda r: r['format_ok'])} | "
+                         f"{_delta(runs_by_set, name, ref)} | {per_seed(runs, lambda r: r['format_ok'])} | "
                          f"{per_seed(runs, lambda r: r['val_loss'], fmt='{:.2f}')} |")
         q = results.get("quality filter")
         if q:
@@ -616,12 +668,17 @@ def tables(results: dict) -> str:
                           f"{q['precision']:.1%}, recall {q['recall']:.1%}."]
         lines.append("")
     if "diversity" in results:
-        lines += ["**Diversity** (test split; knowledge and one-word questions in seen and in new wordings):", "",
-                  "| training set | exact match | json | knowledge | seen wordings | new wordings |",
-                  "|---|---|---|---|---|---|"]
-        for name, runs in results["diversity"].items():
-            lines.append(f"| {name} | {per_seed(runs, lambda r: r['exact'])} | "
-                         f"{per_seed(runs, lambda r: _task(r, 'json'))} | "
+        runs_by_set = results["diversity"]
+        ref = next(iter(runs_by_set))
+        lines += [f"**Diversity** ({_items(runs_by_set)}; json: JSON replies well formed; knowledge: exact match; knowledge and "
+                  f"one-word questions in seen and in new wordings; Δ: exact match minus the {ref}'s, points, 95% "
+                  "CI over items and seeds):", "",
+                  "| training set | exact match | Δ exact match | response val loss | json | knowledge | seen wordings "
+                  "| new wordings |", "|---|---|---|---|---|---|---|---|"]
+        for name, runs in runs_by_set.items():
+            lines.append(f"| {name} | {per_seed(runs, lambda r: r['exact'])} | {_delta(runs_by_set, name, ref)} | "
+                         f"{per_seed(runs, lambda r: r['val_loss'], fmt='{:.2f}')} | "
+                         f"{per_seed(runs, lambda r: _task(r, 'json', 'format_ok'))} | "
                          f"{per_seed(runs, lambda r: _task(r, 'knowledge'))} | "
                          f"{per_seed(runs, lambda r: r['sets']['seen wordings']['exact'])} | "
                          f"{per_seed(runs, lambda r: r['sets']['new wordings']['exact'])} |")
@@ -646,11 +703,16 @@ def tables(results: dict) -> str:
                          f"{s.get('same_fact', float('nan')):.1%} | {s.get('removed_same_fact', float('nan')):.1%} |")
         lines.append("")
     if "dedup" in results:
-        lines += ["**Training on each de-duplicated set**:", "",
-                  "| training set | records | exact match | response val loss |", "|---|---|---|---|"]
-        for name, runs in results["dedup"].items():
+        runs_by_set = results["dedup"]
+        ref = next(iter(runs_by_set))
+        lines += [f"**Training on each de-duplicated set** ({_items(runs_by_set)}; Δ: minus the {ref} set's, 95% CI; "
+                  "exact match over items and seeds, loss over seeds):", "",
+                  "| training set | records | exact match | Δ exact match | response val loss | Δ val loss |",
+                  "|---|---|---|---|---|---|"]
+        for name, runs in runs_by_set.items():
             lines.append(f"| {name} | {runs[0].get('n_train', '?'):,} | {per_seed(runs, lambda r: r['exact'])} | "
-                         f"{per_seed(runs, lambda r: r['val_loss'], fmt='{:.2f}')} |")
+                         f"{_delta(runs_by_set, name, ref)} | {per_seed(runs, lambda r: r['val_loss'], fmt='{:.2f}')} | "
+                         f"{_delta(runs_by_set, name, ref, 'val_loss')} |")
     return "\n".join(lines).rstrip()
 
 

@@ -314,14 +314,22 @@ def with_refusals(records: list[dict], share: float, seed: int = 0) -> list[dict
             if r.get("task") != "refusal" and rng.random() < share else r for r in records]
 
 
-def pretraining_loss(model, tokenizer, every: int = 30, max_tokens: int = 256) -> float:
-    """Mean token loss on every `every`-th pre-training document (plain text, all tokens trained):
-    how well the model still models the text it was pre-trained on (rises when it forgets)."""
+def pretraining_documents(tokenizer, every: int = 30, max_tokens: int = 256) -> list[dict]:
+    """Every `every`-th pre-training document as a plain-text example (all tokens trained, at most
+    `max_tokens`): what `pretraining_loss` scores."""
     from .data import load_pretraining_corpus
-    from ..training import eval_loss
 
     docs = [tokenizer(d)["input_ids"][:max_tokens] for d in load_pretraining_corpus()[::every]]
-    return eval_loss(model, tokenizer, [{"input_ids": d, "labels": d} for d in docs])
+    return [{"input_ids": d, "labels": d} for d in docs]
+
+
+def pretraining_loss(model, tokenizer, every: int = 30, max_tokens: int = 256) -> float:
+    """Mean token loss on every `every`-th pre-training document (plain text, all tokens trained):
+    how well the model still models the text it was pre-trained on (rises when it forgets).
+    Per document, for an interval: `training.example_losses(model, tokenizer, pretraining_documents(tokenizer))`."""
+    from ..training import eval_loss
+
+    return eval_loss(model, tokenizer, pretraining_documents(tokenizer, every, max_tokens))
 
 
 def _overrides(cfg: dict, base: dict) -> str:

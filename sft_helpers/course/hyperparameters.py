@@ -203,7 +203,7 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
 
     Returns `history`, `val_loss` (response tokens of `eval_items` validation conversations, as in
     lesson 01), `exact`, `format_ok`, `stop_rate` (greedy, `test_items` test conversations),
-    `exact_items` (1 or 0 per test conversation, for `sft_helpers.stats.compare`),
+    `exact_items` and `format_items` (1 or 0 per test conversation, for `sft_helpers.stats.compare`),
     `truncated` (share of the kept training examples cut), `dropped` (share of conversations left
     with no trained token: the reply cut entirely), `slots_per_epoch` (token positions computed per
     epoch, padding included) and `steps`. Steps, batch and evaluation sets are capped by the lane's
@@ -211,7 +211,7 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
 
     Lesson 06 trains on its own data sets: `records` replaces the training split, and each of
     `eval_sets` (`{name: records}`) is scored after training, in `sets[name]`: greedy `exact`,
-    `format_ok`, `per_task`, the response-token `loss` and `exact_items`.
+    `format_ok`, `per_task`, the response-token `loss`, `exact_items` and `format_items`.
     """
     cfg = hp_config(model_id, method=method, lr=lr, steps=steps, epochs=epochs, samples_per_step=samples_per_step,
                     grad_accum=grad_accum, batching=batching, schedule=schedule, warmup=warmup,
@@ -245,11 +245,13 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
         labelled, _ = build_labels(items, tok, "completion_only")
         sets[name] = {"exact": got["exact_match"], "format_ok": got["format_ok"], "per_task": got["per_task"],
                       "loss": eval_loss(model, tok, labelled), "n": len(items),
-                      "exact_items": [int(r["exact"]) for r in got["rows"]]}
+                      "exact_items": [int(r["exact"]) for r in got["rows"]],
+                      "format_items": [int(r["format_ok"]) for r in got["rows"]]}
     history = run.history
     return {"history": history, "val_loss": run.val_loss, "exact": scores["exact_match"],
             "format_ok": scores["format_ok"], "stop_rate": scores["stop_rate"],
-            "exact_items": [int(r["exact"]) for r in scores["rows"]], "truncated": report.truncated / max(report.kept, 1),
+            "exact_items": [int(r["exact"]) for r in scores["rows"]],
+            "format_items": [int(r["format_ok"]) for r in scores["rows"]], "truncated": report.truncated / max(report.kept, 1),
             "dropped": len(report.dropped) / run.data["n_records"], "slots_per_epoch": slots,
             "steps": history[-1].get("step", 0), "per_task": scores["per_task"], "sets": sets,
             "n_train": run.data["n_records"], "config": cfg}
@@ -289,7 +291,7 @@ def accumulation_gap(model_id: str = "tiny", batch: int = 64, micro_batch: int =
 
 def _summary(run: dict) -> dict:
     """What a table needs of a run (histories kept short: losses and eval losses by step)."""
-    keep = ("val_loss", "exact", "format_ok", "stop_rate", "exact_items", "truncated", "slots_per_epoch", "steps",
+    keep = ("val_loss", "exact", "format_ok", "stop_rate", "exact_items", "format_items", "truncated", "slots_per_epoch", "steps",
             "n_train")
     out = {k: run[k] for k in keep + ("dropped",) if k in run}
     out["train_loss"] = [(h["step"], round(h["loss"], 4)) for h in run["history"] if "loss" in h]
