@@ -5,8 +5,8 @@ Pure functions build the data sets (`quality_problems` / `quality_filter` filter
 `without_family` / `skewed` change the task mix, `widened` rewords the questions, `with_repeats`
 plants repeated items, `deduplicated` and `semantic_dedup` run the three de-duplication
 methods); every run is `hyperparameters.run_hp` with `records=` and `eval_sets=`, the course
-recipe at a fixed number of steps. `python -m sft_helpers.course.experiments data-strategy --seeds 0 1` runs them all on two seeds
-(25 minutes on 2 CPU cores) and writes docs/data_strategy.json and the tables in
+recipe at a fixed number of steps. `python -m sft_helpers.course.experiments data-strategy --seeds 0 1 2` runs them all on
+three seeds (about an hour on 2 CPU cores) and writes docs/data_strategy.json and the tables in
 docs/experiments.md; the notebook reads them (`load_stored`) next to what it runs live.
 """
 
@@ -541,7 +541,7 @@ def run_config_line(results: dict) -> str:
             "`python -m sft_helpers.course.experiments data-sets --out SETS --seeds S`.")
 
 
-def run_experiments(seeds=(0, 1), steps: int = STEPS, only=None, workers: int | None = None) -> dict:
+def run_experiments(seeds=(0, 1, 2), steps: int = STEPS, only=None, workers: int | None = None) -> dict:
     """Train the tiny base on every set of `experiment_sets` (or those of the groups in `only`) for
     `steps` steps on each seed, side by side in worker processes; `{"seeds", group: {name: [summary
     per seed]}}` with each set's size, what `quality_filter` reports and the de-duplication scores."""
@@ -639,7 +639,7 @@ def _delta(runs_by_set: dict[str, list[dict]], name: str, ref: str, key: str = "
     runs stored without per-item scores."""
     if name == ref or (key == "exact" and "exact_items" not in runs_by_set[name][0]):
         return ""
-    return compare_sets(runs_by_set, name, ref, key).brief()
+    return compare_sets(runs_by_set, name, ref, key).brief(2 if key.endswith("loss") else None)
 
 
 def tables(results: dict) -> str:
@@ -719,10 +719,10 @@ def tables(results: dict) -> str:
 def write_docs(results: dict, docs: Path | None = None) -> None:
     """Store `results` in docs/data_strategy.json (the notebook reads them) and their tables in
     docs/experiments.md between the `<!-- data-strategy -->` markers."""
-    from .runs import write_block
+    from .runs import results_json, write_block
 
     docs = docs or DOCS_JSON.parent
-    (docs / DOCS_JSON.name).write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (docs / DOCS_JSON.name).write_text(results_json(results), encoding="utf-8")
     seeds = results["seeds"]
     body = (f"`python -m sft_helpers.course.experiments data-strategy --seeds {' '.join(map(str, seeds))}` "
             f"({results['steps']} steps of 16 conversations each run; values per seed, "
@@ -731,7 +731,7 @@ def write_docs(results: dict, docs: Path | None = None) -> None:
 
 
 def load_stored() -> dict:
-    """The two-seed results stored by the command (docs/data_strategy.json)."""
+    """The results stored by the command (docs/data_strategy.json), `stored["seeds"]` their seeds."""
     return json.loads(DOCS_JSON.read_text(encoding="utf-8"))
 
 

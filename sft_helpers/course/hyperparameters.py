@@ -16,7 +16,7 @@ from pathlib import Path
 from .data import load_split
 from ..evaluate import chat_eval
 from .lanes import lane, run_config
-from .runs import run_in_workers, write_block
+from .runs import results_json, run_in_workers, write_block
 from ..masking import build_labels, stop_at_end_of_turn
 from ..models import load_model, load_tokenizer
 from ..recipe import config_command, run_sft
@@ -701,7 +701,7 @@ def write_docs(results: dict, docs: Path | None = None) -> None:
     notebook plots them) and their tables in docs/experiments.md between the `<!-- hyperparameters -->`
     markers."""
     docs = docs or DOCS_JSON.parent
-    (docs / "hyperparameters.json").write_text(json.dumps(results, indent=1))
+    (docs / "hyperparameters.json").write_text(results_json(results), encoding="utf-8")
     by_seeds: dict[tuple, list[str]] = {}
     for sweep, seeds in results["seeds"].items():
         by_seeds.setdefault(tuple(seeds), []).append(sweep)

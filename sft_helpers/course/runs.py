@@ -3,6 +3,8 @@ kept between calls) and results written into the Markdown tables of `docs/`."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 
@@ -134,6 +136,21 @@ def run_in_workers(function, jobs: list[dict], workers: int | None = None, keep_
         results = _run_at_most(workers, [(function, kw, not keep_models) for kw in jobs], bar)
     bar.close()
     return results
+
+
+def results_json(results: dict) -> str:
+    """Stored results as JSON text, one key per line but each list of plain numbers on one line (a
+    run's per-item scores stay one line, not hundreds).
+
+    >>> print(results_json({"exact_items": [1, 0, 1], "name": "x"}), end="")
+    {
+     "exact_items": [1, 0, 1],
+     "name": "x"
+    }
+    """
+    text = json.dumps(results, indent=1, ensure_ascii=False)
+    numbers = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
+    return numbers.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
 
 
 def write_block(md: Path, name: str, title: str, body: str) -> None:

@@ -1,0 +1,57 @@
+"""The README's headline results, generated from the stored experiments (never typed by hand).
+
+`python -m sft_helpers.course.findings` rewrites the block between `<!-- findings:start -->` and
+`<!-- findings:end -->` in README.md from docs/hyperparameters.json (lesson 05) and
+docs/data_strategy.json (lesson 06); a test checks that the README holds what this module writes, so
+a re-run experiment that changes a number fails the suite until the README is regenerated.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def lines() -> list[str]:
+    """One Markdown bullet per headline result, each with its 95% interval, seeds and items."""
+    from . import data_strategy, hyperparameters
+    from .data_strategy import compare_sets
+
+    hp, ds = hyperparameters.load_stored(), data_strategy.load_stored()
+    ratio = hyperparameters.best_rate_ratio(hp["learning rate"])
+    out = [f"- Lesson 05: LoRA's best learning rate is {10 ** ratio.delta:.1f}× full fine-tuning's (95% CI "
+           f"{10 ** ratio.low:.1f}× to {10 ** ratio.high:.1f}×, {ratio.n_seeds} seeds, the embeddings trained)."]
+    quality = ds["quality"]
+    clean, noisy, kept = quality
+    out.append(f"- Lesson 06, quality: exact match, {compare_sets(quality, kept, noisy)}; "
+               f"{compare_sets(quality, clean, noisy)}.")
+    div = ds["diversity"]
+    gap = data_strategy.phrasing_gap(div)
+    out.append(f"- Lesson 06, phrasing: questions in held-out wordings, {gap['new wordings']}; in the "
+               f"training wordings, {gap['seen wordings']}.")
+    out.append(f"- Lesson 06, task mix: leaving the json family out, exact match on the whole test split: "
+               f"{compare_sets(div, 'without json', 'training split')}; response validation loss: "
+               f"{compare_sets(div, 'without json', 'training split', 'val_loss'):.2}.")
+    return out
+
+
+def block() -> str:
+    """The README block: where the numbers come from, then `lines()`."""
+    intro = ("Written by `python -m sft_helpers.course.findings` from the stored runs (tiny base, CPU); every "
+             "table, with its seeds and item counts, is in [docs/experiments.md](docs/experiments.md).")
+    return "\n".join([intro, "", *lines()])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the README's findings block."""
+    from .runs import write_block
+
+    write_block(README, "findings", "What the experiments found", block())
+    print(f"{README.name}: findings block rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
