@@ -244,6 +244,11 @@ def phrasing_sets() -> dict[str, list[dict]]:
 
 
 
+def _scored(run: dict, wording: str | None) -> dict:
+    """What a stored run scored: on the test split, or on its extra set `wording`."""
+    return run["sets"][wording] if wording else run
+
+
 def item_scores(runs: list[dict], key: str = "exact", family: str | None = None,
                 wording: str | None = None) -> list[list[int]]:
     """Per-item scores of stored runs, one list per seed: `key` "exact" or "format" (1 or 0 per test
@@ -253,7 +258,7 @@ def item_scores(runs: list[dict], key: str = "exact", family: str | None = None,
     >>> item_scores([{"exact_items": [1, 0]}, {"exact_items": [1, 1]}])
     [[1, 0], [1, 1]]
     """
-    out = [(r["sets"][wording] if wording else r)[f"{key}_items"] for r in runs]
+    out = [_scored(r, wording)[f"{key}_items"] for r in runs]
     if family:
         tasks = [r["task"] for r in load_split("test")[:len(out[0])]]
         out = [[x for x, task in zip(items, tasks) if task == family] for items in out]
@@ -275,7 +280,7 @@ def compare_sets(runs_by_set: dict[str, list[dict]], a: str, b: str, key: str = 
 
     if key.endswith("loss"):
         def losses(name):
-            return [(r["sets"][wording] if wording else r)[key] for r in runs_by_set[name]]
+            return [_scored(r, wording)[key] for r in runs_by_set[name]]
         return compare_seeds(losses(a), losses(b), (a, b))
     return compare(item_scores(runs_by_set[a], key, family, wording),
                    item_scores(runs_by_set[b], key, family, wording), (a, b))

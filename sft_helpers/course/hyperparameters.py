@@ -245,16 +245,19 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
         labelled, _ = build_labels(items, tok, "completion_only")
         sets[name] = {"exact": got["exact_match"], "format_ok": got["format_ok"], "per_task": got["per_task"],
                       "loss": eval_loss(model, tok, labelled), "n": len(items),
-                      "exact_items": [int(r["exact"]) for r in got["rows"]],
-                      "format_items": [int(r["format_ok"]) for r in got["rows"]]}
+                      **_per_item(got["rows"])}
     history = run.history
     return {"history": history, "val_loss": run.val_loss, "exact": scores["exact_match"],
             "format_ok": scores["format_ok"], "stop_rate": scores["stop_rate"],
-            "exact_items": [int(r["exact"]) for r in scores["rows"]],
-            "format_items": [int(r["format_ok"]) for r in scores["rows"]], "truncated": report.truncated / max(report.kept, 1),
+            **_per_item(scores["rows"]), "truncated": report.truncated / max(report.kept, 1),
             "dropped": len(report.dropped) / run.data["n_records"], "slots_per_epoch": slots,
             "steps": history[-1].get("step", 0), "per_task": scores["per_task"], "sets": sets,
             "n_train": run.data["n_records"], "config": cfg}
+
+
+def _per_item(rows: list[dict]) -> dict[str, list[int]]:
+    """`exact_items` and `format_items` of `chat_eval` rows: 1 or 0 per conversation, in order."""
+    return {"exact_items": [int(r["exact"]) for r in rows], "format_items": [int(r["format_ok"]) for r in rows]}
 
 
 def reply_labels(records: list[dict], tokenizer) -> list[dict]:
