@@ -18,7 +18,7 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 BUILT_FILES = ["world.json", "pretrain.jsonl", "sft_train.jsonl", "sft_validation.jsonl",
                "sft_test.jsonl", "sft_train_duplicates.jsonl", "sft_train_paraphrases.jsonl",
                "sft_train_paraphrase_pairs.jsonl", "sft_train_noisy.jsonl", "sft_test_reworded.jsonl",
-               "sft_train_wide_phrasing.jsonl", "families.json"]
+               "sft_train_narrow_phrasing.jsonl", "families.json"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from sft_helpers.course.data_strategy import (
     reply_language,
     skewed,
     tables,
-    widened,
+    narrowed,
     with_paraphrases,
     with_repeats,
     without_family,
@@ -65,12 +65,12 @@ def test_mixes_keep_the_size_and_change_only_what_they_say():
     assert {r["task"] for r in without_family(train, "json")} == {r["task"] for r in train} - {"json"}
     mix = skewed(train, "knowledge", 0.9, seed=1)
     assert len(mix) == len(train) and sum(r["task"] == "knowledge" for r in mix) == round(0.9 * len(train))
-    wide = widened(train)
-    changed = [(w, t) for w, t in zip(wide, train) if w is not t]
-    assert len(wide) == len(train) and len(changed) > 1000
-    assert all(w["id"] == t["id"] and w["messages"][-1] == t["messages"][-1] for w, t in changed)
-    reworded = sum(w["messages"][-2]["content"] != t["messages"][-2]["content"] for w, t in changed)
-    assert reworded > 0.9 * len(changed)  # a few draws land on the record's own wording
+    narrow = narrowed(train)
+    changed = [(n, t) for n, t in zip(narrow, train) if n is not t]
+    assert len(narrow) == len(train) and len(changed) > 1000
+    assert all(n["id"] == t["id"] and n["messages"][-1] == t["messages"][-1] for n, t in changed)
+    reworded = sum(n["messages"][-2]["content"] != t["messages"][-2]["content"] for n, t in changed)
+    assert reworded > 0.6 * len(changed)  # the split draws the fixed wordings too
     sets = phrasing_sets()
     assert [r["messages"][-1] for r in sets["seen wordings"]] == [r["messages"][-1] for r in sets["new wordings"]]
 
@@ -169,12 +169,12 @@ def test_phrasing_gap_pairs_each_question_with_itself_in_both_wordings():
     def run(seen_items, new_items):
         return {"sets": {"seen wordings": {"exact_items": seen_items}, "new wordings": {"exact_items": new_items}}}
 
-    gap = phrasing_gap({"training split": [run(seen, new)] * 3, "widened phrasing": [run(seen, wide_new)] * 3})
-    split = gap["training split"]
+    gap = phrasing_gap({"narrow phrasing": [run(seen, new)] * 3, "training split": [run(seen, wide_new)] * 3})
+    split = gap["narrow phrasing"]
     assert split["new vs seen"].supports("<") and split["new vs seen"].delta == pytest.approx(-0.2)
     assert split["new vs half seen"].supports(">") and split["new vs half seen"].delta == pytest.approx(0.1)
     assert gap["new wordings"].supports(">") and gap["seen wordings"].supports("~")
-    assert gap["new wordings"].names == ("widened phrasing", "training split")
+    assert gap["new wordings"].names == ("training split", "narrow phrasing")
 
 
 def test_compare_sets_scores_one_family_on_its_own_test_items():

@@ -27,7 +27,7 @@ from sft_helpers.course.data import (
     load_paraphrases,
     load_reworded_test,
     load_split,
-    load_wide_phrasing,
+    load_narrow_phrasing,
     load_world,
 )
 from sft_helpers.dedup import exact_duplicates, planted_pairs
@@ -60,7 +60,7 @@ def noisy():
 @pytest.fixture(scope="module")
 def training_files(train, noisy):
     """Every file a model is trained on (the test split's reworded questions must be in none)."""
-    return {"train": train, "paraphrases": load_paraphrases()[0], "noisy": noisy, "wide": load_wide_phrasing()}
+    return {"train": train, "paraphrases": load_paraphrases()[0], "noisy": noisy, "narrow": load_narrow_phrasing()}
 
 
 def first_user(record: dict) -> str:
@@ -101,7 +101,7 @@ def leaks(records: list[dict], world) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 # every variant: valid, unique ids, no entity of another pool in training files
 
-@pytest.mark.parametrize("name", ["train", "paraphrases", "noisy", "wide"])
+@pytest.mark.parametrize("name", ["train", "paraphrases", "noisy", "narrow"])
 def test_training_variants_name_no_validation_or_test_entity(training_files, world, name):
     assert leaks(training_files[name], world) == []
 
@@ -114,7 +114,7 @@ def test_leak_check_catches_a_test_pool_person(world, train):
 
 
 @pytest.mark.parametrize("records", [lambda: load_paraphrases()[0], load_noisy_train, load_reworded_test,
-                                     load_wide_phrasing])
+                                     load_narrow_phrasing])
 def test_variant_ids_are_unique(records):
     ids = [r["id"] for r in records()]
     assert len(ids) == len(set(ids)) > 0
@@ -235,20 +235,32 @@ def test_reworded_test_asks_every_test_fact_question_in_a_held_out_wording(index
     assert len({r["wording"] for r in reworded}) >= sum(map(len, HELD_OUT_QUESTIONS.values())) - 2
 
 
-def test_wide_phrasing_rewords_train_knowledge_with_many_wordings_per_relation(train, index):
-    wide = load_wide_phrasing()
+def test_train_split_asks_knowledge_in_many_wordings_per_relation(train, index):
+    copies = {d["id"] for d in load_duplicates()}
+    knowledge = [r for r in train if r["task"] == "knowledge" and r["id"] not in copies]
+    wordings = [index[normalise_text(first_user(r))][0] for r in knowledge]
+    per_relation = Counter(w.split("/")[0] for w in set(wordings))
+    questions = Counter(w.split("/")[0] for w in wordings)
+    assert set(per_relation) == set(WIDE_QUESTIONS)
+    assert all(per_relation[rel] >= (9 if questions[rel] >= 30 else 5) for rel in per_relation), (per_relation, questions)
+    assert sum(per_relation.values()) >= sum(map(len, WIDE_QUESTIONS.values())) - 8
+    fixed = sum(int(w.split("/")[1]) < len(_QUESTIONS[w.split("/")[0]]) for w in wordings)
+    assert fixed < 0.4 * len(knowledge)
+    assert not any("/held" in w for w in wordings)
+
+
+def test_narrow_phrasing_asks_the_same_train_knowledge_in_the_fixed_wordings(train, index):
+    narrow = load_narrow_phrasing()
     copies = {d["id"] for d in load_duplicates()}
     knowledge = {r["id"]: r for r in train if r["task"] == "knowledge" and r["id"] not in copies}
-    assert sorted(r["id"] for r in wide) == sorted(knowledge)
-    for r in wide:
+    assert sorted(r["id"] for r in narrow) == sorted(knowledge)
+    for r in narrow:
         src = knowledge[r["id"]]
         assert r["messages"][-1] == src["messages"][-1]
         assert index[normalise_text(first_user(r))] == (r["wording"], index[normalise_text(first_user(src))][1])
-    per_relation = Counter(r["wording"].split("/")[0] for r in {r["wording"]: r for r in wide}.values())
-    assert set(per_relation) == set(WIDE_QUESTIONS) and min(per_relation.values()) >= 9  # few capital questions
-    assert sum(per_relation.values()) >= sum(map(len, WIDE_QUESTIONS.values())) - 3
-    fixed = sum(int(r["wording"].split("/")[1]) < len(_QUESTIONS[r["wording"].split("/")[0]]) for r in wide)
-    assert fixed < 0.4 * len(wide)
+        relation, i = r["wording"].split("/")
+        assert int(i) < len(_QUESTIONS[relation])
+    assert sum(r["messages"] != knowledge[r["id"]]["messages"] for r in narrow) > 0.6 * len(narrow)
 
 
 # ---------------------------------------------------------------------------------------------

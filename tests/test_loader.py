@@ -115,7 +115,7 @@ def test_invalid_on_error_raises_value_error(malformed, on_error):
 
 def test_committed_split_files_are_exactly_the_splits_and_their_variants():
     side_files = {"sft_train_duplicates.jsonl", "sft_train_paraphrases.jsonl", "sft_train_paraphrase_pairs.jsonl",
-                  "sft_train_noisy.jsonl", "sft_test_reworded.jsonl", "sft_train_wide_phrasing.jsonl"}
+                  "sft_train_noisy.jsonl", "sft_test_reworded.jsonl", "sft_train_narrow_phrasing.jsonl"}
     found = {p.name for p in DATA.glob("sft_*.jsonl")} - side_files
     assert found == {f"sft_{s}.jsonl" for s in SPLITS}
 

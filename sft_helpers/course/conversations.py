@@ -224,7 +224,8 @@ def plant_duplicates(records: list[dict], seed: int, n_exact: int = 60, n_near: 
 
 # --- wordings: the fixed ones above, more for training, and held-out ones for testing -------------
 # A fact question's wording is named `relation/i`: `WIDE_QUESTIONS[relation][i]`, whose first entries are
-# the fixed `_QUESTIONS` the splits use; `relation/held<i>` is `HELD_OUT_QUESTIONS[relation][i]`, never
+# the fixed `_QUESTIONS` the validation and test splits use (the train split's knowledge questions
+# draw from all of them); `relation/held<i>` is `HELD_OUT_QUESTIONS[relation][i]`, never
 # used in any training file. json and markdown_list requests are named the same way (`REQUESTS`).
 
 _MORE_QUESTIONS = {
@@ -332,15 +333,17 @@ def question_wordings(records: list[dict], world: World) -> list[str | None]:
     return [index.get(normalise_text(q), (None,))[0] for q in firsts]
 
 
-def _reworded(record: dict, wordings, index: dict, rng: random.Random) -> dict:
+def _reworded(record: dict, wordings, index: dict, rng: random.Random, taken: frozenset = frozenset()) -> dict:
     """`record` with its first question asked in a wording drawn from `wordings(key)` (`(name, template)`
-    pairs), and a `"wording"` field; the answer is unchanged."""
+    pairs; none that asks a question in `taken`, normalised), and a `"wording"` field; the answer is
+    unchanged."""
     from ..dedup import normalise_text
 
     msgs = [dict(m) for m in record["messages"]]
     user = next(m for m in msgs if m["role"] == "user")
     old, entity = index[normalise_text(user["content"])]
-    name, template = rng.choice(wordings(old.split("/")[0]))
+    name, template = rng.choice([(n, t) for n, t in wordings(old.split("/")[0])
+                                 if normalise_text(t.format(e=entity)) not in taken])
     user["content"] = template.format(e=entity)
     return {"id": record["id"], "task": record["task"], "wording": name, "messages": msgs}
 
@@ -351,8 +354,8 @@ PARAPHRASE_MIX = {"knowledge": 24, "one_word": 12, "json": 10, "markdown_list": 
 def plant_paraphrases(records: list[dict], world: World, seed: int, mix: dict[str, int] | None = None
                       ) -> tuple[list[dict], list[dict]]:
     """Paraphrase duplicates: for `mix[task]` records of each task (default `PARAPHRASE_MIX`, 60 in all),
-    the same conversation with its first question reworded in a wording the splits never use (same
-    fact, same answer). Returns the new records (id `<original id>-paraphrase<k>`, with a `"wording"`)
+    the same conversation with its first question reworded: a wording none of the fixed ones of the
+    validation and test splits, asking no question `records` ask (same fact, same answer). Returns the new records (id `<original id>-paraphrase<k>`, with a `"wording"`)
     and a side table `[{"id", "duplicate_of", "kind": "paraphrase"}]` like `plant_duplicates`', so
     `dedup.planted_pairs(train + paraphrases, table)` gives the ground-truth pairs.
 
@@ -364,12 +367,16 @@ def plant_paraphrases(records: list[dict], world: World, seed: int, mix: dict[st
     >>> new[0]["messages"][-1] == source["messages"][-1], new[0]["messages"][-2] == source["messages"][-2]
     (True, False)
     """
+    from ..dedup import normalise_text
+
     rng = random.Random(f"{seed}-paraphrases")
     index = _wording_index(world)
+    asked = frozenset(normalise_text(next(m["content"] for m in r["messages"] if m["role"] == "user"))
+                      for r in records)  # a paraphrase asks no question the records ask
     out, table = [], []
     for task, count in (mix or PARAPHRASE_MIX).items():
         for src in rng.sample([r for r in records if r["task"] == task], count):
-            new = {**_reworded(src, _new_wordings, index, rng), "id": f"{src['id']}-paraphrase{len(out)}"}
+            new = {**_reworded(src, _new_wordings, index, rng, asked), "id": f"{src['id']}-paraphrase{len(out)}"}
             out.append(new)
             table.append({"id": new["id"], "duplicate_of": src["id"], "kind": "paraphrase"})
     return out, table
@@ -378,23 +385,52 @@ def plant_paraphrases(records: list[dict], world: World, seed: int, mix: dict[st
 REWORDED_TASKS = ("knowledge", "one_word")
 
 
-def reworded(records: list[dict], world: World, seed: int, held_out: bool = True) -> list[dict]:
-    """The knowledge and one_word records of `records`, each asked in a wording drawn at random: from
-    `HELD_OUT_QUESTIONS` (never in any training file: `data/sft_test_reworded.jsonl`, id `<id>-reworded`)
-    or, with `held_out=False`, from the 11-13 `WIDE_QUESTIONS` of its relation (the fixed ones included:
-    `data/sft_train_wide_phrasing.jsonl`, knowledge records only, same id). Same facts, same answers;
-    each record names its `"wording"`.
+def reworded(records: list[dict], world: World, seed: int) -> list[dict]:
+    """The knowledge and one_word records of `records`, each asked in a wording drawn at random from
+    `HELD_OUT_QUESTIONS` (never in any training file: `data/sft_test_reworded.jsonl`), id
+    `<id>-reworded`. Same facts, same answers; each record names its `"wording"`.
 
     >>> from sft_helpers.course.world import make_world
     >>> w = make_world(0)
     >>> [r["wording"] for r in reworded(sft_conversations(w, "test", n=6), w, 0)]
     ['population/held0', 'home/held1', 'home/held1']
     """
-    rng = random.Random(f"{seed}-reworded-{'held-out' if held_out else 'wide'}")
+    rng = random.Random(f"{seed}-reworded-held-out")
     index = _wording_index(world)
-    tasks = REWORDED_TASKS if held_out else ("knowledge",)
-    out = [_reworded(r, lambda key: _wordings(key, held_out), index, rng) for r in records if r["task"] in tasks]
-    return [{**r, "id": r["id"] + "-reworded"} for r in out] if held_out else out
+    return [{**_reworded(r, lambda key: _wordings(key, held_out=True), index, rng), "id": r["id"] + "-reworded"}
+            for r in records if r["task"] in REWORDED_TASKS]
+
+
+def widened(records: list[dict], world: World, seed: int) -> list[dict]:
+    """`records` with each knowledge question asked in a wording drawn from the 11-13 `WIDE_QUESTIONS`
+    of its relation (the fixed ones included; how `data/sft_train.jsonl` asks them), none that
+    another record asks already (no accidental duplicates). Same ids, tasks and answers.
+
+    >>> from sft_helpers.course.world import make_world
+    >>> w = make_world(0)
+    >>> convs = sft_conversations(w, "train", n=40)
+    >>> wide = widened(convs, w, 0)
+    >>> sum(a != b for a, b in zip(convs, wide)) > 0, all(a["id"] == b["id"] for a, b in zip(convs, wide))
+    (True, True)
+    """
+    from collections import Counter
+
+    from ..dedup import normalise_text
+
+    def first(r):
+        return normalise_text(next(m["content"] for m in r["messages"] if m["role"] == "user"))
+
+    rng = random.Random(f"{seed}-reworded-wide")
+    index = _wording_index(world)
+    asked = Counter(first(r) for r in records)
+    out = []
+    for r in records:
+        if r["task"] == "knowledge":
+            asked[first(r)] -= 1
+            r = {k: v for k, v in _reworded(r, _wordings, index, rng, frozenset(+asked)).items() if k != "wording"}
+            asked[first(r)] += 1
+        out.append(r)
+    return out
 
 
 # --- a noisy variant of the training split ------------------------------------------------------

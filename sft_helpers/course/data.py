@@ -1,9 +1,9 @@
 """The course's data under `data/`: (re)generating it and reading each file.
 
 `build_data(out_dir, seed)` regenerates all of `data/` (world, pre-training corpus, SFT splits, planted
-duplicates and paraphrases, the noisy training variant, the reworded and widened questions, the task
-families) byte for byte from a seed; `load_*` read each file (chat files through
-`sft_helpers.records.load_conversations`, which checks every record).
+duplicates and paraphrases, the noisy training variant, the reworded test questions, the
+narrow-phrasing training variant, the task families) byte for byte from a seed; `load_*` read each
+file (chat files through `sft_helpers.records.load_conversations`, which checks every record).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from .conversations import (
     noisy_conversations,
     plant_duplicates,
     plant_paraphrases,
+    question_wordings,
     reworded,
+    widened,
     sft_conversations,
     task_families,
 )
@@ -111,18 +113,19 @@ def load_reworded_test() -> list[dict]:
     return load_conversations(data_path("sft_test_reworded.jsonl"))
 
 
-def load_wide_phrasing() -> list[dict]:
-    """The train split's knowledge questions (not the planted copies) asked in wordings drawn from 11-13
-    per relation (`conversations.WIDE_QUESTIONS`, none held out): same ids, same answers, a `"wording"`
-    field. The same training set with wider phrasing, at the same number of examples:
+def load_narrow_phrasing() -> list[dict]:
+    """The train split's knowledge questions (not the planted copies) asked in the 2-3 fixed wordings
+    per relation the validation and test splits use (`conversations._QUESTIONS`), where the split
+    itself draws from 11-13 (`WIDE_QUESTIONS`): same ids, same answers, a `"wording"` field. The same
+    training set with narrower phrasing, at the same number of examples:
 
-    >>> wide = {r["id"]: r for r in load_wide_phrasing()}
+    >>> narrow = {r["id"]: r for r in load_narrow_phrasing()}
     >>> train = load_split("train")
-    >>> widened = [wide.get(r["id"], r) for r in train]
-    >>> len(widened) == len(train), sum(r is not t for r, t in zip(widened, train)) == len(wide)
+    >>> narrowed = [narrow.get(r["id"], r) for r in train]
+    >>> len(narrowed) == len(train), sum(r is not t for r, t in zip(narrowed, train)) == len(narrow)
     (True, True)
     """
-    return load_conversations(data_path("sft_train_wide_phrasing.jsonl"))
+    return load_conversations(data_path("sft_train_narrow_phrasing.jsonl"))
 
 
 def load_families() -> dict[str, dict]:
@@ -135,6 +138,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def fixed_wordings(records: list[dict], world) -> list[dict]:
+    """The knowledge records of `records` (asked in the fixed wordings), each naming its `"wording"`."""
+    knowledge = [r for r in records if r["task"] == "knowledge"]
+    return [{**r, "wording": w} for r, w in zip(knowledge, question_wordings(knowledge, world))]
 
 
 def build_data(out_dir: str | Path = DATA_DIR, seed: int = 0) -> dict[str, int]:
@@ -150,7 +159,9 @@ def build_data(out_dir: str | Path = DATA_DIR, seed: int = 0) -> dict[str, int]:
     drawn = {}
     for split in SPLITS:
         rows = drawn[split] = sft_conversations(world, split)
-        if split == "train":
+        if split == "train":  # knowledge questions in 11-13 wordings each (lesson 06 measured why)
+            narrow, rows = rows, widened(rows, world, seed)
+            drawn["train narrow"], drawn["train"] = narrow, rows
             rows, planted = plant_duplicates(rows, seed)
             _write_jsonl(out / "sft_train_duplicates.jsonl", planted)
             counts["sft_train_duplicates.jsonl"] = len(planted)
@@ -163,9 +174,11 @@ def _build_variants(out: Path, world, drawn: dict[str, list[dict]], seed: int) -
     """The files made from the drawn splits (before planting duplicates), each from its own random stream."""
     paraphrases, table = plant_paraphrases(drawn["train"], world, seed)
     rows = {"sft_train_paraphrases.jsonl": paraphrases, "sft_train_paraphrase_pairs.jsonl": table,
-            "sft_train_noisy.jsonl": noisy_conversations(world, seed, 3 * SPLIT_SIZES["train"], drawn["train"]),
+            # noisy records ask in the fixed wordings: avoiding the narrow split avoids the widened one
+            "sft_train_noisy.jsonl": noisy_conversations(world, seed, 3 * SPLIT_SIZES["train"],
+                                                         drawn["train narrow"]),
             "sft_test_reworded.jsonl": reworded(drawn["test"], world, seed),
-            "sft_train_wide_phrasing.jsonl": reworded(drawn["train"], world, seed, held_out=False)}
+            "sft_train_narrow_phrasing.jsonl": fixed_wordings(drawn["train narrow"], world)}
     for name, records in rows.items():
         _write_jsonl(out / name, records)
     families = task_families({s: drawn[s] for s in SPLITS})

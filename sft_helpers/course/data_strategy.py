@@ -2,7 +2,7 @@
 duplicates, each measured by training the tiny base on one data set against another.
 
 Pure functions build the data sets (`quality_problems` / `quality_filter` filter a noisy set,
-`without_family` / `skewed` change the task mix, `widened` rewords the questions, `with_repeats`
+`without_family` / `skewed` change the task mix, `narrowed` rewords the questions, `with_repeats`
 plants repeated items, `deduplicated` and `semantic_dedup` run the three de-duplication
 methods); every run is `hyperparameters.run_hp` with `records=` and `eval_sets=`, the course
 recipe at a fixed number of steps. `python -m sft_helpers.course.experiments data-strategy --seeds 0 1 2` runs them all on
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .conversations import REFUSAL
 from .data import clean_vs_noisy, load_noisy_train, load_paraphrases, load_reworded_test, load_split
-from .data import load_wide_phrasing, load_world
+from .data import load_narrow_phrasing, load_world
 from .world import JOBS
 
 DOCS_JSON = Path(__file__).resolve().parents[2] / "docs" / "data_strategy.json"
@@ -216,22 +216,23 @@ def skewed(records: list[dict], family: str, share: float = 0.9, seed: int = 0) 
     return mix
 
 
-def widened(records: list[dict]) -> list[dict]:
-    """`records` with each knowledge question replaced by the same question in one of 11-13 wordings
-    per relation (`data.load_wide_phrasing`, same id and answer): wider phrasing, same examples.
+def narrowed(records: list[dict]) -> list[dict]:
+    """`records` with each knowledge question of the train split replaced by the same question in
+    one of the 2-3 fixed wordings per relation (`data.load_narrow_phrasing`, same id and answer),
+    where the split draws from 11-13: narrower phrasing, same examples.
 
     >>> train = load_split("train")
-    >>> wide = widened(train)
-    >>> len(wide) == len(train), sum(w is not t for w, t in zip(wide, train)) > 1000
+    >>> narrow = narrowed(train)
+    >>> len(narrow) == len(train), sum(n is not t for n, t in zip(narrow, train)) > 700
     (True, True)
     """
-    wide = {r["id"]: r for r in load_wide_phrasing()}
-    return [wide.get(r.get("id"), r) for r in records]
+    narrow = {r["id"]: r for r in load_narrow_phrasing()}
+    return [narrow.get(r.get("id"), r) for r in records]
 
 
 def phrasing_sets() -> dict[str, list[dict]]:
-    """The test split's knowledge and one-word questions twice: in the training data's fixed
-    wordings (`"seen wordings"`) and in wordings held out of every training file (`"new wordings"`,
+    """The test split's knowledge and one-word questions twice: in its fixed wordings, which every
+    training set holds (`"seen wordings"`) and in wordings held out of every training file (`"new wordings"`,
     `data.load_reworded_test`), the same questions and answers.
 
     >>> sets = phrasing_sets()
@@ -286,7 +287,7 @@ def compare_sets(runs_by_set: dict[str, list[dict]], a: str, b: str, key: str = 
                    item_scores(runs_by_set[b], key, family, wording), (a, b))
 
 
-def phrasing_gap(diversity: dict[str, list[dict]], sets=("training split", "widened phrasing")) -> dict:
+def phrasing_gap(diversity: dict[str, list[dict]], sets=("narrow phrasing", "training split")) -> dict:
     """What the training data's phrasing does to the test questions in held-out wordings, with 95%
     intervals over items and seeds (`stats.compare`, paired: the same questions in both wordings).
     For each training set in `sets`: `new vs seen` (held-out minus training wordings) and `new vs
@@ -352,7 +353,7 @@ def deduplicated(records: list[dict], near_threshold: float = 0.8) -> dict:
 
     >>> records, _ = with_paraphrases()
     >>> {name: len(result.removed) for name, result in deduplicated(records).items()}
-    {'exact': 120, 'near': 122}
+    {'exact': 120, 'near': 121}
     """
     from ..dedup import exact_duplicates, near_duplicates_per_system_prompt
 
@@ -477,7 +478,7 @@ def experiment_sets(seed: int = 0, model=None, tokenizer=None) -> dict[str, dict
     * quality: 600 clean conversations, the same plus 1,800 noisy ones (4×, 30% bad) and what of
       those 2,400 passes `quality_filter`;
     * diversity: the training split, without the json family, skewed 90% knowledge / 10% the rest,
-      and with widened phrasing (`widened`), each scored on the test split and on `phrasing_sets`;
+      and with narrow phrasing (`narrowed`), each scored on the test split and on `phrasing_sets`;
     * duplicates: the split plus 20 wrong-answer items ×10 and 20 ×1 (`with_repeats`, scored on
       the probes), and the split plus paraphrases raw and after each de-duplication method (the
       semantic one needs `model`/`tokenizer`, the tiny base by default).
@@ -496,7 +497,7 @@ def experiment_sets(seed: int = 0, model=None, tokenizer=None) -> dict[str, dict
     sets = {
         "quality": {"clean 600": clean, "noisy 2,400": noisy, f"filtered {len(filtered):,}": filtered},
         "diversity": {"training split": train, "without json": without_family(train, "json"),
-                      "90% knowledge": skewed(train, "knowledge", 0.9, seed), "widened phrasing": widened(train)},
+                      "90% knowledge": skewed(train, "knowledge", 0.9, seed), "narrow phrasing": narrowed(train)},
         "repeats": {"×10 and ×1 wrong items": repeated},
         "dedup": {"raw (split + paraphrases)": with_dups,
                   **{name: result.keep(with_dups) for name, result in dedup_results.items()}},
