@@ -26,8 +26,9 @@ REFUSAL = "I can't help with that."  # the refusal the course's data teaches and
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 32,
-             progress: bool = False) -> list[dict]:
-    """Greedy generation for a list of already-rendered prompt strings, batched with left padding.
+             progress: bool = False, **decoding) -> list[dict]:
+    """Greedy generation for a list of already-rendered prompt strings, batched with left padding;
+    `decoding`: more `model.generate` settings (`repetition_penalty=1.3`, `no_repeat_ngram_size=3`).
 
     Returns one dict per prompt: `text` (decoded continuation, special tokens dropped, cut at the chat
     EOS) and `stopped` (whether the chat EOS was generated).
@@ -47,7 +48,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, bat
             enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(model.device)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=list(eos_ids), pad_token_id=tokenizer.pad_token_id)
+                                 eos_token_id=list(eos_ids), pad_token_id=tokenizer.pad_token_id, **decoding)
             for row in gen[:, enc["input_ids"].shape[1]:].tolist():
                 cut = next((i for i, t in enumerate(row) if t in eos_ids), None)
                 text_ids = row if cut is None else row[:cut]
@@ -120,13 +121,24 @@ def chat_eval(model, tokenizer, records: list[dict], max_new_tokens: int = 48,
                for r in records]
     gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=progress)
     rows = []
-    for r, g in zip(records, gens):
+    for r, g, exact in zip(records, gens, exact_items(gens, records)):
         ref = r["messages"][-1]["content"]
         rows.append({"id": r.get("id"), "task": r.get("task", "?"), "reply": g["text"], "reference": ref,
-                     "exact": g["stopped"] and g["text"].strip() == ref,
+                     "exact": bool(exact),
                      "format_ok": format_ok(r.get("task", "?"), g["text"], ref), "stopped": g["stopped"],
                      "echo": echoes_prompt(r["messages"][:-1], g["text"])})
     return summarize(rows)
+
+
+def exact_items(replies: list[dict], records: list[dict]) -> list[int]:
+    """1 where a generated reply (`generate`'s dicts) stopped and equals its record's last message
+    (surrounding whitespace aside), else 0: `chat_eval`'s exact match, item by item.
+
+    >>> exact_items([{"text": " Paris ", "stopped": True}, {"text": "Paris", "stopped": False}],
+    ...             [{"messages": [{"role": "assistant", "content": "Paris"}]}] * 2)
+    [1, 0]
+    """
+    return [int(g["stopped"] and g["text"].strip() == r["messages"][-1]["content"]) for g, r in zip(replies, records)]
 
 
 def echoes_prompt(prompt_messages: list[dict], reply: str) -> bool:
@@ -166,3 +178,15 @@ def task_score(scores: dict, task: str, key: str = "exact_match") -> float:
     """
     per_task = scores.get("per_task", scores)
     return per_task.get(task, {}).get(key, float("nan"))
+
+
+def per_item(scores: dict, key: str = "exact", task: str | None = None) -> list[int]:
+    """One 0/1 score per evaluated conversation of `chat_eval` `scores` (`key`: "exact", "format_ok",
+    "stopped" or "echo"), in order; with `task`, only that family's: the per-item scores
+    `sft_helpers.stats.compare` puts an interval on.
+
+    >>> rows = [{"task": "json", "exact": True}, {"task": "refusal", "exact": False}]
+    >>> per_item({"rows": rows}), per_item({"rows": rows}, task="refusal")
+    ([1, 0], [0])
+    """
+    return [int(row[key]) for row in scores["rows"] if task is None or row["task"] == task]

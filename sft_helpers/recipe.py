@@ -990,6 +990,38 @@ def run_sft(cfg: dict, train: list[dict] | None = None, validation: list[dict] |
                   torch.cuda.max_memory_allocated() / 1024**3 if cuda else None)
 
 
+def trl_arguments(cfg: dict) -> dict[str, dict]:
+    """What `cfg` says, in TRL's words: `{"SFTConfig": {...}, "LoraConfig": {...}}` (peft's, empty
+    for full fine-tuning), each value the one `cfg` trains with; `"no TRL field"` names our keys
+    TRL has no field for. `SFTConfig(**out["SFTConfig"])` builds (`reference.trl_sft_config`).
+
+    >>> args = trl_arguments(check_config({"train": "x.jsonl", "lr": 1e-3, "method": "full", "save": "model"}))
+    >>> args["SFTConfig"]["learning_rate"], args["SFTConfig"]["packing"], args["LoraConfig"]
+    (0.001, True, {})
+    """
+    sft = {"learning_rate": cfg["lr"], "num_train_epochs": cfg["epochs"], "max_steps": cfg["max_steps"],
+           "per_device_train_batch_size": cfg["batch_size"], "gradient_accumulation_steps": cfg["grad_accum"],
+           "lr_scheduler_type": "cosine" if cfg["schedule"] == "cosine" else "constant_with_warmup",
+           "warmup_steps": cfg["warmup"], "weight_decay": cfg["weight_decay"],
+           "max_grad_norm": cfg["max_grad_norm"], "seed": cfg["seed"], "max_length": cfg["max_length"],
+           "eval_strategy": {"epoch": "epoch", None: "no"}.get(cfg["eval_steps"], "steps"),
+           "eval_steps": cfg["eval_steps"] if isinstance(cfg["eval_steps"], int) else None,
+           "logging_steps": cfg["logging_steps"],
+           # TRL packs by BFD, then trains the packed rows padding-free
+           "packing": cfg["batching"] == "packed", "padding_free": cfg["batching"] != "padded",
+           "completion_only_loss": cfg["mask"] == "completion_only",
+           "assistant_only_loss": cfg["mask"] == "assistant_only"}
+    lora = {} if cfg["method"] == "full" else {
+        "r": cfg["lora_r"], "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
+        "target_modules": cfg["lora_targets"],
+        # the embeddings and output head trained whole next to the adapters
+        "modules_to_save": ["embed_tokens", "lm_head"] if cfg["train_embeddings"] else None}
+    ours = {"samples_per_step": cfg["samples_per_step"], "prompt_weight": cfg["prompt_weight"],
+            # a 4-bit base is the model's loading (`model_init_kwargs`' quantization_config), not a field
+            "method": "qlora" if cfg["method"] == "qlora" else None}
+    return {"SFTConfig": sft, "LoraConfig": lora, "no TRL field": {k: v for k, v in ours.items() if v is not None}}
+
+
 def config_command(cfg: dict, base: dict | None = None) -> str:
     """The `sft-train` command line that runs `cfg`: the keys whose value differs from `base` (default:
     the defaults of `FIELDS`), as `--key value` overrides.

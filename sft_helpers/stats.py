@@ -56,6 +56,15 @@ class Difference:
             raise ValueError(f"direction must be '>', '<' or '~', not {direction!r}")
         return self.direction == direction
 
+    def within(self, bound: float) -> bool:
+        """Whether the whole interval lies inside ±`bound`: the two conditions differ by less than
+        `bound` (an equivalence claim, "within 15 points", that an interval can support).
+
+        >>> compare([1, 0, 1, 1] * 50, [1, 0, 1, 0] * 50).within(0.4), compare([1] * 50, [0] * 50).within(0.4)
+        (True, False)
+        """
+        return -bound < self.low and self.high < bound
+
     def _number(self, x: float, signed: bool = False, decimals: int | None = None) -> str:
         sign = "+" if signed else ""
         if self.percent:

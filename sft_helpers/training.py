@@ -317,6 +317,45 @@ def _length_batches(model, tokenizer, examples: list[dict], batch_size: int):
         yield index, batch["labels"], model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
+def gradient_noise(model, tokenizer, examples: list[dict], batch_size: int, n_batches: int = 8,
+                   seed: int = 0, micro_batch: int = 8) -> list[float]:
+    """How far mini-batch gradients of `batch_size` examples scatter around their mean, at the
+    model's current weights: `n_batches` disjoint batches drawn from `examples` (labelled), and for
+    each, the squared distance of its gradient (all trainable parameters, the course's loss) from
+    the batches' mean gradient, times n/(n-1). Each entry is an unbiased estimate of the total
+    variance of a mini-batch gradient, which falls as 1/batch_size for independent examples: the
+    per-batch scores `stats.compare(..., paired=False)` puts an interval on. Each batch's gradient
+    is accumulated over `micro_batch` examples at a time (normalised by the whole batch's target
+    tokens), so memory does not grow with `batch_size`.
+
+    >>> noise = gradient_noise(model, tokenizer, labelled, batch_size=8)  # doctest: +SKIP
+    >>> len(noise)  # doctest: +SKIP
+    8
+    """
+    import random
+
+    if n_batches < 2 or batch_size * n_batches > len(examples):
+        raise ValueError(f"gradient_noise needs n_batches >= 2 and {batch_size} x {n_batches} examples, "
+                         f"got n_batches={n_batches} and {len(examples)} examples")
+    order = random.Random(seed).sample(range(len(examples)), batch_size * n_batches)
+    collate = PaddedCollator(tokenizer.pad_token_id)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.eval()  # the same function for every batch: no dropout
+    grads = []
+    for k in range(n_batches):
+        batch = [examples[i] for i in order[k * batch_size:(k + 1) * batch_size]]
+        targets = sum(sum(label != IGNORE for label in e["labels"][1:]) for e in batch)
+        model.zero_grad(set_to_none=True)
+        for start in range(0, batch_size, micro_batch):
+            part = {key: v.to(model.device) for key, v in collate(batch[start:start + micro_batch]).items()}
+            logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+            weighted_lm_loss(logits, part["labels"], num_items=targets).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in params]).float())
+    model.zero_grad(set_to_none=True)
+    g = torch.stack(grads)
+    return ((g - g.mean(0)).pow(2).sum(1) * n_batches / (n_batches - 1)).tolist()
+
+
 @torch.no_grad()
 def eval_loss(model, tokenizer, examples: list[dict], batch_size: int = 8) -> float:
     """Mean token loss over `examples`' labels (e.g. completion-only labels of a held-out split, so

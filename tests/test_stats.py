@@ -100,3 +100,12 @@ def test_a_difference_prints_no_finer_than_asked():
     assert f"{losses:.1}".startswith("stopped < 50 epochs: 3.6 vs 4.8 (Δ -1.2, 95% CI -1.")
     with pytest.raises(ValueError, match="formats as"):
         f"{losses:>10}"
+
+
+def test_within_asks_the_whole_interval_inside_the_bound():
+    """A small difference measured on few items is not shown small: its interval is too wide."""
+    small_many = compare([1, 0, 1, 1, 0] * 200, [1, 0, 1, 0, 0] * 200)
+    small_few = compare([1, 0, 1, 1, 0], [1, 0, 1, 0, 0])
+    assert small_many.delta == small_few.delta == pytest.approx(0.2)
+    assert small_many.within(0.25) and not small_few.within(0.25)
+    assert not small_many.within(0.2)  # the estimate itself sits on the bound

@@ -324,3 +324,32 @@ def test_merged_lora_with_trained_embeddings_on_a_bf16_lane_is_all_bf16(tmp_path
     assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
     with torch.no_grad():  # no autocast: a mixed-dtype model fails here
         assert merged(input_ids=torch.tensor([[5, 6, 7]])).logits.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("raw", [
+    {"method": "full", "save": "model", "lr": 1e-3, "batching": "padded", "mask": "assistant_only"},
+    {"method": "lora", "train_embeddings": True, "schedule": "constant", "warmup": 10, "grad_accum": 4},
+    {"method": "qlora", "batching": "padding_free", "mask": "full", "max_steps": 60, "weight_decay": 0.1},
+])
+def test_trl_arguments_build_trl_and_peft_configs_that_read_back_our_values(raw):
+    """Each SFTConfig / LoraConfig field holds the value the config trains with (and TRL accepts it)."""
+    from peft import LoraConfig
+    from sft_helpers.recipe import trl_arguments
+    from sft_helpers.reference import trl_sft_config
+
+    cfg = check_config({"train": "x.jsonl", **raw})
+    args = trl_arguments(cfg)
+    built = trl_sft_config(**args["SFTConfig"])
+    assert built.learning_rate == cfg["lr"] and built.warmup_steps == cfg["warmup"]
+    assert built.max_steps == cfg["max_steps"] and built.weight_decay == cfg["weight_decay"]
+    assert built.gradient_accumulation_steps == cfg["grad_accum"]
+    assert str(built.lr_scheduler_type.value) == ("cosine" if cfg["schedule"] == "cosine" else "constant_with_warmup")
+    assert built.packing == (cfg["batching"] == "packed") and built.padding_free == (cfg["batching"] != "padded")
+    assert built.completion_only_loss == (cfg["mask"] == "completion_only")
+    assert built.assistant_only_loss == (cfg["mask"] == "assistant_only")
+    if cfg["method"] == "full":
+        assert args["LoraConfig"] == {}
+    else:
+        lora = LoraConfig(**args["LoraConfig"])
+        assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"])
+        assert bool(lora.modules_to_save) == cfg["train_embeddings"]

@@ -171,3 +171,24 @@ def test_early_stopping_keeps_the_best_weights_on_the_cpu(monkeypatch):
         callback.on_train_begin(None, state, SimpleNamespace(should_training_stop=False), model=model)
     assert model.w.device.type == "cuda"
     assert {n: t.device.type for n, t in callback.best_weights.items()} == {"w": "cpu"}  # not a 2nd GPU copy
+
+
+def test_gradient_noise_falls_as_one_over_the_batch_size():
+    """Mini-batch gradients of 32 examples scatter about a quarter as much as those of 8 (1/B for
+    independent examples), each estimate from eight disjoint batches; the same seed, the same draws."""
+    from sft_helpers import build_labels, load_model
+    from sft_helpers.course.data import load_split
+    from sft_helpers.stats import compare
+    from sft_helpers.training import gradient_noise
+
+    model, tok = load_model("tiny")
+    examples, _ = build_labels(load_split("train")[:400], tok, "completion_only")
+    small, large = (gradient_noise(model, tok, examples, b, n_batches=8) for b in (8, 32))
+    assert gradient_noise(model, tok, examples, 8, n_batches=8) == small
+    whole = gradient_noise(model, tok, examples, 32, n_batches=8, micro_batch=32)  # one pass per batch
+    assert whole == pytest.approx(large, rel=1e-3)  # accumulating micro-batches: the same gradients
+    ratio = (sum(small) / len(small)) / (sum(large) / len(large))
+    assert 2 < ratio < 8, ratio
+    assert compare(small, large, ("batch 8", "batch 32"), paired=False).supports(">")
+    with pytest.raises(ValueError, match="n_batches"):
+        gradient_noise(model, tok, examples[:10], 8, n_batches=2)

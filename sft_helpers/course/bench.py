@@ -94,7 +94,8 @@ def training_throughput(method: str, model_id: str = "tiny", n_examples: int = 6
     with `method` in `METHODS` and measure it: real (non-pad) tokens per second, the share of tensor
     slots that were real tokens, steps, peak memory above the start (GPU: allocated; CPU: the peak
     resident set since a reset just before training) and the validation loss after the epoch (on the
-    lane's evaluation items, `sft_helpers.course.lanes`: the whole split on the tiny lane).
+    lane's evaluation items, `sft_helpers.course.lanes`: the whole split on the tiny lane), and
+    per validation conversation (`val_losses`, for `sft_helpers.stats.compare`).
 
     * `padded`: `PaddedCollator`, `BATCH_SAMPLES` random samples per step;
     * `padding_free`: `PaddingFreeCollator`, the same batches flattened (so the same loss);
@@ -109,7 +110,7 @@ def training_throughput(method: str, model_id: str = "tiny", n_examples: int = 6
     from ..masking import build_labels
     from ..models import load_model
     from ..packing import pack_for_steps
-    from ..training import eval_loss, train_sft
+    from ..training import eval_loss, example_losses, train_sft
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -141,7 +142,8 @@ def training_throughput(method: str, model_id: str = "tiny", n_examples: int = 6
     return {"method": method, "steps": history[-1]["step"], "real_tokens": counting.real,
             "utilisation": counting.real / counting.slots, "seconds": seconds,
             "tokens_per_s": counting.real / seconds, "peak_mem_mb": peak - start_mem,
-            "val_loss": eval_loss(model, tok, val), "row_length": row_length if "packed" in method else None}
+            "val_loss": eval_loss(model, tok, val), "val_losses": example_losses(model, tok, val),
+            "row_length": row_length if "packed" in method else None}
 
 
 def throughput_table(methods=METHODS, isolate: bool = True, **kwargs) -> list[dict]:

@@ -9,7 +9,7 @@ from .runs import run_in_workers
 from ..masking import build_labels, drop_end_of_turn
 from ..models import load_model, load_tokenizer
 from ..recipe import config_command, run_sft
-from ..training import eval_loss, train_sft
+from ..training import eval_loss, example_losses, train_sft
 
 # lesson 01's four loss variants: keyword arguments of run_sft_variant
 MASKING_VARIANTS = {"full": dict(mode="full"), "completion-only": dict(mode="completion_only"),
@@ -45,8 +45,9 @@ def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", promp
     the validation split's multi-turn conversations (completion-only training never sees the earlier
     ones). The test split is then answered greedily (`chat_eval`). With `forgetting`, also what is
     left of pre-training: `cloze_recall` on every fifth fact probe and `pretraining_loss`.
-    Returns `{"history", "val_response_loss", "multi_turn_loss", "scores", "label_report"}` (and
-    `"forgetting"`, and the trained `model`). Steps and evaluation sets are capped by the lane's budget
+    Returns `{"history", "val_response_loss", "multi_turn_loss", "scores", "label_report"}` with
+    `val_losses` and `multi_turn_losses` (one loss per conversation, for `sft_helpers.stats.compare`;
+    `scores["rows"]` holds the test items), and `"forgetting"`, and the trained `model`. Steps and evaluation sets are capped by the lane's budget
     (`sft_helpers.course.lanes`). `padding_free=True` flattens each batch into one row (`PaddingFreeCollator`):
     the same samples in the same order and the same loss as padded batches (lesson 02), without
     computing on padding.
@@ -60,7 +61,9 @@ def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", promp
     multi_turn = [r for r in validation if r["task"] == "multi_turn"]
     multi_turn, _ = build_labels(budget.items(multi_turn), tok, "assistant_only")
     out = {"history": run.history, "val_response_loss": run.val_loss,
-           "multi_turn_loss": eval_loss(model, tok, multi_turn), "scores": run.scores,
+           "val_losses": example_losses(model, tok, run.data["validation"]),
+           "multi_turn_loss": eval_loss(model, tok, multi_turn),
+           "multi_turn_losses": example_losses(model, tok, multi_turn), "scores": run.scores,
            "label_report": run.data["label_report"], "model": model, "config": cfg}
     if forgetting:
         out["forgetting"] = forgetting_scores(model, tok, budget)
@@ -80,15 +83,17 @@ def run_variants(variants: dict[str, dict], workers: int | None = None, **common
 def forgetting_scores(model, tokenizer, budget=None) -> dict:
     """What a fine-tuned `model` keeps of pre-training: greedy cloze recall on every fifth fact probe
     of the world (`cloze_recall`) and the loss on pre-training documents (`pretraining_loss`).
-    `budget` (a `Lane`) caps the probes. Returns `{"recall", "corpus_loss"}`."""
+    `budget` (a `Lane`) caps the probes. Returns `{"recall", "corpus_loss"}` and, per item for an
+    interval, `hits` (1 or 0 per probe) and `doc_losses` (one loss per document)."""
     from .data import load_world
     from ..evaluate import cloze_recall
     from .world import cloze_probes
 
     probes = cloze_probes(load_world())[::5]
     probes = budget.items(probes) if budget is not None else probes
-    return {"recall": cloze_recall(model, tokenizer, probes)["recall"],
-            "corpus_loss": pretraining_loss(model, tokenizer)}
+    recall = cloze_recall(model, tokenizer, probes)
+    return {"recall": recall["recall"], "hits": recall["hits"], "corpus_loss": pretraining_loss(model, tokenizer),
+            "doc_losses": example_losses(model, tokenizer, pretraining_documents(tokenizer))}
 
 
 def variant_table(results: dict[str, dict], tasks: list[str] | None = None) -> str:
@@ -195,7 +200,7 @@ def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None
     trainable / total parameters, the model's memory footprint, the training time and, on a GPU, the
     peak allocated memory. `lr` defaults to `learning_rate(model_id, method)`. Steps and evaluation
     sets are capped by the lane's budget (`sft_helpers.course.lanes`).
-    Returns a dict with `history`, `val_response_loss`, `scores`, `trainable`, `total`,
+    Returns a dict with `history`, `val_response_loss`, `val_losses` (per conversation), `scores`, `trainable`, `total`,
     `footprint_mb`, `seconds`, `peak_gpu_gib`, `row_length` and the trained `model` and `tokenizer`.
     """
     from ..lora import footprint_mb, trainable_parameters
@@ -207,7 +212,7 @@ def run_finetune(model_id: str = "tiny", method: str = "qlora", lr: float | None
                   budget.items(load_split("test")))
     trainable, total = trainable_parameters(run.model)
     return {"history": run.history, "val_response_loss": run.val_loss, "scores": run.scores,
-            "trainable": trainable, "total": total, "footprint_mb": footprint_mb(run.model),
+            "val_losses": example_losses(run.model, run.tokenizer, run.data["validation"]), "trainable": trainable, "total": total, "footprint_mb": footprint_mb(run.model),
             "seconds": run.seconds, "row_length": run.row_length, "peak_gpu_gib": run.peak_gpu_gib,
             "model": run.model, "tokenizer": run.tokenizer, "config": cfg}
 

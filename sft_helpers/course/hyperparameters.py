@@ -20,7 +20,7 @@ from .runs import results_json, run_in_workers, write_block
 from ..masking import build_labels, stop_at_end_of_turn
 from ..models import load_model, load_tokenizer
 from ..recipe import config_command, run_sft
-from ..training import eval_loss, is_due
+from ..training import eval_loss, example_losses, is_due
 from transformers import TrainerCallback
 
 # the course's recipe for a 60-step run; every sweep changes one of these
@@ -202,7 +202,7 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
     entries of the history); `"epoch"` for either means at the end of every epoch.
 
     Returns `history`, `val_loss` (response tokens of `eval_items` validation conversations, as in
-    lesson 01), `exact`, `format_ok`, `stop_rate` (greedy, `test_items` test conversations),
+    lesson 01) and `val_losses` (one per conversation, for `sft_helpers.stats.compare`), `exact`, `format_ok`, `stop_rate` (greedy, `test_items` test conversations),
     `exact_items` and `format_items` (1 or 0 per test conversation, for `sft_helpers.stats.compare`),
     `truncated` (share of the kept training examples cut), `dropped` (share of conversations left
     with no trained token: the reply cut entirely), `slots_per_epoch` (token positions computed per
@@ -247,7 +247,8 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
                       "loss": eval_loss(model, tok, labelled), "n": len(items),
                       **_per_item(got["rows"])}
     history = run.history
-    return {"history": history, "val_loss": run.val_loss, "exact": scores["exact_match"],
+    return {"history": history, "val_loss": run.val_loss,
+            "val_losses": example_losses(model, tok, run.data["validation"]), "exact": scores["exact_match"],
             "format_ok": scores["format_ok"], "stop_rate": scores["stop_rate"],
             **_per_item(scores["rows"]), "truncated": report.truncated / max(report.kept, 1),
             "dropped": len(report.dropped) / run.data["n_records"], "slots_per_epoch": slots,
@@ -257,7 +258,9 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
 
 def _per_item(rows: list[dict]) -> dict[str, list[int]]:
     """`exact_items` and `format_items` of `chat_eval` rows: 1 or 0 per conversation, in order."""
-    return {"exact_items": [int(r["exact"]) for r in rows], "format_items": [int(r["format_ok"]) for r in rows]}
+    from ..evaluate import per_item
+
+    return {"exact_items": per_item({"rows": rows}), "format_items": per_item({"rows": rows}, "format_ok")}
 
 
 def reply_labels(records: list[dict], tokenizer) -> list[dict]:
@@ -294,8 +297,8 @@ def accumulation_gap(model_id: str = "tiny", batch: int = 64, micro_batch: int =
 
 def _summary(run: dict) -> dict:
     """What a table needs of a run (histories kept short: losses and eval losses by step)."""
-    keep = ("val_loss", "exact", "format_ok", "stop_rate", "exact_items", "format_items", "truncated", "slots_per_epoch", "steps",
-            "n_train")
+    keep = ("val_loss", "val_losses", "exact", "format_ok", "stop_rate", "exact_items", "format_items", "truncated",
+            "slots_per_epoch", "steps", "n_train")
     out = {k: run[k] for k in keep + ("dropped",) if k in run}
     out["train_loss"] = [(h["step"], round(h["loss"], 4)) for h in run["history"] if "loss" in h]
     out["eval_loss"] = [(h["step"], round(h["eval_loss"], 4)) for h in run["history"] if "eval_loss" in h]
@@ -354,11 +357,20 @@ def fitted_best_lr(runs: dict[str, dict]) -> float:
     return 10 ** (x1 - 0.5 * num / den)
 
 
+def by_method(results: dict[str, list[dict]]) -> dict[str, dict[str, list[dict]]]:
+    """A learning-rate sweep keyed "method rate" split by method: `{"full": {...}, "lora": {...}}`.
+
+    >>> {m: list(runs) for m, runs in by_method({"full 1e-3": [], "lora 3e-3": []}).items()}
+    {'full': ['full 1e-3'], 'lora': ['lora 3e-3']}
+    """
+    return {m: {n: r for n, r in results.items() if n.split()[0] == m} for m in ("full", "lora")}
+
+
 def fitted_best_lrs(results: dict[str, list[dict]]) -> dict[str, list[float]]:
     """`fitted_best_lr` of each method ("full", "lora") on each seed of a learning-rate sweep."""
-    by_method = {m: {n: r for n, r in results.items() if n.split()[0] == m} for m in ("full", "lora")}
     seeds = range(len(next(iter(results.values()))))
-    return {m: [fitted_best_lr({n: r[s] for n, r in runs.items()}) for s in seeds] for m, runs in by_method.items()}
+    return {m: [fitted_best_lr({n: r[s] for n, r in runs.items()}) for s in seeds]
+            for m, runs in by_method(results).items()}
 
 
 def best_rate_ratio(results: dict[str, list[dict]]):
@@ -509,7 +521,7 @@ def guide_vs_tiny(stored: dict) -> str:
     """The guide's table next to what the stored sweeps measured on the tiny base, row by row."""
     lr = stored["learning rate"]
     full, lora = good_lr_range(lr, "full"), good_lr_range(lr, "lora")
-    (full_best, _), (lora_best, _) = (best_lr({n: r for n, r in lr.items() if n.startswith(m)}) for m in ("full", "lora"))
+    (full_best, _), (lora_best, _) = (best_lr(runs) for runs in by_method(lr).values())
     ratio = best_rate_ratio(lr)
     peaks = {n: [round(early_peak(r), 1) for r in runs] for n, runs in stored["schedule"].items()}
     epochs = {n: [best_epoch(r) for r in runs] for n, runs in stored["epochs"].items()}
@@ -570,8 +582,7 @@ def _lr_table(results: dict) -> list[str]:
            "| method | LR | response val loss | exact match | config |", "|---|---|---|---|---|"]
     out += [f"| {name.split()[0]} | {name.split()[1]} | {_per_seed(runs, 'val_loss')} | "
             f"{_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |" for name, runs in lr.items()]
-    by_method = {m: {n: r for n, r in lr.items() if n.split()[0] == m} for m in ("full", "lora")}
-    best = {m: best_lr(runs) for m, runs in by_method.items()}
+    best = {m: best_lr(runs) for m, runs in by_method(lr).items()}
     fitted = {m: " / ".join(f"{x:.2g}" for x in lrs) for m, lrs in fitted_best_lrs(lr).items()}
     seeds = range(len(next(iter(lr.values()))))
     out += ["", f"Best LR on the grid (lowest mean validation loss): full fine-tuning {best['full'][0]:g} "
