@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .masking import IGNORE
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -84,6 +86,54 @@ def pack_sequential(lengths: list[int], max_length: int, overflow: str = "raise"
         bins[-1].append(p)
         used += size
     return PackResult(bins, max_length, over)
+
+
+def pack_wrapped(lengths: list[int], max_length: int, overflow: str = "split") -> PackResult:
+    """The simplest packer: every sample end to end in one token stream, cut every `max_length`
+    tokens (TRL's `packing_strategy="wrapped"`). Every row is full, but a sample that straddles a cut
+    is split, and its later piece starts a row without the tokens before it (its prompt).
+
+    >>> pack_wrapped([3, 3, 2, 2], 5).bins
+    [[(0, 0, 3), (1, 0, 2)], [(1, 2, 3), (2, 0, 2), (3, 0, 2)]]
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be positive, not {max_length}")
+    bins, used = [[]], 0
+    for i, n in enumerate(lengths):
+        start = 0
+        while start < n:
+            if used == max_length:
+                bins.append([])
+                used = 0
+            end = min(n, start + max_length - used)
+            bins[-1].append((i, start, end))
+            used += end - start
+            start = end
+    return PackResult(bins if bins[0] else [], max_length)
+
+
+def cut_report(result: PackResult, examples: list[dict] | None = None) -> dict:
+    """What a packing cut: `samples_cut` (samples in more than one piece) and, with `examples`
+    (labelled, in the packed order), `tokens_lost` (tokens in no row: a truncating packer's),
+    `trained_tokens` and `trained_without_start`: trained tokens in a piece that does not begin its
+    sample, trained with their prompt out of sight.
+
+    >>> cut_report(pack_wrapped([3, 3, 2, 2], 5), [{"labels": [-100, 1, 1]}] * 2 + [{"labels": [1, 1]}] * 2)
+    {'samples_cut': 1, 'tokens_lost': 0, 'trained_tokens': 8, 'trained_without_start': 1}
+    """
+    pieces: dict[int, list[tuple[int, int]]] = {}
+    for b in result.bins:
+        for i, start, end in b:
+            pieces.setdefault(i, []).append((start, end))
+    report = {"samples_cut": sum(len(p) > 1 for p in pieces.values())}
+    if examples is not None:
+        kept = sum(e - s for p in pieces.values() for s, e in p)
+        report["tokens_lost"] = sum(len(x["labels"]) for x in examples) - kept
+        trained = [[label != IGNORE for label in x["labels"]] for x in examples]
+        report["trained_tokens"] = sum(map(sum, trained))
+        report["trained_without_start"] = sum(sum(trained[i][s:e]) for i, p in pieces.items()
+                                              for s, e in p if s > 0)
+    return report
 
 
 def _decreasing(pieces):
@@ -162,7 +212,7 @@ def packing_stats(result: PackResult) -> dict:
             "padding_tokens": slots - tokens, "overflow": len(result.overflow)}
 
 
-PACKERS = {"sequential": pack_sequential, "ffd": pack_ffd, "bfd": pack_bfd}
+PACKERS = {"sequential": pack_sequential, "ffd": pack_ffd, "bfd": pack_bfd, "wrapped": pack_wrapped}
 PACKED_KEYS = ("input_ids", "labels", "loss_weights")
 
 
@@ -179,8 +229,8 @@ def _pack_order(lengths: list[int], max_length: int, strategy: str, overflow: st
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
     lengths = [lengths[i] for i in order]
-    if strategy == "sequential":
-        return order, pack_sequential(lengths, max_length, overflow)
+    if strategy in ("sequential", "wrapped"):  # in the given order
+        return order, PACKERS[strategy](lengths, max_length, overflow)
     return order, PACKERS[strategy](lengths, max_length, overflow, decreasing=shuffle_seed is None)
 
 

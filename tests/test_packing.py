@@ -4,12 +4,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sft_helpers.masking import IGNORE
 from sft_helpers.packing import (
+    cut_report,
     long_tailed_lengths,
     pack_bfd,
     pack_examples,
     pack_ffd,
     pack_sequential,
+    pack_wrapped,
     packing_stats,
     padding_stats,
 )
@@ -152,3 +155,25 @@ def test_best_fit_is_pinned_apart_from_first_and_worst_fit():
     worst = _fit(lengths, capacity, lambda room: max(room, key=lambda r: r[0]))
     assert best == [[0, 2, 3], [1]] and first == worst == [[0, 3], [1, 2]]
     assert sorted(sorted(r) for r in pack_bfd(lengths, capacity).indices()) == best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_wrapped_packing_keeps_every_token_in_full_rows_and_cuts_what_straddles(seed):
+    import random
+
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 40) for _ in range(60)]
+    result = pack_wrapped(lengths, 32)
+    assert all(sum(e - s for _, s, e in b) == 32 for b in result.bins[:-1])
+    stream = [(i, t) for b in result.bins for i, s, e in b for t in range(s, e)]
+    assert stream == [(i, t) for i, n in enumerate(lengths) for t in range(n)]  # the order, every token
+    examples = [{"labels": [IGNORE] * (n // 2) + [1] * (n - n // 2)} for n in lengths]
+    report = cut_report(result, examples)
+    split = {i for b in result.bins for i, s, e in b if s > 0 or e < lengths[i]}
+    assert report["samples_cut"] == len(split) > 0 and report["tokens_lost"] == 0
+    late = sum(1 for b in result.bins for i, s, e in b if s > 0 for t in range(s, e) if t >= lengths[i] // 2)
+    assert report["trained_without_start"] == late
+    bfd = cut_report(pack_bfd(lengths, 40), examples)  # whole samples: nothing cut, nothing lost
+    assert bfd["samples_cut"] == bfd["trained_without_start"] == bfd["tokens_lost"] == 0
+    truncated = cut_report(pack_bfd(lengths, 32, overflow="truncate"), examples)
+    assert truncated["tokens_lost"] == sum(max(0, n - 32) for n in lengths)

@@ -438,6 +438,9 @@ def sweep_plan(lengths: dict[int, int]) -> dict[str, tuple[dict[str, dict], dict
         "epochs, cosine": ({f"{k} epoch{'s' * (k > 1)}": dict(epochs=k) for k in (1, 2, 3)}, EPOCHS_COSINE),
         "batch": ({f"effective batch {b}": dict(samples_per_step=b, grad_accum=b // 8) for b in (8, 32, 128)},
                   dict(batching="padding_free", n_train=1024, steps=-1, epochs=1)),
+        # the same batches at an equal number of steps (the big batches see more data)
+        "batch, equal steps": ({f"effective batch {b}": dict(samples_per_step=b, grad_accum=b // 8)
+                                for b in (8, 32, 128)}, dict(batching="padding_free", steps=30, eval_every=5)),
         "max length": ({f"p{p}: {n} tokens": dict(max_length=n) for p, n in lengths.items() if p in (50, 95, 100)},
                        base),
         "regularisation": (REGULARISATION, OVERFIT),
@@ -649,6 +652,18 @@ def _batch_table(results: dict) -> list[str]:
                   for name, runs in results["batch"].items()]
 
 
+def _batch_steps_table(results: dict) -> list[str]:
+    out = ["#### Effective batch at equal steps (30 optimizer steps, LR 1e-3; micro-batches of 8, gradient "
+           "accumulation)", "", _configs(results, "batch, equal steps")[0],
+           "| effective batch | conversations seen | validation loss, steps 0 … 30 (every 5) | response val loss | "
+           "exact match | config |", "|---|---|---|---|---|---|"]
+    rows = _configs(results, "batch, equal steps")[1]
+    return out + [f"| {name.split()[-1]} | {30 * int(name.split()[-1]):,} | "
+                  f"{' / '.join(' '.join(f'{v:.1f}' for _, v in r['eval_loss']) for r in runs)} | "
+                  f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |"
+                  for name, runs in results["batch, equal steps"].items()]
+
+
 def _max_length_table(results: dict) -> list[str]:
     lengths = results["lengths"]
     out = ["#### Max length (60 steps; training split length percentiles: "
@@ -680,7 +695,8 @@ def _regularisation_table(results: dict) -> list[str]:
 
 TABLES = {"learning rate": _lr_table, "schedule": _schedule_table, "epochs": _epochs_table,
           "epochs, cosine": _epochs_cosine_table,
-          "batch": _batch_table, "max length": _max_length_table, "regularisation": _regularisation_table}
+          "batch": _batch_table, "batch, equal steps": _batch_steps_table, "max length": _max_length_table,
+          "regularisation": _regularisation_table}
 
 
 def tables(results: dict, sections=None, configs: bool = False) -> str:
