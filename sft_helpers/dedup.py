@@ -355,6 +355,23 @@ def embed_texts(texts: list[str], model, tokenizer, batch_size: int = 32, max_le
     return out
 
 
+def embed_records(records: list[dict], model, tokenizer=None, roles: tuple[str, ...] | None = None,
+                  batch_size: int = 32, max_length: int = 256, layer: int = 1, progress: bool = True):
+    """Unit-length embeddings of `records` (`conversation_text`), one row each: with a `tokenizer`,
+    `embed_texts` of a causal LM's hidden states; without, `model.encode` of a sentence-transformers
+    model (e.g. `models.sentence_embedder()`, all-MiniLM-L6-v2)."""
+    import torch
+
+    texts = [conversation_text(r, roles) for r in records]
+    if tokenizer is not None:
+        return embed_texts(texts, model, tokenizer, batch_size, max_length, layer, progress)
+    if not hasattr(model, "encode"):
+        raise TypeError("embed_records: pass a causal LM with its tokenizer, or a sentence-transformers model")
+    emb = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True,
+                       show_progress_bar=progress)
+    return emb.detach().to("cpu", torch.float32)
+
+
 def cosine_pairs(embeddings, threshold: float, block_rows: int | None = None,
                  max_pairs: int = 2_000_000) -> list[tuple[int, int, float]]:
     """`(i, j, cosine)` for every pair `i < j` of unit-length rows with cosine ≥ `threshold`, computed
@@ -384,11 +401,12 @@ def cosine_pairs(embeddings, threshold: float, block_rows: int | None = None,
     return pairs
 
 
-def semantic_duplicates(records: list[dict], model, tokenizer, threshold: float = 0.97,
+def semantic_duplicates(records: list[dict], model, tokenizer=None, threshold: float = 0.97,
                         roles: tuple[str, ...] | None = None, batch_size: int = 32, max_length: int = 256,
                         layer: int = 1, progress: bool = True) -> DedupResult:
-    """Records whose embeddings (`embed_texts` of `conversation_text`: mask-aware mean of a causal LM's
-    hidden states, e.g. `load_model("tiny")`) have a cosine similarity of at least `threshold`;
+    """Records whose embeddings (`embed_records`: a sentence-transformers model, or with a
+    `tokenizer` the mask-aware mean of a causal LM's hidden states, e.g. `load_model("tiny")`) have a
+    cosine similarity of at least `threshold`;
     pairs from a blocked cosine matrix (`cosine_pairs`), clusters by union-find, keep-first. Finds
     paraphrases that share few words, as far as the model's embeddings separate them. The tiny base
     does not separate them from the same kind of question about another entity: on 300 of the
@@ -408,8 +426,8 @@ def semantic_duplicates(records: list[dict], model, tokenizer, threshold: float 
     if not -1 <= threshold <= 1:
         raise ValueError(f"threshold must be a cosine in [-1, 1], not {threshold}")
     good, skipped = _valid(records, roles)
-    emb = embed_texts([conversation_text(records[i], roles) for i in good], model, tokenizer, batch_size,
-                      max_length, layer, progress)
+    emb = embed_records([records[i] for i in good], model, tokenizer, roles, batch_size, max_length, layer,
+                        progress)
     pairs = [(good[i], good[j], c) for i, j, c in cosine_pairs(emb, threshold)]
     return _result("semantic", threshold, len(records), good, skipped, pairs)
 

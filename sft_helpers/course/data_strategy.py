@@ -440,6 +440,62 @@ def planted_kinds() -> dict[tuple[int, int], str]:
     return {pair: t["kind"] for t in table for pair in planted_pairs(records, [t])}
 
 
+def hard_negatives(seed: int = 0) -> list[tuple[int, int]]:
+    """For each planted paraphrase pair `(i, j)` of `with_paraphrases`, a pair `(i, k)`: record `k`
+    of the split asks in record `i`'s own wording, the same task, about another entity (never one
+    of `i`'s planted copies). Lexically close, different meaning: what a semantic threshold must
+    keep apart.
+
+    >>> records, _ = with_paraphrases()
+    >>> i, k = hard_negatives()[0]
+    >>> records[i]["messages"][-1] != records[k]["messages"][-1]
+    True
+    """
+    from .conversations import question_wordings
+
+    records, planted = with_paraphrases()
+    wordings = question_wordings(records, load_world())
+    split = len(load_split("train"))
+    copies = {frozenset(p) for p in planted}
+    rng = random.Random(f"{seed}-hard-negatives")
+    out = []
+    for i, _ in paraphrase_pairs():
+        same = [k for k in range(split) if k != i and wordings[k] == wordings[i]
+                and records[k]["task"] == records[i]["task"] and frozenset((i, k)) not in copies
+                and records[k]["messages"][-1] != records[i]["messages"][-1]]
+        if same:
+            out.append((i, rng.choice(same)))
+    return out
+
+
+def heldout_threshold(cosines: dict[tuple[int, int], float], positives, negatives, seed: int = 0) -> dict:
+    """A cosine threshold chosen on half the pairs and scored on the other half: positives and
+    negatives are shuffled (`seed`) and split in two; the threshold is the cosine of a chosen-half pair
+    with the best F1 there, and `held out` gives its precision and recall on the other half, pairs
+    the choice never saw. `cosines`: `{pair: cosine}` for every pair given.
+
+    >>> c = {(0, 1): 0.9, (2, 3): 0.8, (4, 5): 0.3, (6, 7): 0.2}
+    >>> heldout_threshold(c, [(0, 1), (2, 3)], [(4, 5), (6, 7)])["held out"]
+    {'precision': 1.0, 'recall': 1.0, 'positives': 1, 'negatives': 1}
+    """
+    rng = random.Random(f"{seed}-threshold-halves")
+    pos, neg = sorted(positives), sorted(negatives)
+    rng.shuffle(pos)
+    rng.shuffle(neg)
+
+    def scores(ps, ns, t):
+        tp, fp = sum(cosines[p] >= t for p in ps), sum(cosines[n] >= t for n in ns)
+        return {"precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / len(ps),
+                "positives": len(ps), "negatives": len(ns)}
+
+    def f1(sc):
+        return 2 * sc["precision"] * sc["recall"] / (sc["precision"] + sc["recall"] or 1)
+
+    chosen, held = (pos[::2], neg[::2]), (pos[1::2], neg[1::2])
+    threshold = max(sorted({cosines[p] for p in chosen[0] + chosen[1]}), key=lambda t: f1(scores(*chosen, t)))
+    return {"threshold": threshold, "chosen on": scores(*chosen, threshold), "held out": scores(*held, threshold)}
+
+
 def semantic_dedup(records: list[dict], planted, model, tokenizer, low: float = 0.97,
                    thresholds=(0.97, 0.98, 0.99, 0.995, 0.998, 0.999)) -> tuple:
     """`(result, curve)`: semantic de-duplication (`dedup.semantic_duplicates` on the user and
