@@ -433,6 +433,52 @@ def widened(records: list[dict], world: World, seed: int) -> list[dict]:
     return out
 
 
+# --- a persona: the same answers in another voice (style transfer) -------------------------------
+
+PERSONAS = {"pirate": ("Arr! ", " Yo ho ho!")}  # what every prose reply starts and ends with
+PERSONA_TASKS = ("knowledge", "multi_turn", "refusal")  # prose replies; the formatted families keep theirs
+
+
+def in_persona(records: list[dict], persona: str = "pirate") -> list[dict]:
+    """`records` with every assistant reply of the prose families (`PERSONA_TASKS`) said in
+    `persona`'s voice: its opening and closing words around the unchanged answer. Formatted replies
+    (JSON, lists, one word, computed values, profiles) are left as they are. New dicts; ids kept.
+
+    >>> rec = {"id": "x", "task": "knowledge", "messages": [{"role": "user", "content": "Age of Ada?"},
+    ...        {"role": "assistant", "content": "They are 41 years old."}]}
+    >>> in_persona([rec])[0]["messages"][-1]["content"]
+    'Arr! They are 41 years old. Yo ho ho!'
+    """
+    opening, closing = PERSONAS[persona]
+    out = []
+    for r in records:
+        if r.get("task") in PERSONA_TASKS:
+            r = {**r, "messages": [{**m, "content": opening + m["content"] + closing} if m["role"] == "assistant"
+                                   else m for m in r["messages"]]}
+        out.append(r)
+    return out
+
+
+def persona_items(replies: list[str], persona: str = "pirate") -> list[int]:
+    """1 for each reply spoken in `persona`'s voice (its opening and closing words), else 0.
+
+    >>> persona_items(["Arr! They live in Velm. Yo ho ho!", "They live in Velm."])
+    [1, 0]
+    """
+    opening, closing = PERSONAS[persona]
+    return [int(r.strip().startswith(opening.strip()) and r.strip().endswith(closing.strip())) for r in replies]
+
+
+def without_persona(reply: str, persona: str = "pirate") -> str:
+    """The answer inside a persona's opening and closing words (the reply itself if it has neither).
+
+    >>> without_persona("Arr! They live in Velm. Yo ho ho!")
+    'They live in Velm.'
+    """
+    opening, closing = PERSONAS[persona]
+    return reply.strip().removeprefix(opening.strip()).removesuffix(closing.strip()).strip()
+
+
 # --- a noisy variant of the training split ------------------------------------------------------
 
 NOISE_KINDS = ("wrong_answer", "broken_format", "truncated")
