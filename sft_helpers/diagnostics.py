@@ -237,7 +237,7 @@ def check_data(records: list[dict], tokenizer=None, max_length: int | None = Non
 
 # learning rates within 30% of the best validation loss on every seed, measured on the ~4M-parameter
 # tiny base by lesson 05 (docs/experiments.md; `hyperparameters.good_lr_range`)
-SMALL_MODEL_LR_RANGES = {"full": (5.62e-4, 1.78e-3), "lora": (1.78e-3, 3.16e-3), "qlora": (1.78e-3, 3.16e-3)}
+SMALL_MODEL_LR_RANGES = {"full": (5.62e-4, 1.78e-3), "lora": (1.78e-3, 5.62e-3), "qlora": (1.78e-3, 5.62e-3)}
 
 
 def check_hyperparameters(lr: float, method: str = "full", warmup: float = 0.05, epochs: float = 1.0,
@@ -245,8 +245,8 @@ def check_hyperparameters(lr: float, method: str = "full", warmup: float = 0.05,
     """The learning rate for the method and model size, a warmup, 1–3 epochs. Billion-parameter
     models (or `model_params` unknown): the guide's ranges (full 5e-6–5e-5, LoRA/QLoRA 1e-4–3e-4).
     Models under 100M parameters: the ranges lesson 05 measured on the 4M tiny base (full 5.6e-4–1.8e-3,
-    LoRA 1.8e-3–3.2e-3). An adapter rate inside full fine-tuning's range gets a hint: LoRA's best rate
-    is several times full fine-tuning's (about 4× measured in lesson 05, ~10× published).
+    LoRA 1.8e-3–5.6e-3). An adapter rate inside full fine-tuning's range gets a hint: LoRA's best rate
+    is several times full fine-tuning's (measured in lesson 05; ~10× published).
 
     >>> [f.check for f in check_hyperparameters(1e-3, "full", warmup=0)]
     ['learning rate', 'no warmup']

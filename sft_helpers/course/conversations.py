@@ -435,7 +435,7 @@ def widened(records: list[dict], world: World, seed: int) -> list[dict]:
 
 # --- a persona: the same answers in another voice (style transfer) -------------------------------
 
-PERSONAS = {"pirate": ("Arr! ", " Yo ho ho!")}  # what every prose reply starts and ends with
+PERSONAS = {"pirate": ("Arr, matey! ", "")}  # what every prose reply starts and ends with
 PERSONA_TASKS = ("knowledge", "multi_turn", "refusal")  # prose replies; the formatted families keep theirs
 
 
@@ -447,7 +447,7 @@ def in_persona(records: list[dict], persona: str = "pirate") -> list[dict]:
     >>> rec = {"id": "x", "task": "knowledge", "messages": [{"role": "user", "content": "Age of Ada?"},
     ...        {"role": "assistant", "content": "They are 41 years old."}]}
     >>> in_persona([rec])[0]["messages"][-1]["content"]
-    'Arr! They are 41 years old. Yo ho ho!'
+    'Arr, matey! They are 41 years old.'
     """
     opening, closing = PERSONAS[persona]
     out = []
@@ -462,7 +462,7 @@ def in_persona(records: list[dict], persona: str = "pirate") -> list[dict]:
 def persona_items(replies: list[str], persona: str = "pirate") -> list[int]:
     """1 for each reply spoken in `persona`'s voice (its opening and closing words), else 0.
 
-    >>> persona_items(["Arr! They live in Velm. Yo ho ho!", "They live in Velm."])
+    >>> persona_items(["Arr, matey! They live in Velm.", "They live in Velm."])
     [1, 0]
     """
     opening, closing = PERSONAS[persona]
@@ -472,7 +472,7 @@ def persona_items(replies: list[str], persona: str = "pirate") -> list[int]:
 def without_persona(reply: str, persona: str = "pirate") -> str:
     """The answer inside a persona's opening and closing words (the reply itself if it has neither).
 
-    >>> without_persona("Arr! They live in Velm. Yo ho ho!")
+    >>> without_persona("Arr, matey! They live in Velm.")
     'They live in Velm.'
     """
     opening, closing = PERSONAS[persona]
