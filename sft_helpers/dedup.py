@@ -502,6 +502,37 @@ def threshold_curve(pairs, planted, thresholds=None) -> list[dict]:
     return [{"threshold": t, **precision_recall([p for p in pairs if p[2] >= t], planted)} for t in thresholds]
 
 
+def split_half_threshold(pairs, planted, n_records: int, seed: int = 0, thresholds=None) -> dict:
+    """A threshold chosen on one half of the records and scored on the other, so that its precision
+    and recall are measured on pairs the choice never saw. The records are split in two at random
+    (`seed`), each planted group whole in one half; pairs across the halves are dropped. Half A's
+    pairs choose the threshold (`best_threshold` of their `threshold_curve` against A's planted
+    pairs); `held out` is `precision_recall` of half B's pairs at that threshold, and `held out
+    records` the records of half B.
+
+    >>> pairs = [(0, 1, 0.9), (2, 3, 0.8), (4, 5, 0.6), (6, 7, 0.5), (0, 4, 0.7), (2, 6, 0.7)]
+    >>> r = split_half_threshold(pairs, [(0, 1), (2, 3)], 8, thresholds=[0.5, 0.75])
+    >>> r["threshold"], r["held out"]["precision"], r["held out"]["recall"]
+    (0.75, 1.0, 1.0)
+    """
+    pairs = pairs.pairs if isinstance(pairs, DedupResult) else list(pairs)
+    rng = random.Random(f"{seed}-split-half")
+    grouped = clusters_from_pairs(n_records, planted)
+    in_group = {i for g in grouped for i in g}
+    units = grouped + [[i] for i in range(n_records) if i not in in_group]
+    half = {i: h for unit in units for h in [rng.random() < 0.5] for i in unit}
+
+    def side(items, h):
+        return [p for p in items if half[p[0]] == h and half[p[1]] == h]
+
+    curve = threshold_curve(side(pairs, True), side(planted, True), thresholds)
+    chosen = best_threshold(curve)
+    t = chosen["threshold"]
+    held = precision_recall([p for p in side(pairs, False) if p[2] >= t], side(planted, False))
+    return {"threshold": t, "chosen on": chosen, "held out": held, "curve": curve,
+            "held out records": sorted(i for i, h in half.items() if not h)}
+
+
 def planted_pairs(records: list[dict], planted: list[dict]) -> list[Pair]:
     """Index pairs `(original, copy)` from a side table `[{"id", "duplicate_of", ...}]` that names
     planted copies by the records' `"id"`s (`conversations.plant_duplicates`,

@@ -253,3 +253,37 @@ def test_a_real_sentence_embedder_tells_a_paraphrase_from_the_same_question_abou
     assert len(neg) == 20 and all(records[i]["task"] == records[k]["task"] for i, k in neg)
     above = sum(cos[p] > cos[n] for p in pos for n in neg) / (len(pos) * len(neg))
     assert above > 0.9, above  # AUC of paraphrase vs hard-negative cosines
+
+
+def test_split_half_threshold_keeps_planted_groups_whole_and_scores_only_the_other_half():
+    from sft_helpers.dedup import clusters_from_pairs, split_half_threshold
+
+    rng = random.Random(0)
+    n = 200
+    planted = [(i, i + 1) for i in range(0, 100, 2)] + [(1, 150)]  # one group of three
+    pairs = [(i, j, 0.9 + rng.random() / 20) for i, j in planted[:-1]]
+    pairs += [(i, j, 0.79 * rng.random()) for i in range(100, 200) for j in range(i + 1, min(i + 4, 200))]
+    out = split_half_threshold(pairs, planted, n, seed=3, thresholds=[0.5, 0.8, 0.95])
+    held = set(out["held out records"])
+    for group in clusters_from_pairs(n, planted):
+        assert len({i in held for i in group}) == 1, group  # a group never straddles the halves
+    held_pairs = [p for p in pairs if set(p[:2]) <= held and p[2] >= out["threshold"]]
+    assert out["held out"]["found"] == len(held_pairs)
+    assert out["held out"]["planted"] == sum(set(p) <= held for p in planted)
+    assert out["threshold"] == 0.8 and out["held out"]["precision"] == 1.0
+    assert 0.3 < len(held) / n < 0.7
+
+
+def test_a_real_embedder_finds_most_planted_paraphrases_at_a_stated_precision_on_held_out_pairs():
+    """all-MiniLM-L6-v2 on the split plus paraphrases: the threshold is chosen on half of the
+    records; on the other half it still finds most planted paraphrases, and most of the pairs it
+    flags are real duplicates (planted, or the same fact asked twice), about as on the chosen half."""
+    from sft_helpers.course.data_strategy import semantic_dedup, with_paraphrases
+
+    records, planted = with_paraphrases()
+    result, choice = semantic_dedup(records, planted)
+    held, chosen = choice["held out"], choice["chosen on"]
+    assert choice["held out paraphrases"]["planted"] >= 20
+    assert choice["held out paraphrases"]["recall"] > 0.5, choice["held out paraphrases"]
+    assert held["precision"] > 0.5 and abs(held["precision"] - chosen["precision"]) < 0.15, (held, chosen)
+    assert result.threshold == choice["threshold"]

@@ -453,13 +453,15 @@ def hard_negatives(seed: int = 0) -> list[tuple[int, int]]:
     """
     from .conversations import question_wordings
 
+    from ..dedup import planted_pairs
+
     records, planted = with_paraphrases()
     wordings = question_wordings(records, load_world())
     split = len(load_split("train"))
     copies = {frozenset(p) for p in planted}
     rng = random.Random(f"{seed}-hard-negatives")
     out = []
-    for i, _ in paraphrase_pairs():
+    for i, _ in planted_pairs(records, load_paraphrases()[1]):
         same = [k for k in range(split) if k != i and wordings[k] == wordings[i]
                 and records[k]["task"] == records[i]["task"] and frozenset((i, k)) not in copies
                 and records[k]["messages"][-1] != records[i]["messages"][-1]]
@@ -468,67 +470,68 @@ def hard_negatives(seed: int = 0) -> list[tuple[int, int]]:
     return out
 
 
-def heldout_threshold(cosines: dict[tuple[int, int], float], positives, negatives, seed: int = 0) -> dict:
-    """A cosine threshold chosen on half the pairs and scored on the other half: positives and
-    negatives are shuffled (`seed`) and split in two; the threshold is the cosine of a chosen-half pair
-    with the best F1 there, and `held out` gives its precision and recall on the other half, pairs
-    the choice never saw. `cosines`: `{pair: cosine}` for every pair given.
+def fact_pairs(records: list[dict]) -> list[tuple[int, int]]:
+    """Every pair `(i, j)`, `i < j`, of records that ask about the same entities and get the same
+    answer (`same_fact`): semantic duplicates nobody planted, grouped by what they ask.
 
-    >>> c = {(0, 1): 0.9, (2, 3): 0.8, (4, 5): 0.3, (6, 7): 0.2}
-    >>> heldout_threshold(c, [(0, 1), (2, 3)], [(4, 5), (6, 7)])["held out"]
-    {'precision': 1.0, 'recall': 1.0, 'positives': 1, 'negatives': 1}
+    >>> p = load_world().people[0]
+    >>> ask = lambda q: {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "42."}]}
+    >>> fact_pairs([ask(f"How old is {p.name}?"), ask("Hi"), ask(f"Give me the age of {p.name}.")])
+    [(0, 2)]
     """
-    rng = random.Random(f"{seed}-threshold-halves")
-    pos, neg = sorted(positives), sorted(negatives)
-    rng.shuffle(pos)
-    rng.shuffle(neg)
+    from itertools import combinations
 
-    def scores(ps, ns, t):
-        tp, fp = sum(cosines[p] >= t for p in ps), sum(cosines[n] >= t for n in ns)
-        return {"precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / len(ps),
-                "positives": len(ps), "negatives": len(ns)}
+    from ..dedup import normalise_text
 
-    def f1(sc):
-        return 2 * sc["precision"] * sc["recall"] / (sc["precision"] + sc["recall"] or 1)
-
-    chosen, held = (pos[::2], neg[::2]), (pos[1::2], neg[1::2])
-    threshold = max(sorted({cosines[p] for p in chosen[0] + chosen[1]}), key=lambda t: f1(scores(*chosen, t)))
-    return {"threshold": threshold, "chosen on": scores(*chosen, threshold), "held out": scores(*held, threshold)}
+    values = atlas_values(load_world())
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(records):
+        if entities := asked_entities(r, values):
+            groups.setdefault((entities, normalise_text(r["messages"][-1]["content"])), []).append(i)
+    return sorted(pair for g in groups.values() for pair in combinations(g, 2))
 
 
-def semantic_dedup(records: list[dict], planted, model, tokenizer, low: float = 0.97,
-                   thresholds=(0.97, 0.98, 0.99, 0.995, 0.998, 0.999)) -> tuple:
-    """`(result, curve)`: semantic de-duplication (`dedup.semantic_duplicates` on the user and
-    assistant turns) at the threshold of `thresholds` with the best F1 against `planted`
-    (`dedup.best_threshold` of the `threshold_curve`), and that curve. Choose it on the pairs only
-    meaning can find (`paraphrase_pairs`: exact and near copies are found by the cheaper methods).
-
-    >>> from sft_helpers.models import load_model
-    >>> records, planted = with_paraphrases()
-    >>> result, curve = semantic_dedup(records[:300], [p for p in planted if max(p) < 300], *load_model("tiny"))
-    >>> len(curve), result.threshold in [row["threshold"] for row in curve]
-    (6, True)
-    """
-    from ..dedup import at_threshold, best_threshold, semantic_duplicates, threshold_curve
-
-    found = semantic_duplicates(records, model, tokenizer, low, roles=("user", "assistant"), progress=False)
-    curve = threshold_curve(found, planted, list(thresholds))
-    return at_threshold(found, best_threshold(curve)["threshold"]), curve
+SEMANTIC_THRESHOLDS = tuple(round(0.80 + 0.01 * k, 2) for k in range(20))  # 0.80 ... 0.99
 
 
-def lesson_dedup(model, tokenizer) -> tuple[dict, list[dict]]:
-    """`(results, curve)`: the three methods on `with_paraphrases()` records, named as the tables
-    name them ("exact", "near (MinHash 0.8)", "semantic (<threshold>)"), and the semantic curve."""
-    records, _ = with_paraphrases()
+def semantic_dedup(records: list[dict], planted, embedder=None, seed: int = 0,
+                   thresholds=SEMANTIC_THRESHOLDS) -> tuple:
+    """`(result, choice)`: semantic de-duplication (`dedup.semantic_duplicates` of the user and
+    assistant turns, embedded by all-MiniLM-L6-v2 unless another `embedder` is given) at a
+    threshold chosen on half of the records and scored on the other half
+    (`dedup.split_half_threshold`). A duplicate is a planted pair or two records asking the same
+    fact (`fact_pairs`). `choice` holds the threshold, the chosen half's and the held-out half's
+    precision and recall, the chosen half's curve, and `held out paraphrases`: the recall of the
+    `paraphrase_pairs` on the held-out half."""
+    from ..dedup import at_threshold, precision_recall, semantic_duplicates, split_half_threshold
+    from ..models import sentence_embedder
+
+    embedder = embedder or sentence_embedder()
+    found = semantic_duplicates(records, embedder, threshold=min(thresholds), roles=("user", "assistant"),
+                                progress=False)
+    duplicates = sorted(set(map(tuple, planted)) | set(fact_pairs(records)))
+    choice = split_half_threshold(found, duplicates, len(records), seed, list(thresholds))
+    held = set(choice["held out records"])
+    paraphrases = [p for p in paraphrase_pairs() if set(p) <= held]
+    kept = [p for p in found.pairs if set(p[:2]) <= held and p[2] >= choice["threshold"]]
+    choice["held out paraphrases"] = precision_recall(kept, paraphrases)
+    return at_threshold(found, choice["threshold"]), choice
+
+
+def lesson_dedup(embedder=None) -> tuple[dict, dict]:
+    """`(results, choice)`: the three methods on `with_paraphrases()` records, named as the tables
+    name them ("exact", "near (MinHash 0.8)", "semantic (<threshold>)"), and the semantic threshold's
+    `choice` (`semantic_dedup`)."""
+    records, planted = with_paraphrases()
     found = deduplicated(records)
-    semantic, curve = semantic_dedup(records, paraphrase_pairs(), model, tokenizer)
+    semantic, choice = semantic_dedup(records, planted, embedder)
     return {"exact": found["exact"], "near (MinHash 0.8)": found["near"],
-            f"semantic ({semantic.threshold:g})": semantic}, curve
+            f"semantic ({semantic.threshold:g})": semantic}, choice
 
 
 # --- the experiments ------------------------------------------------------------------------------
 
-def experiment_sets(seed: int = 0, model=None, tokenizer=None) -> dict[str, dict]:
+def experiment_sets(seed: int = 0, dedup_results: dict | None = None) -> dict[str, dict]:
     """Every training set of the lesson, `{name: {"records", "eval_sets", "test_items", "group"}}`:
 
     * quality: 600 clean conversations, the same plus 1,800 noisy ones (4×, 30% bad) and what of
@@ -536,19 +539,16 @@ def experiment_sets(seed: int = 0, model=None, tokenizer=None) -> dict[str, dict
     * diversity: the training split, without the json family, skewed 90% knowledge / 10% the rest,
       and with narrow phrasing (`narrowed`), each scored on the test split and on `phrasing_sets`;
     * duplicates: the split plus 20 wrong-answer items ×10 and 20 ×1 (`with_repeats`, scored on
-      the probes), and the split plus paraphrases raw and after each de-duplication method (the
-      semantic one needs `model`/`tokenizer`, the tiny base by default).
+      the probes), and the split plus paraphrases raw and after each de-duplication method
+      (`lesson_dedup`, unless its `dedup_results` are given).
     """
-    from ..models import load_model
-
     train = load_split("train")
     clean, noisy = clean_vs_noisy(600, factor=4, seed=seed)
     filtered, _ = quality_filter(noisy)
     repeated, probes = with_repeats(train, seed=seed)
     with_dups, _ = with_paraphrases()
-    if model is None:
-        model, tokenizer = load_model("tiny")
-    dedup_results, _ = lesson_dedup(model, tokenizer)
+    if dedup_results is None:
+        dedup_results, _ = lesson_dedup()
     phrasing = phrasing_sets()
     sets = {
         "quality": {"clean 600": clean, "noisy 2,400": noisy, f"filtered {len(filtered):,}": filtered},
@@ -609,12 +609,10 @@ def run_experiments(seeds=(0, 1, 2), steps: int = STEPS, only=None, workers: int
     per seed]}}` with each set's size, what `quality_filter` reports and the de-duplication scores."""
     from .runs import run_in_workers
     from .hyperparameters import _summary, run_hp
-    from ..models import load_model
-
-    model, tok = load_model("tiny")
+    dedup_results, choice = lesson_dedup()
     jobs, names = [], []
     for seed in seeds:
-        for name, spec in experiment_sets(seed, model, tok).items():
+        for name, spec in experiment_sets(seed, dedup_results).items():
             if only and spec["group"] not in only:
                 continue
             names.append((spec["group"], name))
@@ -624,10 +622,9 @@ def run_experiments(seeds=(0, 1, 2), steps: int = STEPS, only=None, workers: int
     out: dict = {"seeds": list(seeds), "steps": steps}
     for (group, name), run in zip(names, runs):
         out.setdefault(group, {}).setdefault(name, []).append(_summary(run))
-    results, curve = lesson_dedup(model, tok)
     records, planted = with_paraphrases()
-    out["dedup scores"] = method_scores(results, planted, planted_kinds(), records)
-    out["semantic curve"] = curve
+    out["dedup scores"] = method_scores(dedup_results, planted, planted_kinds(), records)
+    out["semantic threshold"] = {k: v for k, v in choice.items() if k != "held out records"}
     out["quality filter"] = quality_filter(clean_vs_noisy(600, factor=4)[1])[1]
     return out
 
@@ -704,6 +701,23 @@ def _delta(runs_by_set: dict[str, list[dict]], name: str, ref: str, key: str = "
     return compare_sets(runs_by_set, name, ref, key).brief(2 if key.endswith("loss") else None)
 
 
+def semantic_choice_text(choice: dict) -> str:
+    """One sentence on how `semantic_dedup` chose its threshold and what it scored on pairs the
+    choice never saw.
+
+    >>> row = {"found": 10, "planted": 8, "precision": 0.75, "recall": 0.5}
+    >>> semantic_choice_text({"threshold": 0.94, "chosen on": row, "held out": row,
+    ...                       "held out paraphrases": {**row, "planted": 30, "recall": 0.6}})[:60]
+    'Semantic threshold 0.94, chosen by F1 on half of the records'
+    """
+    held, para = choice["held out"], choice["held out paraphrases"]
+    return (f"Semantic threshold {choice['threshold']:g}, chosen by F1 on half of the records "
+            f"(a duplicate: a planted pair or the same fact asked twice); on the other half it finds "
+            f"{held['found']:,} pairs, precision {held['precision']:.1%}, recall {held['recall']:.1%} of "
+            f"{held['planted']:,} duplicate pairs, and {para['recall']:.0%} of its {para['planted']} "
+            f"planted paraphrase pairs.")
+
+
 def tables(results: dict) -> str:
     """The Markdown tables of `run_experiments` results (values per seed, "seed 0 / seed 1")."""
     from functools import partial
@@ -763,6 +777,8 @@ def tables(results: dict) -> str:
             lines.append(f"| {name} | {s['removed']:,} | {s['precision']:.1%} | {s['recall']:.1%} | "
                          f"{k['exact']:.0%} | {k['near']:.0%} | {k['paraphrase']:.0%} | "
                          f"{s.get('same_fact', float('nan')):.1%} | {s.get('removed_same_fact', float('nan')):.1%} |")
+        if choice := results.get("semantic threshold"):
+            lines += ["", semantic_choice_text(choice)]
         lines.append("")
     if "dedup" in results:
         runs_by_set = results["dedup"]

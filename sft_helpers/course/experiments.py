@@ -386,6 +386,8 @@ if __name__ == "__main__":
         from sft_helpers.course import data_strategy
 
         results = data_strategy.run_experiments(tuple(args.seeds), only=args.only)
+        if args.only and not args.docs:  # merge into the stored groups
+            results = {**data_strategy.load_stored(), **results}
         data_strategy.write_docs(results, Path(args.docs) if args.docs else None)
         print(data_strategy.tables(results))
         raise SystemExit(0)
