@@ -507,8 +507,8 @@ def split_half_threshold(pairs, planted, n_records: int, seed: int = 0, threshol
     and recall are measured on pairs the choice never saw. The records are split in two at random
     (`seed`), each planted group whole in one half; pairs across the halves are dropped. Half A's
     pairs choose the threshold (`best_threshold` of their `threshold_curve` against A's planted
-    pairs); `held out` is `precision_recall` of half B's pairs at that threshold, and `held out
-    records` the records of half B.
+    pairs); `held out` is `precision_recall` of half B's pairs at that threshold, `held out curve`
+    half B's curve at the same thresholds, and `held out records` the records of half B.
 
     >>> pairs = [(0, 1, 0.9), (2, 3, 0.8), (4, 5, 0.6), (6, 7, 0.5), (0, 4, 0.7), (2, 6, 0.7)]
     >>> r = split_half_threshold(pairs, [(0, 1), (2, 3)], 8, thresholds=[0.5, 0.75])
@@ -526,11 +526,11 @@ def split_half_threshold(pairs, planted, n_records: int, seed: int = 0, threshol
         return [p for p in items if half[p[0]] == h and half[p[1]] == h]
 
     curve = threshold_curve(side(pairs, True), side(planted, True), thresholds)
+    held_curve = threshold_curve(side(pairs, False), side(planted, False), [r["threshold"] for r in curve])
     chosen = best_threshold(curve)
-    t = chosen["threshold"]
-    held = precision_recall([p for p in side(pairs, False) if p[2] >= t], side(planted, False))
-    return {"threshold": t, "chosen on": chosen, "held out": held, "curve": curve,
-            "held out records": sorted(i for i, h in half.items() if not h)}
+    held = next(r for r in held_curve if r["threshold"] == chosen["threshold"])
+    return {"threshold": chosen["threshold"], "chosen on": chosen, "held out": held, "curve": curve,
+            "held out curve": held_curve, "held out records": sorted(i for i, h in half.items() if not h)}
 
 
 def planted_pairs(records: list[dict], planted: list[dict]) -> list[Pair]:
