@@ -21,8 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .masking import IGNORE
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -112,11 +110,11 @@ def pack_wrapped(lengths: list[int], max_length: int, overflow: str = "split") -
     return PackResult(bins if bins[0] else [], max_length)
 
 
-def cut_report(result: PackResult, examples: list[dict] | None = None) -> dict:
+def cut_report(result: PackResult, examples: list[dict] | None = None, ignore_index: int = -100) -> dict:
     """What a packing cut: `samples_cut` (samples in more than one piece) and, with `examples`
     (labelled, in the packed order), `tokens_lost` (tokens in no row: a truncating packer's),
     `trained_tokens` and `trained_without_start`: trained tokens in a piece that does not begin its
-    sample, trained with their prompt out of sight.
+    sample, trained with their prompt out of sight. A label equal to `ignore_index` is not trained.
 
     >>> cut_report(pack_wrapped([3, 3, 2, 2], 5), [{"labels": [-100, 1, 1]}] * 2 + [{"labels": [1, 1]}] * 2)
     {'samples_cut': 1, 'tokens_lost': 0, 'trained_tokens': 8, 'trained_without_start': 1}
@@ -129,7 +127,7 @@ def cut_report(result: PackResult, examples: list[dict] | None = None) -> dict:
     if examples is not None:
         kept = sum(e - s for p in pieces.values() for s, e in p)
         report["tokens_lost"] = sum(len(x["labels"]) for x in examples) - kept
-        trained = [[label != IGNORE for label in x["labels"]] for x in examples]
+        trained = [[label != ignore_index for label in x["labels"]] for x in examples]
         report["trained_tokens"] = sum(map(sum, trained))
         report["trained_without_start"] = sum(sum(trained[i][s:e]) for i, p in pieces.items()
                                               for s, e in p if s > 0)

@@ -1022,6 +1022,24 @@ def trl_arguments(cfg: dict) -> dict[str, dict]:
     return {"SFTConfig": sft, "LoraConfig": lora, "no TRL field": {k: v for k, v in ours.items() if v is not None}}
 
 
+def trl_configs(cfg: dict):
+    """`(SFTConfig, LoraConfig or None)` that train what the `sft-train` config `cfg` trains
+    (`trl_arguments`), built by TRL and peft themselves, so a field they rename or reject
+    fails here rather than in a learner's script.
+
+    >>> from sft_helpers.recipe import check_config
+    >>> sft, lora = trl_configs(check_config({"train": "x.jsonl", "method": "lora", "lr": 3e-3}))
+    >>> sft.learning_rate, sft.packing, lora.r
+    (0.003, True, 16)
+    """
+    from peft import LoraConfig
+
+    from .reference import trl_sft_config
+
+    args = trl_arguments(cfg)
+    return trl_sft_config(**args["SFTConfig"]), LoraConfig(**args["LoraConfig"]) if args["LoraConfig"] else None
+
+
 def config_command(cfg: dict, base: dict | None = None) -> str:
     """The `sft-train` command line that runs `cfg`: the keys whose value differs from `base` (default:
     the defaults of `FIELDS`), as `--key value` overrides.

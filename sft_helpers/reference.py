@@ -39,24 +39,6 @@ def trl_sft_config(**kwargs):
         return SFTConfig(**kwargs)
 
 
-def trl_configs(cfg: dict):
-    """`(SFTConfig, LoraConfig or None)` that train what the `sft-train` config `cfg` trains
-    (`recipe.trl_arguments`), built by TRL and peft themselves, so a field they rename or reject
-    fails here rather than in a learner's script.
-
-    >>> from sft_helpers.recipe import check_config
-    >>> sft, lora = trl_configs(check_config({"train": "x.jsonl", "method": "lora", "lr": 3e-3}))
-    >>> sft.learning_rate, sft.packing, lora.r
-    (0.003, True, 16)
-    """
-    from peft import LoraConfig
-
-    from .recipe import trl_arguments
-
-    args = trl_arguments(cfg)
-    return trl_sft_config(**args["SFTConfig"]), LoraConfig(**args["LoraConfig"]) if args["LoraConfig"] else None
-
-
 def _quiet() -> None:
     """Silence datasets' progress bars and transformers' / TRL's info logs while TRL prepares data."""
     import datasets
