@@ -293,14 +293,15 @@ def spread_table(notebook: str, stored_nb: dict, rows: list[dict], sanitize) -> 
     return lines
 
 
-def measure(build: Path, notebooks: Path, settings: list[str], only: list[str] | None = None) -> None:
+def measure(build: Path, notebooks: Path, settings: list[str], only: list[str] | None = None,
+            timeout: int = 900) -> None:
     """Execute the notebooks (those starting with `only`, or all) under each setting into
-    `build/<setting>/notebooks`, every cell even after a failure."""
+    `build/<setting>/notebooks`, every cell even after a failure (a cell may run `timeout` seconds)."""
     for name in settings:
         env = {**os.environ, **SETTINGS[name]}
         print(f"== {name}: {' '.join(f'{k}={v}' for k, v in SETTINGS[name].items())}", flush=True)
         subprocess.run([sys.executable, "-m", "sft_helpers.course.runner", "run", "--keep-going",
-                        "--notebooks", str(notebooks), "--out", str(build / name),
+                        "--notebooks", str(notebooks), "--out", str(build / name), "--timeout", str(timeout),
                         *(["--only", *only] if only else [])], env=env)
 
 
@@ -391,11 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build", default="build/spread")
     ap.add_argument("--docs", default="docs/portability.md")
     ap.add_argument("--reuse", action="store_true", help="reuse the executed copies in --build")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds a cell may run (default 900)")
     ap.add_argument("--no-write", action="store_true", help="leave the notebooks' metadata alone")
     args = ap.parse_args(argv)
     build, notebooks = Path(args.build), Path(args.notebooks)
     if not args.reuse:
-        measure(build, notebooks, args.settings, args.only)
+        measure(build, notebooks, args.settings, args.only, args.timeout)
     folders = {name: build / name / "notebooks" for name in args.settings}
     failed = write_spreads(notebooks, folders, Path(args.docs), not args.no_write, args.only)
     print(f"spreads written to {args.docs}; {failed} assert(s) failed under some setting")
