@@ -382,11 +382,17 @@ def same_fact(a: dict, b: dict, values: dict[str, set[str]]) -> bool:
     >>> same_fact(ask(f"How old is {p.name}?"), ask(f"What is the age of {p.name}?"), v)
     True
     """
+    key = fact_key(a, values)
+    return key is not None and key == fact_key(b, values)
+
+
+def fact_key(record: dict, values: dict[str, set[str]]) -> tuple | None:
+    """What a record asks, as `(entities asked about, normalised answer)`, or None when it names no
+    atlas entity: two records with one key ask the same fact (`same_fact`, `fact_pairs`)."""
     from ..dedup import normalise_text
 
-    entities = asked_entities(a, values)
-    return bool(entities) and entities == asked_entities(b, values) and \
-        normalise_text(a["messages"][-1]["content"]) == normalise_text(b["messages"][-1]["content"])
+    entities = asked_entities(record, values)
+    return (entities, normalise_text(record["messages"][-1]["content"])) if entities else None
 
 
 def method_scores(results: dict, planted, kinds: dict[tuple[int, int], str] | None = None,
@@ -481,13 +487,11 @@ def fact_pairs(records: list[dict]) -> list[tuple[int, int]]:
     """
     from itertools import combinations
 
-    from ..dedup import normalise_text
-
     values = atlas_values(load_world())
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(records):
-        if entities := asked_entities(r, values):
-            groups.setdefault((entities, normalise_text(r["messages"][-1]["content"])), []).append(i)
+        if (key := fact_key(r, values)) is not None:
+            groups.setdefault(key, []).append(i)
     return sorted(pair for g in groups.values() for pair in combinations(g, 2))
 
 
