@@ -522,6 +522,15 @@ def semantic_dedup(records: list[dict], planted, embedder=None, seed: int = 0,
     return at_threshold(found, choice["threshold"]), choice
 
 
+def semantic_name(names) -> str:
+    """The semantic method's name among de-duplication set or method names ("semantic (0.94)").
+
+    >>> semantic_name(["exact", "near (MinHash 0.8)", "semantic (0.94)"])
+    'semantic (0.94)'
+    """
+    return next(name for name in names if name.startswith("semantic"))
+
+
 def lesson_dedup(embedder=None) -> tuple[dict, dict]:
     """`(results, choice)`: the three methods on `with_paraphrases()` records, named as the tables
     name them ("exact", "near (MinHash 0.8)", "semantic (<threshold>)"), and the semantic threshold's

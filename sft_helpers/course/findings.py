@@ -38,7 +38,7 @@ def lines() -> list[str]:
                f"{compare_sets(div, 'without json', 'training split', 'val_loss'):.2}.")
     dedup = ds["dedup"]
     raw = next(iter(dedup))
-    semantic = next(name for name in dedup if name.startswith("semantic"))
+    semantic = data_strategy.semantic_name(dedup)
     out.append(f"- Lesson 06, semantic de-duplication with all-MiniLM-L6-v2 (its threshold chosen on half of the "
                f"records) keeps {dedup[semantic][0]['n_train']:,} of {dedup[raw][0]['n_train']:,} records; "
                f"training on them, exact match: {compare_sets(dedup, semantic, raw)}.")
