@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 from .data import load_split
 from .lanes import COURSE_RUN, lane, run_config
@@ -10,6 +12,8 @@ from ..masking import build_labels, drop_end_of_turn
 from ..models import load_model, load_tokenizer
 from ..recipe import config_command, run_sft
 from ..training import eval_loss, example_losses, train_sft
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"  # where the stored experiments are written
 
 # lesson 01's four loss variants: keyword arguments of run_sft_variant
 MASKING_VARIANTS = {"full": dict(mode="full"), "completion-only": dict(mode="completion_only"),
@@ -119,35 +123,116 @@ def variant_table(results: dict[str, dict], tasks: list[str] | None = None) -> s
     return "\n".join(rows)
 
 
-def masking_seeds(seeds=(0, 1), steps: int = 250, lr: float = 1e-3, batch_size: int = 8) -> str:
-    """Run lesson 01's four loss variants for several seeds (side by side, `run_variants`), with the
-    forgetting measurement; a Markdown table of the results (what the notebook's assertions were
-    chosen from).
+def run_summary(run: dict) -> dict:
+    """What a stored table needs of a `run_sft_variant` or `run_finetune` run: the response
+    validation loss (`val_loss`), greedy rates overall and per family, the 1-or-0 scores per test
+    conversation (`exact_items`, `format_items`, for `sft_helpers.stats.compare`), and, when the run
+    has them, the multi-turn loss, the forgetting measures (`recall`, `recall_items` per fact probe,
+    `corpus_loss`) and the parameter counts.
 
-    The base model's own row (no SFT) comes first: its cloze recall and pre-training text loss are
-    what forgetting is measured against."""
+    >>> rows = [{"task": "json", "exact": True, "format_ok": True}]
+    >>> scores = {"exact_match": 1.0, "format_ok": 1.0, "stop_rate": 1.0, "echo_rate": 0.0, "rows": rows,
+    ...           "per_task": {"json": {"exact_match": 1.0, "n": 1}}}
+    >>> run_summary({"val_response_loss": 0.5, "scores": scores})["exact_items"]
+    [1]
+    """
+    from .hyperparameters import _per_item, _rates
+
+    s = run["scores"]
+    out = {"val_loss": run["val_response_loss"], "exact": s["exact_match"], "format_ok": s["format_ok"],
+           "stop_rate": s["stop_rate"], "echo_rate": s["echo_rate"], "per_task": _rates(s["per_task"]),
+           **_per_item(s["rows"])}
+    out.update({k: run[k] for k in ("multi_turn_loss", "trainable", "footprint_mb") if k in run})
+    if forgetting := run.get("forgetting"):
+        out.update(recall=forgetting["recall"], recall_items=[int(h) for h in forgetting["hits"]],
+                   corpus_loss=forgetting["corpus_loss"])
+    return out
+
+
+def seeds_table(runs_by_name: dict[str, list[dict]], ref: str, columns: list[tuple]) -> list[str]:
+    """A Markdown table of stored runs `{name: [summary per seed]}`: one row per name, each cell the
+    values per seed ("seed 0 / seed 1 / ..."). `columns`: `(header, value, format, delta)` with
+    `value` a summary key or a function of a summary; `delta` (or None) a `data_strategy.compare_sets`
+    key ("exact", "recall", or a loss key): a "Δ" column after it, the name minus `ref` with its
+    95% interval (over items and seeds for per-item scores, over seeds for a loss). The last
+    column is the run's config overrides.
+
+    >>> runs = {"a": [{"val_loss": 1.0, "config": "(none)"}, {"val_loss": 1.1, "config": "(none)"}],
+    ...         "b": [{"val_loss": 2.0, "config": "`--x`"}, {"val_loss": 2.3, "config": "`--x`"}]}
+    >>> print("\\n".join(seeds_table(runs, "a", [("loss", "val_loss", "{:.2f}", "val_loss")])[2:]))
+    | a | 1.00 / 1.10 |  | (none) |
+    | b | 2.00 / 2.30 | +1.10 (-0.17 to +2.37) | `--x` |
+    """
+    from .data_strategy import compare_sets
+    from .hyperparameters import _per_seed
+
+    heads = [h for header, _, _, delta in columns for h in ([header] + ([f"Δ {header}"] if delta else []))]
+    lines = ["| run | " + " | ".join(heads) + " | config |", "|---" * (len(heads) + 2) + "|"]
+    for name, runs in runs_by_name.items():
+        cells = []
+        for _, value, fmt, delta in columns:
+            cells.append(_per_seed(runs, value, fmt))
+            if delta:
+                cells.append("" if name == ref else compare_sets(runs_by_name, name, ref, delta).brief(
+                    2 if delta.endswith("loss") else None))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {runs[0].get('config', '')} |")
+    return lines
+
+
+def _family(task: str):
+    """A `seeds_table` value: the exact match of one task family (nan when the run has none)."""
+    from .data_strategy import _task
+
+    return lambda r: _task(r, task)
+
+
+def masking_experiment(seeds=(0, 1, 2), steps: int = 250, lr: float = 1e-3, batch_size: int = 8) -> dict:
+    """Run lesson 01's four loss variants for several seeds (side by side, `run_variants`), with the
+    forgetting measurement: `{"seeds", "command", "base", "runs": {variant: [summary per seed]}}`
+    (`run_summary`; `base`: the base model's cloze recall and pre-training text loss, what
+    forgetting is measured against). `write_stored("masking", ...)` stores it; `masking_tables`
+    prints it."""
     common = dict(steps=steps, lr=lr, batch_size=batch_size, eval_every=steps)
     base = variant_config(**common)
-    lines = [f"Each row is `{config_command(base)} --seed S` plus its config overrides.", "",
-             "| seed | variant | response val loss | multi-turn loss (all turns) | exact | format | stop | echo | "
-             "knowledge exact | multi-turn exact | refusal exact | cloze recall | pre-training text loss | config |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     model, tok = load_model("tiny")
     before = forgetting_scores(model, tok)
-    lines.append(f"| - | base model (no SFT) | | | 0% | | | | | | | {before['recall']:.1%} | "
-                 f"{before['corpus_loss']:.2f} | |")
+    runs = {name: [] for name in MASKING_VARIANTS}
     for seed in seeds:
-        runs = run_variants(MASKING_VARIANTS, model_id="tiny", steps=steps, lr=lr, batch_size=batch_size,
-                            seed=seed, eval_every=steps, forgetting=True)
-        for name, r in runs.items():
-            s, f, t = r["scores"], r["forgetting"], r["scores"]["per_task"]
-            lines.append(f"| {seed} | {name} | {r['val_response_loss']:.3f} | {r['multi_turn_loss']:.3f} | "
-                         f"{s['exact_match']:.1%} | {s['format_ok']:.1%} | {s['stop_rate']:.1%} | {s['echo_rate']:.0%} | "
-                         f"{t['knowledge']['exact_match']:.0%} | {t['multi_turn']['exact_match']:.0%} | "
-                         f"{t['refusal']['exact_match']:.0%} | {f['recall']:.1%} | {f['corpus_loss']:.2f} | "
-                         f"{_overrides(r['config'], base)} |")
-            print(lines[-1], flush=True)
-    return "\n".join(lines)
+        for name, r in run_variants(MASKING_VARIANTS, model_id="tiny", seed=seed, forgetting=True,
+                                    **common).items():
+            runs[name].append({**run_summary(r), "config": _overrides(r["config"], base)})
+            print(f"seed {seed} {name}: val loss {r['val_response_loss']:.3f}, "
+                  f"exact {r['scores']['exact_match']:.1%}", flush=True)
+    return {"seeds": list(seeds), "steps": steps, "command": f"{config_command(base)} --seed S",
+            "base": {"recall": before["recall"], "corpus_loss": before["corpus_loss"]}, "runs": runs}
+
+
+MASKING_REFERENCE = "completion-only"  # the Δ columns of lesson 01's table: each variant minus this one
+
+
+def masking_tables(results: dict) -> str:
+    """The Markdown table of `masking_experiment` results, with Δ columns against completion-only."""
+    runs = results["runs"]
+    n_test = len(next(iter(runs.values()))[0]["exact_items"])
+    n_probes = len(next(iter(runs.values()))[0]["recall_items"])
+    columns = [("response val loss", "val_loss", "{:.3f}", "val_loss"),
+               ("multi-turn loss", "multi_turn_loss", "{:.3f}", None),
+               ("exact", "exact", "{:.1%}", "exact"), ("format", "format_ok", "{:.1%}", None),
+               ("stop", "stop_rate", "{:.1%}", None), ("echo", "echo_rate", "{:.0%}", None),
+               ("knowledge exact", _family("knowledge"), "{:.0%}", None),
+               ("multi-turn exact", _family("multi_turn"), "{:.0%}", None),
+               ("refusal exact", _family("refusal"), "{:.0%}", None),
+               ("cloze recall", "recall", "{:.1%}", "recall"),
+               ("text loss", "corpus_loss", "{:.2f}", "corpus_loss")]
+    base = results["base"]
+    return "\n".join([
+        f"Each row is `{results['command']}` plus its config overrides; values per seed "
+        f"(\"seed {' / seed '.join(map(str, results['seeds']))}\"). Δ: the variant minus "
+        f"{MASKING_REFERENCE}'s, 95% CI: exact match over the {n_test} test conversations × "
+        f"{len(results['seeds'])} seeds, cloze recall over the {n_probes} probes × seeds (paired "
+        f"bootstrap), losses over seeds (Student t). The base model before SFT: cloze recall "
+        f"{base['recall']:.1%}, pre-training text loss {base['corpus_loss']:.2f}.", "",
+        *seeds_table(runs, MASKING_REFERENCE, columns)])
 
 
 # lesson 03's fine-tuning methods: keyword arguments of run_finetune
@@ -344,21 +429,70 @@ def _overrides(cfg: dict, base: dict) -> str:
     return f"`{flags}`" if flags else "(none)"
 
 
-def finetune_seeds(seeds=(0, 1), steps: int = 120) -> str:
-    """Run lesson 03's four fine-tuning methods for several seeds; a Markdown table of the results
-    (what the notebook's assertions were chosen from)."""
+def finetune_experiment(seeds=(0, 1, 2), steps: int = 120) -> dict:
+    """Run lesson 03's four fine-tuning methods for several seeds: `{"seeds", "command", "runs":
+    {method: [summary per seed]}}` (`run_summary`). `write_stored("finetune", ...)` stores it;
+    `finetune_tables` prints it."""
     base = finetune_config(method="full", steps=steps, eval_every=steps)
-    lines = [f"Each row is `{config_command(base)} --seed S` plus its config overrides.", "",
-             "| seed | method | trainable | footprint MB | response val loss | exact | format | stop | config |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    runs = {name: [] for name in FINETUNE_METHODS}
     for seed in seeds:
         for name, kw in FINETUNE_METHODS.items():
             r = run_finetune("tiny", steps=steps, seed=seed, eval_every=steps, **kw)
-            s = r["scores"]
-            lines.append(f"| {seed} | {name} | {r['trainable']:,} | {r['footprint_mb']:.1f} | {r['val_response_loss']:.3f} | "
-                         f"{s['exact_match']:.1%} | {s['format_ok']:.1%} | {s['stop_rate']:.1%} | "
-                         f"{_overrides(r['config'], base)} |")
-    return "\n".join(lines)
+            runs[name].append({**run_summary(r), "config": _overrides(r["config"], base)})
+            print(f"seed {seed} {name}: val loss {r['val_response_loss']:.3f}, "
+                  f"exact {r['scores']['exact_match']:.1%}", flush=True)
+    return {"seeds": list(seeds), "steps": steps, "command": f"{config_command(base)} --seed S", "runs": runs}
+
+
+FINETUNE_REFERENCE = "full fine-tuning"  # the Δ columns of lesson 03's table: each method minus this one
+
+
+def finetune_tables(results: dict) -> str:
+    """The Markdown table of `finetune_experiment` results, with Δ columns against full fine-tuning,
+    then QLoRA against LoRA (both with the embeddings trained), exact match and loss."""
+    from .data_strategy import compare_sets
+
+    runs = results["runs"]
+    n_test = len(runs[FINETUNE_REFERENCE][0]["exact_items"])
+    columns = [("trainable", "trainable", "{:,}", None), ("footprint MB", "footprint_mb", "{:.1f}", None),
+               ("response val loss", "val_loss", "{:.3f}", "val_loss"),
+               ("exact", "exact", "{:.1%}", "exact"), ("format", "format_ok", "{:.1%}", "format"),
+               ("stop", "stop_rate", "{:.1%}", None)]
+    qlora, lora = "QLoRA + embeddings", "LoRA + embeddings"
+    return "\n".join([
+        f"Each row is `{results['command']}` plus its config overrides; values per seed "
+        f"(\"seed {' / seed '.join(map(str, results['seeds']))}\"). Δ: the method minus "
+        f"{FINETUNE_REFERENCE}'s, 95% CI: exact match and format over the {n_test} test conversations × "
+        f"{len(results['seeds'])} seeds (paired bootstrap), the loss over seeds (Student t).", "",
+        *seeds_table(runs, FINETUNE_REFERENCE, columns), "",
+        f"QLoRA against LoRA (both with the embeddings trained): exact match, {compare_sets(runs, qlora, lora)}; "
+        f"response val loss, {compare_sets(runs, qlora, lora, 'val_loss'):.3}."])
+
+
+STORED = {"masking": ("Lesson 01: loss masks across seeds", masking_experiment, masking_tables),
+          "finetune": ("Lesson 03: fine-tuning methods across seeds", finetune_experiment, finetune_tables)}
+
+
+def stored_path(experiment: str, docs: Path | None = None) -> Path:
+    """Where `experiment` ("masking", "finetune") stores its runs: docs/<experiment>.json."""
+    return (docs or DOCS) / f"{experiment}.json"
+
+
+def write_stored(experiment: str, results: dict, docs: Path | None = None) -> None:
+    """Store `results` of `experiment` in docs/<experiment>.json and its table in docs/experiments.md
+    between the `<!-- experiment:start/end -->` markers."""
+    from .runs import results_json, write_block
+
+    title, _, tables = STORED[experiment]
+    stored_path(experiment, docs).write_text(results_json(results), encoding="utf-8")
+    command = (f"`python -m sft_helpers.course.experiments {experiment} --seeds "
+               f"{' '.join(map(str, results['seeds']))}`")
+    write_block((docs or DOCS) / "experiments.md", experiment, title, f"{command}\n\n{tables(results)}")
+
+
+def load_stored(experiment: str) -> dict:
+    """The runs `experiment` ("masking", "finetune") stored in docs/<experiment>.json."""
+    return json.loads(stored_path(experiment).read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":
@@ -369,7 +503,7 @@ if __name__ == "__main__":
     ap.add_argument("experiment", choices=["masking", "finetune", "hyperparameters", "data-strategy", "data-sets"])
     ap.add_argument("--out", default="sets", help="data-sets: the folder the training sets are written to")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--docs", default=None, help="hyperparameters, data-strategy: the folder to write the JSON and "
+    ap.add_argument("--docs", default=None, help="the folder to write the JSON and "
                                                  "tables to (default: docs/)")
     ap.add_argument("--only", nargs="+", default=None, metavar="SWEEP",
                     help="hyperparameters: rerun only these sweeps (e.g. epochs), keep the stored others; "
@@ -401,5 +535,8 @@ if __name__ == "__main__":
             results = {**stored, **results, "seeds": {**stored["seeds"], **results["seeds"]}}
         hyperparameters.write_docs(results, Path(args.docs) if args.docs else None)
         print(hyperparameters.tables(results))
-    else:
-        print(masking_seeds(tuple(args.seeds)) if args.experiment == "masking" else finetune_seeds(tuple(args.seeds)))
+    else:  # masking, finetune: docs/<experiment>.json and their tables in docs/experiments.md
+        _, experiment, tables = STORED[args.experiment]
+        results = experiment(tuple(args.seeds))
+        write_stored(args.experiment, results, Path(args.docs) if args.docs else None)
+        print(tables(results))
