@@ -197,3 +197,25 @@ def test_compare_sets_scores_one_family_on_its_own_test_items():
     runs["b"] = [{**b, "val_loss": v} for v in (2.0, 2.5, 3.0)]  # loss: one number per seed
     loss = compare_sets(runs, "a", "b", "val_loss")
     assert loss.supports("<") and loss.n_seeds == 3 and loss.delta == pytest.approx(-1.5)
+
+
+def test_a_filter_without_ground_truth_flags_wrong_facts_by_their_self_scored_loss(one_thread):
+    """After one pass over a noisy set, the model finds its wrong knowledge answers more surprising
+    than its right ones; the blind filter (format, length, loss outliers; no atlas) removes mostly
+    bad records and more of them than format and length alone."""
+    import statistics
+
+    from sft_helpers.course.data_strategy import loss_outliers, self_scored_losses
+
+    _, noisy = clean_vs_noisy(600, factor=4)  # lesson 06's noisy set and reference run (about a minute)
+    losses = self_scored_losses(noisy)
+    by_kind = {kind: statistics.median(x for r, x in zip(noisy, losses) if r["task"] == "knowledge" and
+                                       r["noise"] == kind) for kind in ("clean", "wrong_answer")}
+    assert by_kind["wrong_answer"] > 2 * by_kind["clean"], by_kind
+    assert sum(bool(x) for x in loss_outliers(noisy, losses)) > 0
+    problems = quality_problems(noisy, atlas=False, losses=losses)
+    assert not any(p.startswith("atlas") for ps in problems for p in ps)
+    _, blind = quality_filter(noisy, atlas=False, losses=losses)
+    _, shape_only = quality_filter(noisy, atlas=False)
+    assert blind["precision"] >= 0.8 and blind["recall"] > shape_only["recall"], (blind, shape_only)
+    assert blind["recall_by_kind"]["wrong_answer"] > shape_only["recall_by_kind"]["wrong_answer"]

@@ -22,6 +22,7 @@ from pathlib import Path
 from .conversations import REFUSAL
 from .data import clean_vs_noisy, load_noisy_train, load_paraphrases, load_reworded_test, load_split
 from .data import load_narrow_phrasing, load_world
+from .hyperparameters import compare_sets, item_scores  # noqa: F401 (lesson 06 imports them from here)
 from .world import JOBS
 
 DOCS_JSON = Path(__file__).resolve().parents[2] / "docs" / "data_strategy.json"
@@ -132,12 +133,70 @@ def answer_problem(record: dict, world, values: dict[str, set[str]] | None = Non
     return None
 
 
-def quality_problems(records: list[dict], min_share: float = 0.5, min_median: int = 20) -> list[list[str]]:
-    """For each record, the simple quality checks its last reply fails: its task family's format
+def reply_losses(model, tokenizer, records: list[dict]) -> list[float]:
+    """Each record's last-reply loss under `model`, in order: the completion-only labels up to the
+    reply's end-of-turn (`hyperparameters.reply_labels`, what every course run's validation loss
+    scores), the mean over the reply's tokens."""
+    from ..training import example_losses
+    from .hyperparameters import reply_labels
+
+    labelled = reply_labels(records, tokenizer)
+    if len(labelled) != len(records):
+        raise ValueError(f"{len(records) - len(labelled)} of {len(records)} records have no reply to score")
+    return example_losses(model, tokenizer, labelled)
+
+
+def self_scored_losses(records: list[dict], steps: int = 150, seed: int = 0, model_id: str = "tiny") -> list[float]:
+    """Fine-tune a fresh copy of the base on `records` themselves (one pass: `steps` steps of about
+    16 conversations, the course's recipe), then score each record's last reply under it
+    (`reply_losses`). No labels and no second source: after one pass, a reply the model still finds
+    surprising disagrees with what the rest of the data teaches (a fact stated otherwise elsewhere)
+    or with its family's usual shape. `loss_outliers` turns the losses into flags."""
+    from ..recipe import run_sft
+    from .lanes import lane, run_config
+
+    steps = lane(model_id).steps(steps)
+    cfg = run_config(model=model_id, max_steps=steps, seed=seed, logging_steps=steps, validation=None, test=None)
+    run = run_sft(cfg, records)
+    return reply_losses(run.model, run.tokenizer, records)
+
+
+def loss_outliers(records: list[dict], losses: list[float], z: float = 3.0) -> list[str | None]:
+    """For each record, why its reply loss is an outlier within its task family, or None: above the
+    family's median by more than `z` robust standard deviations (1.4826 × the median absolute
+    deviation, which the outliers themselves barely move). A rule with no labels; `z=3` is the
+    usual cut for "far from the rest".
+
+    >>> rs = [{"task": "a"}] * 6
+    >>> loss_outliers(rs, [1.0, 1.1, 0.9, 1.0, 1.05, 4.0])[-2:]
+    [None, 'reply loss 4.00, family median 1.02 + 3 robust SD = 1.25']
+    """
+    by_family: dict[str, list[float]] = {}
+    for r, loss in zip(records, losses):
+        by_family.setdefault(r.get("task", "?"), []).append(loss)
+    cut = {}
+    for task, xs in by_family.items():
+        median = statistics.median(xs)
+        spread = 1.4826 * statistics.median(abs(x - median) for x in xs)
+        cut[task] = (median, median + z * spread)
+    out = []
+    for r, loss in zip(records, losses):
+        median, limit = cut[r.get("task", "?")]
+        out.append(f"reply loss {loss:.2f}, family median {median:.2f} + {z:g} robust SD = {limit:.2f}"
+                   if loss > limit else None)
+    return out
+
+
+def quality_problems(records: list[dict], min_share: float = 0.5, min_median: int = 20, atlas: bool = True,
+                     losses: list[float] | None = None, z: float = 3.0) -> list[list[str]]:
+    """For each record, the quality checks its last reply fails: its task family's format
     (`format_problem`), its length (shorter than `min_share` of its family's median reply length
     in `records`: a cut reply; only for families whose median is at least `min_median` characters,
-    as a one-word or numeric answer's length says nothing) and its consistency with the atlas (`answer_problem`), each as
-    "check: reason". An empty list: the record passes.
+    as a one-word or numeric answer's length says nothing), with `atlas` its consistency with the
+    atlas (`answer_problem`: the world's ground truth, which a learner's own data does not have),
+    and with `losses` (one reply loss per record, e.g. `self_scored_losses`) whether it is a loss
+    outlier of its family (`loss_outliers`, cut at `z`), each as "check: reason". An empty list:
+    the record passes.
 
     >>> clean, noisy = clean_vs_noisy(20)
     >>> sum(not p for p in quality_problems(clean)) == len(clean)
@@ -149,19 +208,22 @@ def quality_problems(records: list[dict], min_share: float = 0.5, min_median: in
     for r in records:
         lengths.setdefault(r.get("task", "?"), []).append(len(r["messages"][-1]["content"]))
     median = {task: statistics.median(n) for task, n in lengths.items()}
+    outliers = loss_outliers(records, losses, z) if losses is not None else [None] * len(records)
     out = []
-    for r in records:
+    for r, outlier in zip(records, outliers):
         task, reply = r.get("task", "?"), r["messages"][-1]["content"]
         found = {"format": format_problem(task, reply),
                  "length": f"{len(reply)} characters, family median {median[task]:g}"
                  if median[task] >= min_median and len(reply) < min_share * median[task] else None,
-                 "atlas": answer_problem(r, world, values)}
+                 "atlas": answer_problem(r, world, values) if atlas else None,
+                 "likelihood": outlier}
         out.append([f"{check}: {p}" for check, p in found.items() if p])
     return out
 
 
 def quality_filter(records: list[dict], **checks) -> tuple[list[dict], dict]:
-    """`(kept, report)`: the records passing every check of `quality_problems`, and a report of how
+    """`(kept, report)`: the records passing every check of `quality_problems` (`checks`: its
+    keywords, e.g. `atlas=False, losses=...` for a filter without ground truth), and a report of how
     many were removed (`removed`, `by_check`).
     `by_check` counts each removed record once, under the first check it fails. With `"noise"`
     labels on the records, also `precision` (share of removed records that were noisy) and `recall` (share of noisy records
@@ -187,6 +249,13 @@ def quality_filter(records: list[dict], **checks) -> tuple[list[dict], dict]:
         report["recall_by_kind"] = {k: sum(bool(p) for r, p in zip(records, problems) if r["noise"] == k)
                                     / sum(r["noise"] == k for r in records) for k in kinds}
     return kept, report
+
+
+def blind_quality_filter(records: list[dict], seed: int = 0, z: float = 3.0) -> tuple[list[dict], dict]:
+    """The quality filter a learner can run on their own data: format and length checks plus the
+    self-scored reply loss (`self_scored_losses`, outliers past `z`), no atlas. `(kept, report)` as
+    `quality_filter`; with noise labels the report scores it against them."""
+    return quality_filter(records, atlas=False, losses=self_scored_losses(records, seed=seed), z=z)
 
 
 # --- diversity ----------------------------------------------------------------------------------
@@ -243,48 +312,6 @@ def phrasing_sets() -> dict[str, list[dict]]:
     test = {r["id"]: r for r in load_split("test")}
     return {"seen wordings": [test[r["id"].removesuffix("-reworded")] for r in reworded], "new wordings": reworded}
 
-
-
-def _scored(run: dict, wording: str | None) -> dict:
-    """What a stored run scored: on the test split, or on its extra set `wording`."""
-    return run["sets"][wording] if wording else run
-
-
-def item_scores(runs: list[dict], key: str = "exact", family: str | None = None,
-                wording: str | None = None) -> list[list[int]]:
-    """Per-item scores of stored runs, one list per seed: `key` "exact" or "format" (1 or 0 per test
-    conversation), on the test split or, with `wording`, on that scored set (`run["sets"]`); with
-    `family`, only the test items of that task family.
-
-    >>> item_scores([{"exact_items": [1, 0]}, {"exact_items": [1, 1]}])
-    [[1, 0], [1, 1]]
-    """
-    out = [_scored(r, wording)[f"{key}_items"] for r in runs]
-    if family:
-        tasks = [r["task"] for r in load_split("test")[:len(out[0])]]
-        out = [[x for x, task in zip(items, tasks) if task == family] for items in out]
-    return out
-
-
-def compare_sets(runs_by_set: dict[str, list[dict]], a: str, b: str, key: str = "exact",
-                 family: str | None = None, wording: str | None = None):
-    """Training set `a` against training set `b` (stored runs `{set: [summary per seed]}`), with its
-    95% interval (`sft_helpers.stats`): "exact" or "format" paired over the same test items and
-    seeds (`family`, `wording`: as in `item_scores`), or a loss ("val_loss", or "loss" of the
-    scored set `wording`), one number per seed.
-
-    >>> runs = {"a": [{"val_loss": 1.0}, {"val_loss": 1.1}], "b": [{"val_loss": 2.0}, {"val_loss": 2.2}]}
-    >>> compare_sets(runs, "a", "b", "val_loss").supports("<")
-    True
-    """
-    from ..stats import compare, compare_seeds
-
-    if key.endswith("loss"):
-        def losses(name):
-            return [_scored(r, wording)[key] for r in runs_by_set[name]]
-        return compare_seeds(losses(a), losses(b), (a, b))
-    return compare(item_scores(runs_by_set[a], key, family, wording),
-                   item_scores(runs_by_set[b], key, family, wording), (a, b))
 
 
 def phrasing_gap(diversity: dict[str, list[dict]], sets=("narrow phrasing", "training split")) -> dict:
@@ -544,11 +571,14 @@ def lesson_dedup(embedder=None) -> tuple[dict, dict]:
 
 # --- the experiments ------------------------------------------------------------------------------
 
-def experiment_sets(seed: int = 0, dedup_results: dict | None = None) -> dict[str, dict]:
-    """Every training set of the lesson, `{name: {"records", "eval_sets", "test_items", "group"}}`:
+def experiment_sets(seed: int = 0, dedup_results: dict | None = None, only=None) -> dict[str, dict]:
+    """Every training set of the lesson (or of the groups in `only`), `{name: {"records",
+    "eval_sets", "test_items", "group"}}`:
 
     * quality: 600 clean conversations, the same plus 1,800 noisy ones (4×, 30% bad) and what of
       those 2,400 passes `quality_filter`;
+    * blind quality: what of the 2,400 passes `blind_quality_filter` (no ground truth; it trains a
+      reference model, so it is a group of its own);
     * diversity: the training split, without the json family, skewed 90% knowledge / 10% the rest,
       and with narrow phrasing (`narrowed`), each scored on the test split and on `phrasing_sets`;
     * duplicates: the split plus 20 wrong-answer items ×10 and 20 ×1 (`with_repeats`, scored on
@@ -563,8 +593,10 @@ def experiment_sets(seed: int = 0, dedup_results: dict | None = None) -> dict[st
     if dedup_results is None:
         dedup_results, _ = lesson_dedup()
     phrasing = phrasing_sets()
+    blind = blind_quality_filter(noisy, seed)[0] if not only or "blind quality" in only else None
     sets = {
         "quality": {"clean 600": clean, "noisy 2,400": noisy, f"filtered {len(filtered):,}": filtered},
+        "blind quality": {} if blind is None else {"filtered without ground truth": blind},  # size: per seed
         "diversity": {"training split": train, "without json": without_family(train, "json"),
                       "90% knowledge": skewed(train, "knowledge", 0.9, seed), "narrow phrasing": narrowed(train)},
         "repeats": {"×10 and ×1 wrong items": repeated},
@@ -573,8 +605,8 @@ def experiment_sets(seed: int = 0, dedup_results: dict | None = None) -> dict[st
     }
     eval_sets = {"diversity": phrasing, "repeats": probes}
     return {name: {"records": records, "group": group, "eval_sets": eval_sets.get(group),
-                   "test_items": TEST_ITEMS if group in ("quality", "diversity") else 120}
-            for group, named in sets.items() for name, records in named.items()}
+                   "test_items": TEST_ITEMS if group in ("quality", "blind quality", "diversity") else 120}
+            for group, named in sets.items() for name, records in named.items() if not only or group in only}
 
 
 def set_file(name: str, seed: int) -> str:
@@ -625,9 +657,7 @@ def run_experiments(seeds=(0, 1, 2), steps: int = STEPS, only=None, workers: int
     dedup_results, choice = lesson_dedup()
     jobs, names = [], []
     for seed in seeds:
-        for name, spec in experiment_sets(seed, dedup_results).items():
-            if only and spec["group"] not in only:
-                continue
+        for name, spec in experiment_sets(seed, dedup_results, only).items():
             names.append((spec["group"], name))
             jobs.append(dict(records=spec["records"], eval_sets=spec["eval_sets"], test_items=spec["test_items"],
                              steps=steps, seed=seed))
@@ -638,7 +668,10 @@ def run_experiments(seeds=(0, 1, 2), steps: int = STEPS, only=None, workers: int
     records, planted = with_paraphrases()
     out["dedup scores"] = method_scores(dedup_results, planted, planted_kinds(), records)
     out["semantic threshold"] = {k: v for k, v in choice.items() if k != "held out records"}
-    out["quality filter"] = quality_filter(clean_vs_noisy(600, factor=4)[1])[1]
+    noisy = clean_vs_noisy(600, factor=4)[1]
+    out["quality filter"] = quality_filter(noisy)[1]
+    if not only or "blind quality" in only:
+        out["blind quality filter"] = blind_quality_filter(noisy)[1]
     return out
 
 
@@ -740,21 +773,27 @@ def tables(results: dict) -> str:
     per_seed = partial(_per_seed, fmt="{:.0%}")  # shares, unless a format is given
     lines = []
     if "quality" in results:
-        runs_by_set = results["quality"]
+        runs_by_set = {**results["quality"], **results.get("blind quality", {})}
         ref = next(n for n in runs_by_set if n.startswith("noisy"))
         lines += [f"**Quality vs quantity** (same steps; {_items(runs_by_set)}, greedy; Δ: exact match minus "
                   f"the {ref} set's, points, 95% CI over items and seeds):", "",
                   "| training set | records | exact match | Δ exact match | format ok | response val loss |",
                   "|---|---|---|---|---|---|"]
         for name, runs in runs_by_set.items():
-            lines.append(f"| {name} | {runs[0].get('n_train', '?'):,} | {per_seed(runs, lambda r: r['exact'])} | "
+            sizes = {r.get("n_train", 0) for r in runs}
+            size = f"{runs[0].get('n_train', 0):,}" if len(sizes) == 1 else per_seed(runs, "n_train", fmt="{:,}")
+            lines.append(f"| {name} | {size} | {per_seed(runs, lambda r: r['exact'])} | "
                          f"{_delta(runs_by_set, name, ref)} | {per_seed(runs, lambda r: r['format_ok'])} | "
                          f"{per_seed(runs, lambda r: r['val_loss'], fmt='{:.2f}')} |")
-        q = results.get("quality filter")
-        if q:
-            lines += ["", f"Quality filter on the noisy set: {q['removed']:,} of {q['records']:,} removed "
-                          f"({', '.join(f'{k} {v}' for k, v in q['by_check'].items())}), precision "
-                          f"{q['precision']:.1%}, recall {q['recall']:.1%}."]
+        for key, what in (("quality filter", "Quality filter (format, length, atlas)"),
+                          ("blind quality filter", "Quality filter without ground truth (format, length, "
+                                                   "self-scored reply loss)")):
+            if q := results.get(key):
+                lines += ["", f"{what} on the noisy set of seed 0: {q['removed']:,} of {q['records']:,} removed "
+                              f"({', '.join(f'{k} {v}' for k, v in q['by_check'].items())}), precision "
+                              f"{q['precision']:.1%}, recall {q['recall']:.1%} ("
+                              + ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in q["recall_by_kind"].items())
+                              + ")."]
         lines.append("")
     if "diversity" in results:
         runs_by_set = results["diversity"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .data import load_split
@@ -154,8 +155,8 @@ def seeds_table(runs_by_name: dict[str, list[dict]], ref: str, columns: list[tup
     values per seed ("seed 0 / seed 1 / ..."). `columns`: `(header, value, format, delta)` with
     `value` a summary key or a function of a summary; `delta` (or None) a `data_strategy.compare_sets`
     key ("exact", "recall", or a loss key): a "Δ" column after it, the name minus `ref` with its
-    95% interval (over items and seeds for per-item scores, over seeds for a loss). The last
-    column is the run's config overrides.
+    95% interval (over items and seeds for per-item scores, over seeds for a loss). When the
+    runs have a `config` (their `sft-train` overrides), the last column shows it.
 
     >>> runs = {"a": [{"val_loss": 1.0, "config": "(none)"}, {"val_loss": 1.1, "config": "(none)"}],
     ...         "b": [{"val_loss": 2.0, "config": "`--x`"}, {"val_loss": 2.3, "config": "`--x`"}]}
@@ -163,11 +164,13 @@ def seeds_table(runs_by_name: dict[str, list[dict]], ref: str, columns: list[tup
     | a | 1.00 / 1.10 |  | (none) |
     | b | 2.00 / 2.30 | +1.10 (-0.17 to +2.37) | `--x` |
     """
-    from .data_strategy import compare_sets
+    from .hyperparameters import compare_sets
     from .hyperparameters import _per_seed
 
     heads = [h for header, _, _, delta in columns for h in ([header] + ([f"Δ {header}"] if delta else []))]
-    lines = ["| run | " + " | ".join(heads) + " | config |", "|---" * (len(heads) + 2) + "|"]
+    configs = "config" in next(iter(runs_by_name.values()))[0]
+    heads += ["config"] if configs else []
+    lines = ["| run | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for name, runs in runs_by_name.items():
         cells = []
         for _, value, fmt, delta in columns:
@@ -175,7 +178,8 @@ def seeds_table(runs_by_name: dict[str, list[dict]], ref: str, columns: list[tup
             if delta:
                 cells.append("" if name == ref else compare_sets(runs_by_name, name, ref, delta).brief(
                     2 if delta.endswith("loss") else None))
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {runs[0].get('config', '')} |")
+        cells += [runs[0]["config"]] if configs else []
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -450,7 +454,7 @@ FINETUNE_REFERENCE = "full fine-tuning"  # the Δ columns of lesson 03's table: 
 def finetune_tables(results: dict) -> str:
     """The Markdown table of `finetune_experiment` results, with Δ columns against full fine-tuning,
     then QLoRA against LoRA (both with the embeddings trained), exact match and loss."""
-    from .data_strategy import compare_sets
+    from .hyperparameters import compare_sets
 
     runs = results["runs"]
     n_test = len(runs[FINETUNE_REFERENCE][0]["exact_items"])
@@ -469,8 +473,100 @@ def finetune_tables(results: dict) -> str:
         f"response val loss, {compare_sets(runs, qlora, lora, 'val_loss'):.3}."])
 
 
+def sample_streams(examples: list[dict], tokenizer, max_length: int = 512, end_of_turn: bool = True,
+                   eot: str = "<|im_end|>") -> list[dict]:
+    """Pretraining-style packing of labelled chat examples: every sample end to end in one token
+    stream, cut every `max_length` tokens (`packing.pack_wrapped`), each stream one example. Its
+    tokens see the samples before them and its labels run across the boundaries: with full-sequence
+    labels a sample's last token is trained to predict the next sample's first. With
+    `end_of_turn=False` each sample's closing `eot` token (and the newline after it) is left out:
+    nothing marks where one sample ends and the next begins.
+
+    >>> from sft_helpers.models import load_tokenizer
+    >>> tok = load_tokenizer("tiny")
+    >>> eot = tok.convert_tokens_to_ids("<|im_end|>")
+    >>> ex = [{"input_ids": [5, 6, eot, 9], "labels": [5, 6, eot, 9]}] * 3
+    >>> [s["input_ids"] for s in sample_streams(ex, tok, max_length=4, end_of_turn=False)]
+    [[5, 6, 5, 6], [5, 6]]
+    """
+    from ..packing import pack_wrapped
+
+    if not end_of_turn:
+        eot_id = tokenizer.convert_tokens_to_ids(eot)
+        cut = []
+        for e in examples:
+            last = max(i for i, t in enumerate(e["input_ids"]) if t == eot_id)
+            cut.append({"input_ids": e["input_ids"][:last], "labels": e["labels"][:last]})
+        examples = cut
+    streams = []
+    for row in pack_wrapped([len(e["input_ids"]) for e in examples], max_length).bins:
+        streams.append({key: [t for i, start, end in row for t in examples[i][key][start:end]]
+                        for key in ("input_ids", "labels")})
+    return streams
+
+
+def runs_on(row: dict) -> bool:
+    """Whether a `chat_eval` row's reply runs on into another turn: a role line of the template
+    ("user", "assistant" or "system" alone on a line, what is left of `<|im_start|>user` once the
+    special tokens are skipped) inside the reply, the start of a sample the model was never asked for.
+
+    >>> runs_on({"reply": "Velm.system\\nYou are"}), runs_on({"reply": "They live in Velm."})
+    (True, False)
+    """
+    return re.search(r"(?m)(system|user|assistant)$\n", row["reply"]) is not None
+
+
+RUN_ON_VARIANTS = {"end-of-turn between samples": True, "nothing between samples": False}
+
+
+def run_on_experiment(seeds=(0, 1, 2), steps: int = 80, test_items: int = 120) -> dict:
+    """Guide §3.1, "packing requires explicit EOS tokens to separate samples": the training split,
+    full-sequence labels, packed pretraining-style (`sample_streams`: end to end, rows of 512 tokens,
+    about 16 conversations per step) with and without each sample's closing `<|im_end|>`, trained
+    `steps` steps per seed and answering the first `test_items` test prompts greedily. Per run:
+    exact match, stop rate and `runs_on` (the reply runs into another turn), each also per item."""
+    from ..evaluate import chat_eval
+    from .hyperparameters import _per_item
+
+    tok = load_tokenizer("tiny", verbose=False)
+    examples, _ = build_labels(load_split("train"), tok, "full")
+    test = load_split("test")[:test_items]
+    runs = {name: [] for name in RUN_ON_VARIANTS}
+    for seed in seeds:
+        for name, eot in RUN_ON_VARIANTS.items():
+            run = quick_sft(examples=sample_streams(examples, tok, end_of_turn=eot), steps=steps,
+                            samples_per_step=2, seed=seed)
+            got = chat_eval(run["model"], run["tokenizer"], test)
+            rows = got["rows"]
+            runs[name].append({"exact": got["exact_match"], "stop_rate": got["stop_rate"], **_per_item(rows),
+                               "stop_items": [int(r["stopped"]) for r in rows],
+                               "run_on_items": [int(runs_on(r)) for r in rows],
+                               "run_on": sum(map(runs_on, rows)) / len(rows)})
+            print(f"seed {seed} {name}: exact {got['exact_match']:.1%}, stop {got['stop_rate']:.1%}, "
+                  f"run-on {runs[name][-1]['run_on']:.1%}", flush=True)
+    return {"seeds": list(seeds), "steps": steps, "runs": runs,
+            "command": f"quick_sft(examples=sample_streams(...), steps={steps}, samples_per_step=2, seed=S)"}
+
+
+def run_on_tables(results: dict) -> str:
+    """The table of `run_on_experiment` results: each variant per seed, the Δ against the variant
+    with the end-of-turn kept."""
+    runs = results["runs"]
+    ref = next(iter(runs))
+    n = len(runs[ref][0]["exact_items"])
+    columns = [("stop", "stop_rate", "{:.0%}", "stop"), ("runs into another turn", "run_on", "{:.0%}", "run_on"),
+               ("exact", "exact", "{:.0%}", "exact")]
+    return "\n".join([
+        f"Each run is `{results['command']}` on the training split with full-sequence labels; values per seed "
+        f"(\"seed {' / seed '.join(map(str, results['seeds']))}\"), greedy replies to the first {n} test "
+        f"prompts. Δ: minus the {ref} run's, 95% CI over the prompts × {len(results['seeds'])} seeds.", "",
+        *seeds_table(runs, ref, columns)])
+
+
 STORED = {"masking": ("Lesson 01: loss masks across seeds", masking_experiment, masking_tables),
-          "finetune": ("Lesson 03: fine-tuning methods across seeds", finetune_experiment, finetune_tables)}
+          "finetune": ("Lesson 03: fine-tuning methods across seeds", finetune_experiment, finetune_tables),
+          "run-on": ("Lesson 02: packing with and without an end-of-turn between samples", run_on_experiment,
+                     run_on_tables)}
 
 
 def stored_path(experiment: str, docs: Path | None = None) -> Path:
@@ -500,7 +596,8 @@ if __name__ == "__main__":
     from pathlib import Path
 
     ap = argparse.ArgumentParser(description="lesson experiments, several seeds")
-    ap.add_argument("experiment", choices=["masking", "finetune", "hyperparameters", "data-strategy", "data-sets"])
+    ap.add_argument("experiment", choices=["masking", "finetune", "run-on", "hyperparameters", "data-strategy",
+                                           "data-sets"])
     ap.add_argument("--out", default="sets", help="data-sets: the folder the training sets are written to")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--docs", default=None, help="the folder to write the JSON and "

@@ -1,8 +1,8 @@
 """The README's headline results, generated from the stored experiments (never typed by hand).
 
 `python -m sft_helpers.course.findings` rewrites the block between `<!-- findings:start -->` and
-`<!-- findings:end -->` in README.md from docs/hyperparameters.json (lesson 05) and
-docs/data_strategy.json (lesson 06); a test checks that the README holds what this module writes, so
+`<!-- findings:end -->` in README.md from docs/masking.json (lesson 01), docs/finetune.json (lesson 03),
+docs/hyperparameters.json (lesson 05) and docs/data_strategy.json (lesson 06); a test checks that the README holds what this module writes, so
 a re-run experiment that changes a number fails the suite until the README is regenerated.
 """
 
@@ -16,17 +16,30 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def lines() -> list[str]:
     """One Markdown bullet per headline result, each with its 95% interval, seeds and items."""
-    from . import data_strategy, hyperparameters
-    from .data_strategy import compare_sets
+    from . import data_strategy, experiments, hyperparameters
+    from .hyperparameters import compare_sets
 
     hp, ds = hyperparameters.load_stored(), data_strategy.load_stored()
+    masking, finetune = (experiments.load_stored(name)["runs"] for name in ("masking", "finetune"))
+    out = [f"- Lesson 01, what full-sequence loss costs: cloze recall of pre-training facts, "
+           f"{compare_sets(masking, 'full', 'completion-only', 'recall')}; exact match on the test split, "
+           f"{compare_sets(masking, 'full', 'completion-only')}.",
+           f"- Lesson 03, QLoRA against LoRA on the fp32 base (both with the embeddings trained): exact match, "
+           f"{compare_sets(finetune, 'QLoRA + embeddings', 'LoRA + embeddings')}."]
     ratio = hyperparameters.best_rate_ratio(hp["learning rate"])
-    out = [f"- Lesson 05: LoRA's best learning rate is {10 ** ratio.delta:.1f}× full fine-tuning's (95% CI "
+    out += [f"- Lesson 05: LoRA's best learning rate is {10 ** ratio.delta:.1f}× full fine-tuning's (95% CI "
            f"{10 ** ratio.low:.1f}× to {10 ** ratio.high:.1f}×, {ratio.n_seeds} seeds, the embeddings trained)."]
     quality = ds["quality"]
     clean, noisy, kept = quality
     out.append(f"- Lesson 06, quality: exact match, {compare_sets(quality, kept, noisy)}; "
                f"{compare_sets(quality, clean, noisy)}.")
+    if blind := ds.get("blind quality"):
+        (name,) = blind
+        report = ds["blind quality filter"]
+        out.append(f"- Lesson 06, a quality filter without ground truth (format, length and each reply's loss "
+                   f"under a model fine-tuned once on the noisy set) removes {report['removed']:,} records at "
+                   f"{report['precision']:.1%} precision, recall {report['recall']:.1%}; training on what it "
+                   f"keeps, exact match: {compare_sets({**quality, **blind}, name, noisy)}.")
     div = ds["diversity"]
     gap = data_strategy.phrasing_gap(div)
     out.append(f"- Lesson 06, phrasing (the training split asks its knowledge questions in 11-13 wordings per "

@@ -578,6 +578,68 @@ def _configs(results: dict, sweep: str) -> tuple[str, dict[str, str]]:
     return line, {name: cell(r) for name, r in rows.items()}
 
 
+# --- comparing stored runs -----------------------------------------------------------------------
+
+def _scored(run: dict, wording: str | None) -> dict:
+    """What a stored run scored: on the test split, or on its extra set `wording`."""
+    return run["sets"][wording] if wording else run
+
+
+def item_scores(runs: list[dict], key: str = "exact", family: str | None = None,
+                wording: str | None = None) -> list[list[int]]:
+    """Per-item scores of stored runs, one list per seed: `key` "exact" or "format" (1 or 0 per test
+    conversation), on the test split or, with `wording`, on that scored set (`run["sets"]`); with
+    `family`, only the test items of that task family.
+
+    >>> item_scores([{"exact_items": [1, 0]}, {"exact_items": [1, 1]}])
+    [[1, 0], [1, 1]]
+    """
+    out = [_scored(r, wording)[f"{key}_items"] for r in runs]
+    if family:
+        tasks = [r["task"] for r in load_split("test")[:len(out[0])]]
+        out = [[x for x, task in zip(items, tasks) if task == family] for items in out]
+    return out
+
+
+def compare_sets(runs_by_set: dict[str, list[dict]], a: str, b: str, key: str = "exact",
+                 family: str | None = None, wording: str | None = None):
+    """Training set `a` against training set `b` (stored runs `{set: [summary per seed]}`), with its
+    95% interval (`sft_helpers.stats`): "exact" or "format" paired over the same test items and
+    seeds (`family`, `wording`: as in `item_scores`), or a loss ("val_loss", or "loss" of the
+    scored set `wording`), one number per seed.
+
+    >>> runs = {"a": [{"val_loss": 1.0}, {"val_loss": 1.1}], "b": [{"val_loss": 2.0}, {"val_loss": 2.2}]}
+    >>> compare_sets(runs, "a", "b", "val_loss").supports("<")
+    True
+    """
+    from ..stats import compare, compare_seeds
+
+    if key.endswith("loss"):
+        def losses(name):
+            return [_scored(r, wording)[key] for r in runs_by_set[name]]
+        return compare_seeds(losses(a), losses(b), (a, b))
+    return compare(item_scores(runs_by_set[a], key, family, wording),
+                   item_scores(runs_by_set[b], key, family, wording), (a, b))
+
+
+def delta_lines(runs_by_name: dict[str, list[dict]], ref: str, keys=("val_loss", "exact")) -> list[str]:
+    """Under a table: a heading, then each row minus the `ref` row with its 95% interval
+    (`compare_sets`: "exact" over the test items and seeds, a loss over seeds), one line per row.
+
+    >>> runs = {"a": [{"val_loss": 1.0}, {"val_loss": 1.1}], "b": [{"val_loss": 2.0}, {"val_loss": 2.3}]}
+    >>> delta_lines(runs, "a", ("val_loss",))[1]
+    '* b minus a: response val loss +1.10 (-0.17 to +2.37)'
+    """
+    names = {"val_loss": "response val loss", "exact": "exact match"}
+    out = ["Differences, 95% CI (losses over seeds, exact match over test items and seeds):"]
+    for name in runs_by_name:
+        if name != ref:
+            cells = [f"{names.get(k, k)} {compare_sets(runs_by_name, name, ref, k).brief(2 if k.endswith('loss') else None)}"
+                     for k in keys]
+            out.append(f"* {name} minus {ref}: " + "; ".join(cells))
+    return out
+
+
 def _lr_table(results: dict) -> list[str]:
     lr = results["learning rate"]
     config, rows = _configs(results, "learning rate")
@@ -608,7 +670,8 @@ def _schedule_table(results: dict) -> list[str]:
     return out + [f"| {name} | {_per_seed(seeds, biggest_jump, '{:.2f}')} | {_per_seed(seeds, early_peak, '{:.2f}')} | "
                   f"{' / '.join(f'{v:+.2f}' for v in warmup_excess(seeds, warm))} | "
                   f"{_per_seed(seeds, lambda r: r['train_loss'][-1][1], '{:.2f}')} | {_per_seed(seeds, 'val_loss')} | "
-                  f"{_per_seed(seeds, 'exact', '{:.0%}')} | {rows[name]} |" for name, seeds in runs.items()]
+                  f"{_per_seed(seeds, 'exact', '{:.0%}')} | {rows[name]} |" for name, seeds in runs.items()] + [
+        "", *delta_lines(runs, "cosine (5% warmup)", ("val_loss",))]  # exact match: 0% in every run
 
 
 def _epochs_table(results: dict) -> list[str]:
@@ -635,7 +698,8 @@ def _epochs_cosine_table(results: dict) -> list[str]:
                   f"{_per_seed(runs, lambda r: r['eval_loss'][-1][1], '{:.2f}')} | "
                   f"{' / '.join(f'{best_val(r):.2f} ({best_epoch(r)})' for r in runs)} | "
                   f"{_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |"
-                  for name, runs in results["epochs, cosine"].items()]
+                  for name, runs in results["epochs, cosine"].items()] + [
+        "", *delta_lines(results["epochs, cosine"], "1 epoch")]
 
 
 def _batch_table(results: dict) -> list[str]:
@@ -649,7 +713,7 @@ def _batch_table(results: dict) -> list[str]:
     rows = _configs(results, "batch")[1]
     return out + [f"| {name.split()[-1]} | {runs[0]['steps']} | {_per_seed(runs, noise, '{:.2f}')} | "
                   f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |"
-                  for name, runs in results["batch"].items()]
+                  for name, runs in results["batch"].items()] + ["", *delta_lines(results["batch"], "effective batch 8")]
 
 
 def _batch_steps_table(results: dict) -> list[str]:
@@ -676,7 +740,9 @@ def _max_length_table(results: dict) -> list[str]:
                   f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} | "
                   f"{_per_seed(runs, 'stop_rate', '{:.0%}')} | {_per_seed(runs, 'format_ok', '{:.0%}')} | "
                   f"{rows[name]} |"
-                  for name, runs in results["max length"].items()]
+                  for name, runs in results["max length"].items()] + [
+        "", *delta_lines(results["max length"], "p100: 342 tokens" if "p100: 342 tokens" in results["max length"]
+                         else list(results["max length"])[-1])]
 
 
 def _regularisation_table(results: dict) -> list[str]:
@@ -690,7 +756,11 @@ def _regularisation_table(results: dict) -> list[str]:
         out.append(f"| {name} | {' / '.join(f'{b[1]:.2f} ({b[0]})' for b in bests)} | "
                    f"{' / '.join(f'{c[-1][1]:.2f}' for c in curves)} | "
                    f"{' / '.join(f'{c[-1][1] / b[1]:.2f}' for c, b in zip(curves, bests))} | {rows[name]} |")
-    return out
+    reg = results["regularisation"]
+    plain = {n: r for n, r in reg.items() if not n.startswith("LoRA")}
+    lora = {n: r for n, r in reg.items() if n.startswith("LoRA")}
+    return out + ["", *delta_lines(plain, "weight decay 0.01", ("val_loss",)),
+                  *delta_lines(lora, next(iter(lora)), ("val_loss",))[1:]] if lora else out
 
 
 TABLES = {"learning rate": _lr_table, "schedule": _schedule_table, "epochs": _epochs_table,
