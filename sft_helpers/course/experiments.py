@@ -593,7 +593,8 @@ def load_stored(experiment: str) -> dict:
 
 if __name__ == "__main__":
     import argparse
-    from pathlib import Path
+
+    from .runs import merge_stored
 
     ap = argparse.ArgumentParser(description="lesson experiments, several seeds")
     ap.add_argument("experiment", choices=["masking", "finetune", "run-on", "hyperparameters", "data-strategy",
@@ -604,8 +605,9 @@ if __name__ == "__main__":
                                                  "tables to (default: docs/)")
     ap.add_argument("--only", nargs="+", default=None, metavar="SWEEP",
                     help="hyperparameters: rerun only these sweeps (e.g. epochs), keep the stored others; "
-                         "data-strategy: only these groups (quality, diversity, repeats, dedup)")
+                         "data-strategy: only these groups (quality, 'blind quality', diversity, repeats, dedup)")
     args = ap.parse_args()
+    docs = Path(args.docs) if args.docs else None
     if args.experiment == "data-sets":  # lesson 06's training sets as JSONL files, for sft-train
         from sft_helpers.course import data_strategy
 
@@ -613,27 +615,22 @@ if __name__ == "__main__":
             for path in data_strategy.write_sets(args.out, seed):
                 print(path)
         raise SystemExit(0)
-    if args.experiment == "data-strategy":  # lesson 06: docs/data_strategy.json and docs/experiments.md
-        from sft_helpers.course import data_strategy
+    if args.experiment in ("data-strategy", "hyperparameters"):  # lessons 06 and 05
+        from sft_helpers.course import data_strategy, hyperparameters
 
-        results = data_strategy.run_experiments(tuple(args.seeds), only=args.only)
-        if args.only and not args.docs:  # merge into the stored groups
-            results = {**data_strategy.load_stored(), **results}
-        data_strategy.write_docs(results, Path(args.docs) if args.docs else None)
-        print(data_strategy.tables(results))
-        raise SystemExit(0)
-    if args.experiment == "hyperparameters":  # lesson 05: writes docs/experiments.md and docs/hyperparameters.json
-        from sft_helpers.course import hyperparameters
-
-        results = hyperparameters.with_seeds(hyperparameters.all_sweeps(tuple(args.seeds), only=args.only),
-                                             args.seeds)
-        if args.only and not args.docs:  # merge into the stored sweeps, each keeping its own seeds
-            stored = hyperparameters.load_stored()
-            results = {**stored, **results, "seeds": {**stored["seeds"], **results["seeds"]}}
-        hyperparameters.write_docs(results, Path(args.docs) if args.docs else None)
-        print(hyperparameters.tables(results))
-    else:  # masking, finetune: docs/<experiment>.json and their tables in docs/experiments.md
+        if args.experiment == "data-strategy":
+            lesson = data_strategy
+            results = data_strategy.run_experiments(tuple(args.seeds), only=args.only)
+        else:
+            lesson = hyperparameters
+            results = hyperparameters.with_seeds(hyperparameters.all_sweeps(tuple(args.seeds), only=args.only),
+                                                 args.seeds)
+        if args.only and not docs:  # merge into the stored groups or sweeps
+            results = merge_stored(lesson.load_stored(), results)
+        lesson.write_docs(results, docs)
+        print(lesson.tables(results))
+    else:  # masking, finetune, run-on: docs/<experiment>.json and their tables in docs/experiments.md
         _, experiment, tables = STORED[args.experiment]
         results = experiment(tuple(args.seeds))
-        write_stored(args.experiment, results, Path(args.docs) if args.docs else None)
+        write_stored(args.experiment, results, docs)
         print(tables(results))

@@ -153,6 +153,20 @@ def results_json(results: dict) -> str:
     return numbers.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
 
 
+def merge_stored(stored: dict, results: dict) -> dict:
+    """The `results` of a partial run (`--only`) laid over the `stored` ones: each group or sweep
+    replaced whole, the others kept; a `seeds` map (`{sweep: [seed, ...]}`) merged key by key, so
+    each kept sweep keeps its own seeds.
+
+    >>> merge_stored({"a": 1, "b": 2, "seeds": {"a": [0], "b": [0]}}, {"b": 3, "seeds": {"b": [0, 1]}})
+    {'a': 1, 'b': 3, 'seeds': {'a': [0], 'b': [0, 1]}}
+    """
+    merged = {**stored, **results}
+    if isinstance(stored.get("seeds"), dict) and isinstance(results.get("seeds"), dict):
+        merged["seeds"] = {**stored["seeds"], **results["seeds"]}
+    return merged
+
+
 def write_block(md: Path, name: str, title: str, body: str) -> None:
     """Write `body` into the Markdown file `md` between `<!-- name:start -->` and `<!-- name:end -->`,
     replacing what was there, or append it under a `## title` heading (a missing file is started).
