@@ -146,16 +146,17 @@ def reply_losses(model, tokenizer, records: list[dict]) -> list[float]:
     return example_losses(model, tokenizer, labelled)
 
 
-def self_scored_losses(records: list[dict], steps: int = 150, seed: int = 0, model_id: str = "tiny") -> list[float]:
-    """Fine-tune a fresh copy of the base on `records` themselves (one pass: `steps` steps of about
-    16 conversations, the course's recipe), then score each record's last reply under it
-    (`reply_losses`). No labels and no second source: after one pass, a reply the model still finds
+def self_scored_losses(records: list[dict], steps: int | None = None, seed: int = 0,
+                       model_id: str = "tiny") -> list[float]:
+    """Fine-tune a fresh copy of the base on `records` themselves (the course's recipe, about 16
+    conversations per step; `steps` by default one pass over them), then score each record's last
+    reply under it (`reply_losses`). No labels and no second source: after one pass, a reply the model still finds
     surprising disagrees with what the rest of the data teaches (a fact stated otherwise elsewhere)
     or with its family's usual shape. `loss_outliers` turns the losses into flags."""
     from ..recipe import run_sft
     from .lanes import lane, run_config
 
-    steps = lane(model_id).steps(steps)
+    steps = lane(model_id).steps(steps or -(-len(records) // 16))
     cfg = run_config(model=model_id, max_steps=steps, seed=seed, logging_steps=steps, validation=None, test=None)
     run = run_sft(cfg, records)
     return reply_losses(run.model, run.tokenizer, records)
