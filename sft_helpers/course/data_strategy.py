@@ -22,7 +22,7 @@ from pathlib import Path
 from .conversations import REFUSAL
 from .data import clean_vs_noisy, load_noisy_train, load_paraphrases, load_reworded_test, load_split
 from .data import load_narrow_phrasing, load_world
-from .hyperparameters import compare_sets, item_scores  # noqa: F401 (lesson 06 imports them from here)
+from .hyperparameters import compare_sets, delta_cell, item_scores  # noqa: F401 (lesson 06 imports some)
 from .world import JOBS
 
 DOCS_JSON = Path(__file__).resolve().parents[2] / "docs" / "data_strategy.json"
@@ -743,9 +743,9 @@ def _items(runs_by_set: dict[str, list[dict]]) -> str:
 def _delta(runs_by_set: dict[str, list[dict]], name: str, ref: str, key: str = "exact") -> str:
     """A table cell: `name` minus `ref` with its 95% interval, or "" for the reference row and for
     runs stored without per-item scores."""
-    if name == ref or (key == "exact" and "exact_items" not in runs_by_set[name][0]):
+    if key == "exact" and "exact_items" not in runs_by_set[name][0]:
         return ""
-    return compare_sets(runs_by_set, name, ref, key).brief(2 if key.endswith("loss") else None)
+    return delta_cell(runs_by_set, name, ref, key)
 
 
 def semantic_choice_text(choice: dict) -> str:

@@ -153,7 +153,7 @@ def run_summary(run: dict) -> dict:
 def seeds_table(runs_by_name: dict[str, list[dict]], ref: str, columns: list[tuple]) -> list[str]:
     """A Markdown table of stored runs `{name: [summary per seed]}`: one row per name, each cell the
     values per seed ("seed 0 / seed 1 / ..."). `columns`: `(header, value, format, delta)` with
-    `value` a summary key or a function of a summary; `delta` (or None) a `data_strategy.compare_sets`
+    `value` a summary key or a function of a summary; `delta` (or None) a `hyperparameters.compare_sets`
     key ("exact", "recall", or a loss key): a "Δ" column after it, the name minus `ref` with its
     95% interval (over items and seeds for per-item scores, over seeds for a loss). When the
     runs have a `config` (their `sft-train` overrides), the last column shows it.
@@ -164,8 +164,7 @@ def seeds_table(runs_by_name: dict[str, list[dict]], ref: str, columns: list[tup
     | a | 1.00 / 1.10 |  | (none) |
     | b | 2.00 / 2.30 | +1.10 (-0.17 to +2.37) | `--x` |
     """
-    from .hyperparameters import compare_sets
-    from .hyperparameters import _per_seed
+    from .hyperparameters import _per_seed, delta_cell
 
     heads = [h for header, _, _, delta in columns for h in ([header] + ([f"Δ {header}"] if delta else []))]
     configs = "config" in next(iter(runs_by_name.values()))[0]
@@ -176,8 +175,7 @@ def seeds_table(runs_by_name: dict[str, list[dict]], ref: str, columns: list[tup
         for _, value, fmt, delta in columns:
             cells.append(_per_seed(runs, value, fmt))
             if delta:
-                cells.append("" if name == ref else compare_sets(runs_by_name, name, ref, delta).brief(
-                    2 if delta.endswith("loss") else None))
+                cells.append(delta_cell(runs_by_name, name, ref, delta))
         cells += [runs[0]["config"]] if configs else []
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
@@ -525,7 +523,7 @@ def run_on_experiment(seeds=(0, 1, 2), steps: int = 80, test_items: int = 120) -
     about 16 conversations per step) with and without each sample's closing `<|im_end|>`, trained
     `steps` steps per seed and answering the first `test_items` test prompts greedily. Per run:
     exact match, stop rate and `runs_on` (the reply runs into another turn), each also per item."""
-    from ..evaluate import chat_eval
+    from ..evaluate import chat_eval, per_item
     from .hyperparameters import _per_item
 
     tok = load_tokenizer("tiny", verbose=False)
@@ -538,10 +536,10 @@ def run_on_experiment(seeds=(0, 1, 2), steps: int = 80, test_items: int = 120) -
                             samples_per_step=2, seed=seed)
             got = chat_eval(run["model"], run["tokenizer"], test)
             rows = got["rows"]
+            run_on_items = [int(runs_on(r)) for r in rows]
             runs[name].append({"exact": got["exact_match"], "stop_rate": got["stop_rate"], **_per_item(rows),
-                               "stop_items": [int(r["stopped"]) for r in rows],
-                               "run_on_items": [int(runs_on(r)) for r in rows],
-                               "run_on": sum(map(runs_on, rows)) / len(rows)})
+                               "stop_items": per_item(got, "stopped"), "run_on_items": run_on_items,
+                               "run_on": sum(run_on_items) / len(rows)})
             print(f"seed {seed} {name}: exact {got['exact_match']:.1%}, stop {got['stop_rate']:.1%}, "
                   f"run-on {runs[name][-1]['run_on']:.1%}", flush=True)
     return {"seeds": list(seeds), "steps": steps, "runs": runs,

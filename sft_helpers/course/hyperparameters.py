@@ -622,6 +622,19 @@ def compare_sets(runs_by_set: dict[str, list[dict]], a: str, b: str, key: str = 
                    item_scores(runs_by_set[b], key, family, wording), (a, b))
 
 
+def delta_cell(runs_by_set: dict[str, list[dict]], name: str, ref: str, key: str = "exact") -> str:
+    """A table cell: `name` minus `ref` (`compare_sets`) with its 95% interval, briefly (losses to
+    2 decimals, rates in points); "" for the reference row itself.
+
+    >>> runs = {"a": [{"val_loss": 1.0}, {"val_loss": 1.1}], "b": [{"val_loss": 2.0}, {"val_loss": 2.3}]}
+    >>> delta_cell(runs, "b", "a", "val_loss"), delta_cell(runs, "a", "a", "val_loss")
+    ('+1.10 (-0.17 to +2.37)', '')
+    """
+    if name == ref:
+        return ""
+    return compare_sets(runs_by_set, name, ref, key).brief(2 if key.endswith("loss") else None)
+
+
 def delta_lines(runs_by_name: dict[str, list[dict]], ref: str, keys=("val_loss", "exact")) -> list[str]:
     """Under a table: a heading, then each row minus the `ref` row with its 95% interval
     (`compare_sets`: "exact" over the test items and seeds, a loss over seeds), one line per row.
@@ -634,8 +647,7 @@ def delta_lines(runs_by_name: dict[str, list[dict]], ref: str, keys=("val_loss",
     out = ["Differences, 95% CI (losses over seeds, exact match over test items and seeds):"]
     for name in runs_by_name:
         if name != ref:
-            cells = [f"{names.get(k, k)} {compare_sets(runs_by_name, name, ref, k).brief(2 if k.endswith('loss') else None)}"
-                     for k in keys]
+            cells = [f"{names.get(k, k)} {delta_cell(runs_by_name, name, ref, k)}" for k in keys]
             out.append(f"* {name} minus {ref}: " + "; ".join(cells))
     return out
 
