@@ -150,6 +150,24 @@ def echoes_prompt(prompt_messages: list[dict], reply: str) -> bool:
     return bool(norm(user)) and norm(user) in norm(reply)
 
 
+def copies_prompt(prompt_messages: list[dict], reply: str, reference: str = "", words: int = 6) -> bool:
+    """Whether the reply repeats `words` consecutive words of the last user message (case and
+    punctuation ignored) that its reference reply does not hold: echo for long prompts, which a
+    reply rarely repeats whole (`echoes_prompt`) but can copy a stretch of.
+
+    >>> user = [{"role": "user", "content": "Notes: Ada is a baker in Rome. Ada is 41. Where is Ada?"}]
+    >>> copies_prompt(user, "Notes: Ada is a baker in Rome"), copies_prompt(user, "She lives in Rome.")
+    (True, False)
+    """
+    def norm(t):
+        return re.sub(r"[^\w\s]", " ", t.lower()).split()
+    user = next((m["content"] for m in reversed(prompt_messages) if m["role"] == "user"), "")
+    said, ref = " ".join(norm(reply)), " ".join(norm(reference))
+    u = norm(user)
+    spans = {" ".join(u[i:i + words]) for i in range(len(u) - words + 1)}
+    return any(span in said and span not in ref for span in spans)
+
+
 def summarize(rows: list[dict]) -> dict:
     """Aggregate per-row booleans (`exact`, `format_ok`, `stopped`, and `echo` where present)
     overall and per task."""

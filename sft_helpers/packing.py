@@ -134,6 +134,26 @@ def cut_report(result: PackResult, examples: list[dict] | None = None, ignore_in
     return report
 
 
+def cut_pieces(result: PackResult, examples: list[dict], ignore_index: int = -100
+               ) -> tuple[list[dict], list[dict]]:
+    """The pieces a packing cut off the start of their sample that still train a token, twice:
+    `(alone, in_context)`, each piece as its row trains it (its own tokens only, the prompt out of
+    sight) and the same trained tokens scored after the whole start of their sample. Their losses
+    (`training.example_losses`) say what the cut costs.
+
+    >>> alone, in_context = cut_pieces(pack_wrapped([3, 3], 4), [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}] * 2)
+    >>> alone, in_context
+    ([{'input_ids': [6, 7], 'labels': [6, 7]}], [{'input_ids': [5, 6, 7], 'labels': [-100, -100, 7]}])
+    """
+    pieces = [(i, s, e) for b in result.bins for i, s, e in b
+              if s > 0 and any(label != ignore_index for label in examples[i]["labels"][s + 1:e])]
+    alone = [{"input_ids": examples[i]["input_ids"][s:e], "labels": examples[i]["labels"][s:e]}
+             for i, s, e in pieces]
+    in_context = [{"input_ids": examples[i]["input_ids"][:e],
+                   "labels": [ignore_index] * (s + 1) + examples[i]["labels"][s + 1:e]} for i, s, e in pieces]
+    return alone, in_context
+
+
 def _decreasing(pieces):
     """Longest first; equal sizes keep their order (a stable sort)."""
     return sorted(pieces, key=lambda p: p[2] - p[1], reverse=True)
@@ -219,6 +239,7 @@ def _pack_order(lengths: list[int], max_length: int, strategy: str, overflow: st
     """`(order, result)`: the samples' order (shuffled with `shuffle_seed`, else as given) and the
     packing of their lengths in that order (longest first unless shuffled); `result`'s sample index
     `i` is sample `order[i]`. Shared by `pack_examples` and `pack_columns`, so both make the same rows."""
+    import inspect
     import random
 
     if strategy not in PACKERS:
@@ -227,9 +248,10 @@ def _pack_order(lengths: list[int], max_length: int, strategy: str, overflow: st
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
     lengths = [lengths[i] for i in order]
-    if strategy in ("sequential", "wrapped"):  # in the given order
-        return order, PACKERS[strategy](lengths, max_length, overflow)
-    return order, PACKERS[strategy](lengths, max_length, overflow, decreasing=shuffle_seed is None)
+    packer = PACKERS[strategy]
+    if "decreasing" not in inspect.signature(packer).parameters:  # a packer that keeps the given order
+        return order, packer(lengths, max_length, overflow)
+    return order, packer(lengths, max_length, overflow, decreasing=shuffle_seed is None)
 
 
 def pack_examples(examples: list[dict], max_length: int, strategy: str = "bfd", overflow: str = "raise",

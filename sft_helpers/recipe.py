@@ -130,8 +130,12 @@ FIELDS: dict[str, Field] = {
     "lora_dropout": Field(NUM, 0.05, "dropout on the adapters' input", check=_unit),
     "lora_targets": Field(STR + LIST, "all-linear", "modules that get adapters"),
     "train_embeddings": Field(BOOL, False, "LoRA/QLoRA: also train the embeddings and output head"),
+    "attention_dropout": Field(NUM + NONE, None, "the model's attention dropout while training "
+                               "(null: the model config's, 0 for most)", check=_unit),
     # hyperparameters
     "lr": Field(NUM, 2e-4, "peak learning rate (above 0.1 only with force: true)", check=_positive),
+    "embedding_lr": Field(NUM + NONE, None, "peak learning rate of the input embeddings and output head "
+                          "(null: lr)", check=_positive),
     "force": Field(BOOL, False, "train despite an implausible learning rate (above 0.1)"),
     "schedule": Field(STR, "cosine", "after warmup: cosine decay or constant", ("cosine", "constant")),
     "warmup": Field(NUM, 0.05, "warmup: a fraction of the steps, or a step count when >= 1",
@@ -804,7 +808,9 @@ def build_model(cfg: dict, device: str, verbose: bool = True):
 
     model, tok = load_model(cfg["model"], device=device,
                             quantization="4bit" if cfg["method"] == "qlora" else None,
-                            gradient_checkpointing=cfg["gradient_checkpointing"], precision=cfg["precision"])
+                            gradient_checkpointing=cfg["gradient_checkpointing"], precision=cfg["precision"],
+                            **({} if cfg["attention_dropout"] is None else
+                               {"attention_dropout": cfg["attention_dropout"]}))
     apply_template(cfg, tok)
     if cfg["method"] != "full":
         model = add_lora(model, r=cfg["lora_r"], alpha=cfg["lora_alpha"], dropout=cfg["lora_dropout"],
@@ -936,7 +942,7 @@ def training_settings(cfg: dict) -> dict:
                 output_dir=str(Path(cfg["output_dir"]) / "checkpoints") if checkpoints else None,
                 save_steps=cfg["save_steps"], resume_from_checkpoint=cfg["resume"] or None,
                 early_stopping_patience=cfg["early_stopping_patience"], precision=cfg["precision"],
-                max_grad_norm=cfg["max_grad_norm"],
+                max_grad_norm=cfg["max_grad_norm"], embedding_lr=cfg["embedding_lr"],
                 schedule="cosine" if cfg["schedule"] == "cosine" else "constant_with_warmup")
 
 
@@ -1011,12 +1017,15 @@ def trl_arguments(cfg: dict) -> dict[str, dict]:
            "packing": cfg["batching"] == "packed", "padding_free": cfg["batching"] != "padded",
            "completion_only_loss": cfg["mask"] == "completion_only",
            "assistant_only_loss": cfg["mask"] == "assistant_only"}
+    if cfg["attention_dropout"] is not None:  # a model config key: TRL passes it to from_pretrained
+        sft["model_init_kwargs"] = {"attention_dropout": cfg["attention_dropout"]}
     lora = {} if cfg["method"] == "full" else {
         "r": cfg["lora_r"], "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
         "target_modules": cfg["lora_targets"],
         # the embeddings and output head trained whole next to the adapters
         "modules_to_save": ["embed_tokens", "lm_head"] if cfg["train_embeddings"] else None}
     ours = {"samples_per_step": cfg["samples_per_step"], "prompt_weight": cfg["prompt_weight"],
+            "embedding_lr": cfg["embedding_lr"],  # per-group rates: an optimizer of your own in TRL
             # a 4-bit base is the model's loading (`model_init_kwargs`' quantization_config), not a field
             "method": "qlora" if cfg["method"] == "qlora" else None}
     return {"SFTConfig": sft, "LoraConfig": lora, "no TRL field": {k: v for k, v in ours.items() if v is not None}}

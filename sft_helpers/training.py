@@ -24,6 +24,24 @@ class WeightedLossTrainer(Trainer):
     total weight) of target tokens in the whole accumulated batch."""
 
     loss_is_scaled_for_ga = True  # compute_loss already divides by the accumulated token count
+    embedding_lr: float | None = None  # the embeddings' and output head's rate (None: the model's)
+
+    def create_optimizer(self, model=None):
+        """Trainer's AdamW, with the input embeddings and the output head in groups of their own at
+        `embedding_lr` when it is set (the scheduler, created after, scales every group alike)."""
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        if self.embedding_lr is None:
+            return optimizer
+        model = self.model
+        own = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings())
+               if m is not None and getattr(m, "weight", None) is not None}
+        for group in list(optimizer.param_groups):
+            moved = [p for p in group["params"] if id(p) in own]
+            if moved:
+                group["params"] = [p for p in group["params"] if id(p) not in own]
+                optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"},
+                                           "params": moved, "lr": self.embedding_lr})
+        return optimizer
 
     def _get_num_items_in_batch(self, batch_samples, device):
         """Target tokens (or their total weight) of the whole accumulated batch, over every
@@ -181,8 +199,9 @@ def train_sft(model, tokenizer, train: list[dict], eval: list[dict] | None = Non
     `max_steps`, `batch_size`, `grad_accum`, `warmup`, `weight_decay`, `seed`, `eval_steps` (or
     "epoch"),
     `logging_steps`, `group_by_length`, `output_dir`, `collator`, `save_steps`,
-    `early_stopping_patience`, `precision`, `pure_bf16`, `callbacks`, `schedule`; any other keyword
-    goes to `TrainingArguments`.
+    `early_stopping_patience`, `precision`, `pure_bf16`, `callbacks`, `schedule`, `embedding_lr`
+    (the input embeddings and output head at their own peak rate); any other keyword goes to
+    `TrainingArguments`.
 
     Effective batch = `batch_size * grad_accum`. Warmup is a fraction of the steps (or a step count when ≥
     1), then `schedule` (transformers' `lr_scheduler_type`: "cosine", "linear", "constant_with_warmup",
@@ -228,7 +247,7 @@ def make_trainer(model, tokenizer, train: list[dict], eval: list[dict] | None = 
                  logging_steps: int = 10, group_by_length: bool = False, output_dir: str | None = None,
                  collator=None, save_steps: int | None = None, early_stopping_patience: int | None = None,
                  precision: str | None = None, pure_bf16: bool = False, callbacks: list | None = None,
-                 schedule: str = "cosine", **args) -> WeightedLossTrainer:
+                 schedule: str = "cosine", embedding_lr: float | None = None, **args) -> WeightedLossTrainer:
     """The `WeightedLossTrainer` that `train_sft` builds and trains, not yet trained: to look inside
     a step (`trainer.compute_loss`) or to call `.train()` yourself. The settings are `train_sft`'s
     (described there; defaults: LR 1e-3, batch 16, warmup 5% then cosine, weight decay 0.01).
@@ -263,6 +282,7 @@ def make_trainer(model, tokenizer, train: list[dict], eval: list[dict] | None = 
         # accelerate skips fp16 autocast and the loss scaler on a CPU; run them as on a T4
         trainer.accelerator.native_amp = True
         trainer.accelerator.scaler = torch.amp.GradScaler("cpu")
+    trainer.embedding_lr = embedding_lr
     return trainer
 
 

@@ -157,3 +157,15 @@ def test_cloze_recall_gives_one_hit_per_probe_in_order():
     for relation, share in got["per_relation"].items():
         mine = [h for p, h in zip(probes, got["hits"]) if p["relation"] == relation]
         assert share == sum(mine) / len(mine)
+
+
+def test_copies_prompt_counts_a_copied_stretch_of_the_prompt_but_not_what_the_answer_needs():
+    from sft_helpers.evaluate import copies_prompt
+
+    notes = "Notes: Ada Bell lives in Velm, a city in Orsk. Tom Reed is 41 years old.\n\nWhere is Velm?"
+    user = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": notes}]
+    assert copies_prompt(user, "Ada Bell lives in Velm, a city")  # six words of the notes
+    assert copies_prompt(user, "notes ada bell lives in velm")  # case and punctuation ignored
+    assert not copies_prompt(user, "Ada Bell lives in Velm.")  # five words: a short answer may share
+    assert not copies_prompt(user, "It is a city in Orsk. Tom Reed is 41", "It is a city in Orsk. Tom Reed is 41")
+    assert not copies_prompt([{"role": "system", "content": notes}], notes)  # only the user's words

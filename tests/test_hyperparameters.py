@@ -109,3 +109,29 @@ def test_best_rate_ratio_recovers_a_known_ratio_between_grid_points():
     d = best_rate_ratio(results)
     assert 10 ** d.low <= 10 <= 10 ** d.high and abs(10 ** d.delta - 10) < 1.5, d
     assert d.n_seeds == 3 and d.supports(">")
+
+
+def test_the_embeddings_apart_sweep_shares_its_one_rate_row_and_reads_as_stored():
+    """At a body rate equal to `EMBEDDING_LR`, the "embeddings apart" run is the one-rate run (two
+    optimizer groups, the same rate: the same updates), seed for seed; and `rates_apart` gives the
+    docs' reading of both sweeps: three seeds, a best body rate per seed inside the grid."""
+    from sft_helpers.course.hyperparameters import EMBEDDING_LR, LR_GRID, load_stored, rates_apart
+
+    stored = load_stored()
+    name = f"full {EMBEDDING_LR:.3g}"
+    apart, one = stored["learning rate, embeddings apart"][name], stored["learning rate"][name]
+    assert len(apart) == len(one) >= 3
+    for a, b in zip(apart, one):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=0.02), (a["val_loss"], b["val_loss"])
+    study = rates_apart(stored)
+    assert len(study["body"]) == len(study["one rate"]) == 3
+    assert all(LR_GRID["full"][0] < lr < LR_GRID["full"][-1] for lr in study["body"] + study["one rate"])
+    assert study["pretraining"] / max(study["one rate"]) == pytest.approx(study["pre_over_one"], rel=0.5)
+
+
+def test_stored_regularisation_has_the_attention_dropout_rows_on_three_seeds():
+    from sft_helpers.course.hyperparameters import REGULARISATION, load_stored
+
+    reg = load_stored()["regularisation"]
+    assert list(reg) == list(REGULARISATION)
+    assert all(len(runs) == 3 for runs in reg.values())

@@ -7,7 +7,7 @@ from sft_helpers.course import experiments
 from sft_helpers.course.data import load_split
 
 
-@pytest.mark.parametrize("name, n_test", [("masking", None), ("finetune", None), ("run-on", 120)])
+@pytest.mark.parametrize("name, n_test", [("masking", None), ("finetune", None), ("echo", None), ("run-on", 120)])
 def test_the_stored_table_is_what_its_runs_print(name, n_test):
     results = experiments.load_stored(name)
     text = (experiments.DOCS / "experiments.md").read_text(encoding="utf-8")

@@ -330,6 +330,7 @@ def test_merged_lora_with_trained_embeddings_on_a_bf16_lane_is_all_bf16(tmp_path
     {"method": "full", "save": "model", "lr": 1e-3, "batching": "padded", "mask": "assistant_only"},
     {"method": "lora", "train_embeddings": True, "schedule": "constant", "warmup": 10, "grad_accum": 4},
     {"method": "qlora", "batching": "padding_free", "mask": "full", "max_steps": 60, "weight_decay": 0.1},
+    {"method": "full", "save": "model", "attention_dropout": 0.2},
 ])
 def test_trl_arguments_build_trl_and_peft_configs_that_read_back_our_values(raw):
     """Each SFTConfig / LoraConfig field holds the value the config trains with (and TRL accepts it)."""
@@ -347,9 +348,29 @@ def test_trl_arguments_build_trl_and_peft_configs_that_read_back_our_values(raw)
     assert built.packing == (cfg["batching"] == "packed") and built.padding_free == (cfg["batching"] != "padded")
     assert built.completion_only_loss == (cfg["mask"] == "completion_only")
     assert built.assistant_only_loss == (cfg["mask"] == "assistant_only")
+    assert (built.model_init_kwargs or {}).get("attention_dropout") == cfg["attention_dropout"]
     if cfg["method"] == "full":
         assert args["LoraConfig"] == {}
     else:
         lora = LoraConfig(**args["LoraConfig"])
         assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"])
         assert bool(lora.modules_to_save) == cfg["train_embeddings"]
+
+
+def test_attention_dropout_reaches_the_model_and_acts_only_in_training():
+    """`attention_dropout` is the model config's: two training-mode passes differ, eval passes do not."""
+    import torch
+    from sft_helpers.recipe import build_model
+
+    cfg = check_config({"train": "x.jsonl", "method": "full", "save": "model", "attention_dropout": 0.3,
+                        "model": "tiny"})
+    model, _ = build_model(cfg, "cpu", verbose=False)
+    plain, _ = build_model({**cfg, "attention_dropout": None}, "cpu", verbose=False)
+    assert model.config.attention_dropout == 0.3 and plain.config.attention_dropout == 0.0
+    ids = torch.tensor([list(range(5, 25))])
+    with torch.no_grad():
+        model.train(), plain.train()
+        assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+        assert torch.equal(plain(input_ids=ids).logits, plain(input_ids=ids).logits)
+        model.eval()
+        assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -192,3 +192,22 @@ def test_gradient_noise_falls_as_one_over_the_batch_size():
     assert compare(small, large, ("batch 8", "batch 32"), paired=False).supports(">")
     with pytest.raises(ValueError, match="n_batches"):
         gradient_noise(model, tok, examples[:10], 8, n_batches=2)
+
+
+def test_embedding_lr_moves_the_embeddings_at_their_own_rate(data):
+    """`embedding_lr`: the (tied) embeddings and head in groups of their own; the body at `lr`."""
+    from sft_helpers.training import make_trainer
+
+    tok, train, _ = data
+    model, _ = load_model("tiny")
+    embeddings = model.get_input_embeddings().weight
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = make_trainer(model, tok, train, lr=1e-9, embedding_lr=1e-2, max_steps=2, batch_size=8,
+                           warmup=0, schedule="constant_with_warmup")
+    trainer.train()
+    groups = trainer.optimizer.param_groups
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+    assert [g["lr"] for g in groups if any(p is embeddings for p in g["params"])] == [1e-2]
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    assert moved["model.embed_tokens.weight"] > 1e-3
+    assert max(v for n, v in moved.items() if n != "model.embed_tokens.weight") < 1e-6

@@ -197,6 +197,34 @@ def _draw(world: World, split: str, rng: random.Random, seen: set, repeat: bool 
     return (task if attempt < 20 else "knowledge"), msgs
 
 
+def with_notes(records: list[dict], world: World, split: str, sentences: int = 8, seed: int = 0
+               ) -> list[dict]:
+    """A copy of `records` whose last user message starts with a long, copyable passage: "Notes:"
+    and `sentences` atlas sentences about random entities of `split` (a user pasting text before the
+    question). The reply is unchanged, so the passage is only ever worth reading, never repeating:
+    lesson 01's echo experiment, where full-sequence loss spends most of its tokens on such passages.
+
+    >>> from sft_helpers.course.world import make_world
+    >>> r = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Yo."}]}
+    >>> out = with_notes([r], make_world(0), "test", sentences=2)[0]["messages"]
+    >>> out[0]["content"].startswith("Notes:"), out[0]["content"].endswith("Hi?"), out[1]["content"]
+    (True, True, 'Yo.')
+    """
+    from .world import fact_sentences
+
+    rng = random.Random(f"notes-{seed}-{split}")
+    entities = {e.name for e in (*world.countries, *world.cities, *world.people) if e.split == split}
+    pool = [s for e, ss in fact_sentences(world).items() if e in entities for s in ss]
+    out = []
+    for r in records:
+        msgs = [dict(m) for m in r["messages"]]
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+        notes = " ".join(rng.sample(pool, sentences))
+        msgs[last]["content"] = f"Notes: {notes}\n\n{msgs[last]['content']}"
+        out.append({**r, "messages": msgs})
+    return out
+
+
 def plant_duplicates(records: list[dict], seed: int, n_exact: int = 60, n_near: int = 60
                      ) -> tuple[list[dict], list[dict]]:
     """Append exact copies and near copies (whitespace, case, a trailing 'please') of random records.

@@ -22,7 +22,7 @@ from pathlib import Path
 from .conversations import REFUSAL
 from .data import clean_vs_noisy, load_noisy_train, load_paraphrases, load_reworded_test, load_split
 from .data import load_narrow_phrasing, load_world
-from .hyperparameters import compare_sets, delta_cell, item_scores  # noqa: F401 (lesson 06 imports some)
+from .hyperparameters import compare_sets, delta_cell, family_score, item_scores  # noqa: F401 (lesson 06 imports some)
 from .world import JOBS
 
 DOCS_JSON = Path(__file__).resolve().parents[2] / "docs" / "data_strategy.json"
@@ -447,16 +447,36 @@ def method_scores(results: dict, planted, kinds: dict[tuple[int, int], str] | No
             right = sum(groups.get(i, -1) == groups.get(j, -2) or same_fact(records[i], records[j], values)
                         for i, j, *_ in result.pairs)
             row["same_fact"] = right / max(len(result.pairs), 1)
-            kept_of = {i: c[0] for c in result.clusters for i in c[1:]}
-            row["removed_same_fact"] = sum(groups.get(i, -1) == groups.get(k, -2) or
-                                           same_fact(records[i], records[k], values)
-                                           for i, k in kept_of.items()) / max(len(kept_of), 1)
+            why = removal_reasons(result, records, planted, values)
+            row["removed_same_fact"] = sum(w != "another fact" for w in why.values()) / max(len(why), 1)
         if kinds:
             groups = {i: g for g, c in enumerate(result.clusters) for i in c}
             row["by_kind"] = {k: sum(groups.get(i, -1) == groups.get(j, -2) for (i, j), kk in kinds.items() if kk == k)
                               / sum(kk == k for kk in kinds.values()) for k in sorted(set(kinds.values()))}
         out[method] = row
     return out
+
+
+def removal_reasons(result, records: list[dict], planted, values: dict | None = None) -> dict[int, str]:
+    """Why a de-duplication `result` removed each record it removed, against the record its cluster
+    keeps: "planted copy" (the two are copies of one planted group), "same fact" (they ask the same
+    fact, `same_fact`) or "another fact". `values`: `atlas_values` of the world (computed if None).
+
+    >>> from sft_helpers.dedup import DedupResult
+    >>> ask = lambda q: {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "x"}]}
+    >>> recs = [ask("Hi"), ask("Hi"), ask("Age of Velm?"), ask("Job of Velm?")]
+    >>> r = DedupResult("m", None, 4, clusters=[[0, 1], [2, 3]], kept=[0, 2], removed=[1, 3], pairs=[])
+    >>> removal_reasons(r, recs, [(0, 1)], values={})
+    {1: 'planted copy', 3: 'another fact'}
+    """
+    from ..dedup import clusters_from_pairs
+
+    values = atlas_values(load_world()) if values is None else values
+    copies = {i: g for g, c in enumerate(clusters_from_pairs(len(records), planted)) for i in c}
+    kept_of = {i: c[0] for c in result.clusters for i in c[1:]}
+    return {i: "planted copy" if i in copies and copies[i] == copies.get(k)
+            else "same fact" if same_fact(records[i], records[k], values) else "another fact"
+            for i, k in kept_of.items()}
 
 
 def paraphrase_pairs() -> list[tuple[int, int]]:
@@ -579,7 +599,7 @@ def experiment_sets(seed: int = 0, dedup_results: dict | None = None, only=None)
     * quality: 600 clean conversations, the same plus 1,800 noisy ones (4×, 30% bad) and what of
       those 2,400 passes `quality_filter`;
     * blind quality: what of the 2,400 passes `blind_quality_filter` (no ground truth; it trains a
-      reference model, so it is a group of its own);
+      reference model, so it is a group of its own), its spec with the filter's `"filter report"`;
     * diversity: the training split, without the json family, skewed 90% knowledge / 10% the rest,
       and with narrow phrasing (`narrowed`), each scored on the test split and on `phrasing_sets`;
     * duplicates: the split plus 20 wrong-answer items ×10 and 20 ×1 (`with_repeats`, scored on
@@ -594,7 +614,7 @@ def experiment_sets(seed: int = 0, dedup_results: dict | None = None, only=None)
     if dedup_results is None:
         dedup_results, _ = lesson_dedup()
     phrasing = phrasing_sets()
-    blind = blind_quality_filter(noisy, seed)[0] if not only or "blind quality" in only else None
+    blind, blind_report = blind_quality_filter(noisy, seed) if not only or "blind quality" in only else (None, None)
     sets = {
         "quality": {"clean 600": clean, "noisy 2,400": noisy, f"filtered {len(filtered):,}": filtered},
         "blind quality": {} if blind is None else {"filtered without ground truth": blind},  # size: per seed
@@ -606,7 +626,8 @@ def experiment_sets(seed: int = 0, dedup_results: dict | None = None, only=None)
     }
     eval_sets = {"diversity": phrasing, "repeats": probes}
     return {name: {"records": records, "group": group, "eval_sets": eval_sets.get(group),
-                   "test_items": TEST_ITEMS if group in ("quality", "blind quality", "diversity") else 120}
+                   "test_items": TEST_ITEMS if group in ("quality", "blind quality", "diversity") else 120,
+                   **({"filter report": blind_report} if group == "blind quality" else {})}
             for group, named in sets.items() for name, records in named.items() if not only or group in only}
 
 
@@ -656,10 +677,12 @@ def run_experiments(seeds=(0, 1, 2), steps: int = STEPS, only=None, workers: int
     from .runs import run_in_workers
     from .hyperparameters import _summary, run_hp
     dedup_results, choice = lesson_dedup()
-    jobs, names = [], []
+    jobs, names, blind_reports = [], [], {}
     for seed in seeds:
         for name, spec in experiment_sets(seed, dedup_results, only).items():
             names.append((spec["group"], name))
+            if "filter report" in spec:
+                blind_reports[seed] = spec["filter report"]
             jobs.append(dict(records=spec["records"], eval_sets=spec["eval_sets"], test_items=spec["test_items"],
                              steps=steps, seed=seed))
     runs = run_in_workers(run_hp, jobs, workers, keep_models=False, desc="data-strategy runs")
@@ -672,7 +695,7 @@ def run_experiments(seeds=(0, 1, 2), steps: int = STEPS, only=None, workers: int
     noisy = clean_vs_noisy(600, factor=4)[1]
     out["quality filter"] = quality_filter(noisy)[1]
     if not only or "blind quality" in only:
-        out["blind quality filter"] = blind_quality_filter(noisy)[1]
+        out["blind quality filter"] = blind_reports.get(0) or blind_quality_filter(noisy)[1]  # seed 0's
     return out
 
 
@@ -730,10 +753,6 @@ def data_report(records: list[dict], tokenizer=None, near_threshold: float = 0.8
 
 # --- tables and stored results ------------------------------------------------------------------
 
-def _task(run: dict, task: str, key: str = "exact_match") -> float:
-    return run["per_task"].get(task, {}).get(key, float("nan"))
-
-
 def _items(runs_by_set: dict[str, list[dict]]) -> str:
     runs = next(iter(runs_by_set.values()))
     n = len(runs[0].get("exact_items", ()))
@@ -769,9 +788,9 @@ def tables(results: dict) -> str:
     """The Markdown tables of `run_experiments` results (values per seed, "seed 0 / seed 1")."""
     from functools import partial
 
-    from .hyperparameters import _per_seed
+    from .hyperparameters import seed_values
 
-    per_seed = partial(_per_seed, fmt="{:.0%}")  # shares, unless a format is given
+    per_seed = partial(seed_values, fmt="{:.0%}")  # shares, unless a format is given
     lines = []
     if "quality" in results:
         runs_by_set = {**results["quality"], **results.get("blind quality", {})}
@@ -807,8 +826,8 @@ def tables(results: dict) -> str:
         for name, runs in runs_by_set.items():
             lines.append(f"| {name} | {per_seed(runs, lambda r: r['exact'])} | {_delta(runs_by_set, name, ref)} | "
                          f"{per_seed(runs, lambda r: r['val_loss'], fmt='{:.2f}')} | "
-                         f"{per_seed(runs, lambda r: _task(r, 'json', 'format_ok'))} | "
-                         f"{per_seed(runs, lambda r: _task(r, 'knowledge'))} | "
+                         f"{per_seed(runs, lambda r: family_score(r, 'json', 'format_ok'))} | "
+                         f"{per_seed(runs, lambda r: family_score(r, 'knowledge'))} | "
                          f"{per_seed(runs, lambda r: r['sets']['seen wordings']['exact'])} | "
                          f"{per_seed(runs, lambda r: r['sets']['new wordings']['exact'])} |")
         lines.append("")
@@ -876,4 +895,4 @@ def family_rates(runs_by_set: dict[str, list[dict]], names=None, key: str = "exa
     """
     names = list(names or runs_by_set)
     families = list(runs_by_set[names[0]][0]["per_task"])
-    return {f: {n: statistics.mean(_task(r, f, key) for r in runs_by_set[n]) for n in names} for f in families}
+    return {f: {n: statistics.mean(family_score(r, f, key) for r in runs_by_set[n]) for n in names} for f in families}

@@ -40,7 +40,7 @@ def variant_config(model_id: str = "tiny", mode: str = "completion_only", prompt
 def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", prompt_weight: float | None = None,
                     steps: int = 250, lr: float = 1e-3, batch_size: int = 16, seed: int = 0,
                     eval_every: int = 50, train_records: list[dict] | None = None, forgetting: bool = False,
-                    padding_free: bool = False) -> dict:
+                    padding_free: bool = False, notes: int = 0) -> dict:
     """Fine-tune a fresh copy of `model_id` with one loss variant and measure it.
 
     Training labels follow `mode` (or `prompt_weight`); the validation loss is always taken on the
@@ -55,14 +55,29 @@ def run_sft_variant(model_id: str = "tiny", mode: str = "completion_only", promp
     `scores["rows"]` holds the test items), and `"forgetting"`, and the trained `model`. Steps and evaluation sets are capped by the lane's budget
     (`sft_helpers.course.lanes`). `padding_free=True` flattens each batch into one row (`PaddingFreeCollator`):
     the same samples in the same order and the same loss as padded batches (lesson 02), without
-    computing on padding.
+    computing on padding. With `notes`, every split's last user message starts with that many atlas
+    sentences (`conversations.with_notes`: long, copyable prompts) and each test row gets `copy`
+    (`evaluate.copies_prompt`: the reply copies six words of its prompt).
     """
     budget = lane(model_id)
     cfg = variant_config(model_id, mode, prompt_weight, steps, lr, batch_size, seed, eval_every, padding_free)
-    validation = load_split("validation")
-    run = run_sft(cfg, train_records or load_split("train"), budget.items(validation),
-                  budget.items(load_split("test")))
+    splits = {name: load_split(name) for name in ("train", "validation", "test")}
+    if train_records:
+        splits["train"] = train_records
+    if notes:
+        from .conversations import with_notes
+        from .data import load_world
+
+        splits = {name: with_notes(records, load_world(), name, notes) for name, records in splits.items()}
+    validation = splits["validation"]
+    run = run_sft(cfg, splits["train"], budget.items(validation), budget.items(splits["test"]))
     model, tok = run.model, run.tokenizer
+    if notes:
+        from ..evaluate import copies_prompt
+
+        for row, r in zip(run.scores["rows"], budget.items(splits["test"])):
+            row["copy"] = copies_prompt(r["messages"][:-1], row["reply"], row["reference"])
+        run.scores["copy_rate"] = sum(row["copy"] for row in run.scores["rows"]) / len(run.scores["rows"])
     multi_turn = [r for r in validation if r["task"] == "multi_turn"]
     multi_turn, _ = build_labels(budget.items(multi_turn), tok, "assistant_only")
     out = {"history": run.history, "val_response_loss": run.val_loss,
@@ -137,12 +152,12 @@ def run_summary(run: dict) -> dict:
     >>> run_summary({"val_response_loss": 0.5, "scores": scores})["exact_items"]
     [1]
     """
-    from .hyperparameters import _per_item, _rates
+    from .hyperparameters import float_rates, item_columns
 
     s = run["scores"]
     out = {"val_loss": run["val_response_loss"], "exact": s["exact_match"], "format_ok": s["format_ok"],
-           "stop_rate": s["stop_rate"], "echo_rate": s["echo_rate"], "per_task": _rates(s["per_task"]),
-           **_per_item(s["rows"])}
+           "stop_rate": s["stop_rate"], "echo_rate": s["echo_rate"], "per_task": float_rates(s["per_task"]),
+           **item_columns(s["rows"])}
     out.update({k: run[k] for k in ("multi_turn_loss", "trainable", "footprint_mb") if k in run})
     if forgetting := run.get("forgetting"):
         out.update(recall=forgetting["recall"], recall_items=[int(h) for h in forgetting["hits"]],
@@ -164,7 +179,7 @@ def seeds_table(runs_by_name: dict[str, list[dict]], ref: str, columns: list[tup
     | a | 1.00 / 1.10 |  | (none) |
     | b | 2.00 / 2.30 | +1.10 (-0.17 to +2.37) | `--x` |
     """
-    from .hyperparameters import _per_seed, delta_cell
+    from .hyperparameters import delta_cell, seed_values
 
     heads = [h for header, _, _, delta in columns for h in ([header] + ([f"Δ {header}"] if delta else []))]
     configs = "config" in next(iter(runs_by_name.values()))[0]
@@ -173,7 +188,7 @@ def seeds_table(runs_by_name: dict[str, list[dict]], ref: str, columns: list[tup
     for name, runs in runs_by_name.items():
         cells = []
         for _, value, fmt, delta in columns:
-            cells.append(_per_seed(runs, value, fmt))
+            cells.append(seed_values(runs, value, fmt))
             if delta:
                 cells.append(delta_cell(runs_by_name, name, ref, delta))
         cells += [runs[0]["config"]] if configs else []
@@ -183,9 +198,9 @@ def seeds_table(runs_by_name: dict[str, list[dict]], ref: str, columns: list[tup
 
 def _family(task: str):
     """A `seeds_table` value: the exact match of one task family (nan when the run has none)."""
-    from .data_strategy import _task
+    from .hyperparameters import family_score
 
-    return lambda r: _task(r, task)
+    return lambda r: family_score(r, task)
 
 
 def masking_experiment(seeds=(0, 1, 2), steps: int = 250, lr: float = 1e-3, batch_size: int = 8) -> dict:
@@ -308,12 +323,14 @@ def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None 
               steps: int = 80, epochs: float = 1.0, lr: float = 1e-3, train_eos: bool = True,
               replay: float = 0.0, eval_examples: list[dict] | None = None, eval_every: int | None = None,
               samples_per_step: int = 16, warmup: float = 0.05, logging_steps: int = 5, seed: int = 0,
-              early_stopping_patience: int | None = None, schedule: str = "cosine") -> dict:
+              early_stopping_patience: int | None = None, schedule: str = "cosine",
+              attention_dropout: float | None = None) -> dict:
     """A short SFT run for lesson 04's symptoms: completion-only labels of `records` (or ready
     `examples`), with the end-of-turn token left out of the labels when `train_eos=False`, plus a `replay`
     share of plain pre-training text (full labels) mixed in. Runs `steps` steps (or, with `steps=-1`,
     `epochs` epochs) of two packed rows holding about `samples_per_step` examples, with warmup then
-    `schedule` ("cosine", or "constant_with_warmup" to keep the rate up). Returns `model`, `tokenizer`,
+    `schedule` ("cosine", or "constant_with_warmup" to keep the rate up), with the model's
+    `attention_dropout` when given. Returns `model`, `tokenizer`,
     `history`. Steps and evaluation examples are capped by the lane's budget (`sft_helpers.course.lanes`).
     """
     import random
@@ -339,7 +356,7 @@ def quick_sft(records: list[dict] | None = None, *, examples: list[dict] | None 
     cfg = run_config(model=model_id, lr=lr, max_steps=steps, epochs=epochs,
                      samples_per_step=budget.batch(samples_per_step), warmup=warmup, seed=seed,
                      logging_steps=logging_steps, eval_steps=eval_every,
-                     early_stopping_patience=early_stopping_patience,
+                     early_stopping_patience=early_stopping_patience, attention_dropout=attention_dropout,
                      schedule="cosine" if schedule == "cosine" else "constant", test=None,
                      validation=None if eval_examples is None else COURSE_RUN["validation"])
     run = run_sft(cfg, examples, eval_examples)
@@ -524,7 +541,7 @@ def run_on_experiment(seeds=(0, 1, 2), steps: int = 80, test_items: int = 120) -
     `steps` steps per seed and answering the first `test_items` test prompts greedily. Per run:
     exact match, stop rate and `runs_on` (the reply runs into another turn), each also per item."""
     from ..evaluate import chat_eval, per_item
-    from .hyperparameters import _per_item
+    from .hyperparameters import item_columns
 
     tok = load_tokenizer("tiny", verbose=False)
     examples, _ = build_labels(load_split("train"), tok, "full")
@@ -537,7 +554,7 @@ def run_on_experiment(seeds=(0, 1, 2), steps: int = 80, test_items: int = 120) -
             got = chat_eval(run["model"], run["tokenizer"], test)
             rows = got["rows"]
             run_on_items = [int(runs_on(r)) for r in rows]
-            runs[name].append({"exact": got["exact_match"], "stop_rate": got["stop_rate"], **_per_item(rows),
+            runs[name].append({"exact": got["exact_match"], "stop_rate": got["stop_rate"], **item_columns(rows),
                                "stop_items": per_item(got, "stopped"), "run_on_items": run_on_items,
                                "run_on": sum(run_on_items) / len(rows)})
             print(f"seed {seed} {name}: exact {got['exact_match']:.1%}, stop {got['stop_rate']:.1%}, "
@@ -561,8 +578,77 @@ def run_on_tables(results: dict) -> str:
         *seeds_table(runs, ref, columns)])
 
 
+# guide §1 / §3.3 with long, copyable prompts (`conversations.with_notes`): lesson 01's loss variants
+ECHO_VARIANTS = {name: MASKING_VARIANTS[name] for name in ("completion-only", "full", "prompt weight 0.1")}
+ECHO_NOTES = 8  # atlas sentences before each question: ~100 tokens, most of a full-loss example
+
+
+def echo_experiment(seeds=(0, 1, 2), steps: int = 250, lr: float = 1e-3, batch_size: int = 8) -> dict:
+    """Lesson 01's loss variants (completion-only, full, prompt weight 0.1) trained and tested on
+    conversations whose questions follow `ECHO_NOTES` pasted atlas sentences, with lesson 01's budget
+    (`masking_experiment`'s settings): does training on the prompts teach copying them, and does
+    it cost the answers? Per run: `run_summary` plus `copy_rate` and `copy_items` (the reply copies
+    six words of its prompt, `evaluate.copies_prompt`) and the share of trained tokens that are
+    prompt tokens under full-sequence labels."""
+    from ..evaluate import per_item
+
+    common = dict(steps=steps, lr=lr, batch_size=batch_size, eval_every=steps, notes=ECHO_NOTES)
+    base = variant_config(steps=steps, lr=lr, batch_size=batch_size, eval_every=steps)
+    runs = {name: [] for name in ECHO_VARIANTS}
+    for seed in seeds:
+        for name, r in run_variants(ECHO_VARIANTS, model_id="tiny", seed=seed, **common).items():
+            runs[name].append({**run_summary(r), "copy_rate": r["scores"]["copy_rate"],
+                               "copy_items": per_item(r["scores"], "copy"),
+                               "config": _overrides(r["config"], base)})
+            print(f"seed {seed} {name}: val loss {r['val_response_loss']:.3f}, exact "
+                  f"{r['scores']['exact_match']:.1%}, copy {r['scores']['copy_rate']:.1%}", flush=True)
+    return {"seeds": list(seeds), "steps": steps, "notes": ECHO_NOTES, "runs": runs,
+            "prompt_share": prompt_token_share(ECHO_NOTES), "prompt_share_without_notes": prompt_token_share(),
+            "command": f"{config_command(base)} --seed S  # every prompt after {ECHO_NOTES} atlas sentences"}
+
+
+def prompt_token_share(notes: int = 0) -> float:
+    """The share of the training split's tokens that are not the last reply (and its end-of-turn):
+    what full-sequence loss trains beyond completion-only's labels, with `notes` atlas sentences
+    before each question (`conversations.with_notes`).
+
+    >>> 0.5 < prompt_token_share() < prompt_token_share(8) < 1
+    True
+    """
+    from .conversations import with_notes
+    from .data import load_world
+
+    tok = load_tokenizer("tiny", verbose=False)
+    records = load_split("train")
+    if notes:
+        records = with_notes(records, load_world(), "train", notes)
+    full, _ = build_labels(records, tok, "full")
+    completion, _ = build_labels(records, tok, "completion_only")
+    trained = sum(sum(t != -100 for t in e["labels"]) for e in completion)
+    total = sum(len(e["input_ids"]) for e in full)
+    return 1 - trained / total
+
+
+def echo_tables(results: dict) -> str:
+    """The table of `echo_experiment` results, with Δ columns against completion-only."""
+    runs = results["runs"]
+    n_test = len(runs[MASKING_REFERENCE][0]["exact_items"])
+    columns = [("response val loss", "val_loss", "{:.3f}", "val_loss"),
+               ("exact", "exact", "{:.1%}", "exact"), ("format", "format_ok", "{:.1%}", "format"),
+               ("copies 6+ prompt words", "copy_rate", "{:.1%}", None), ("stop", "stop_rate", "{:.1%}", None)]
+    return "\n".join([
+        f"Each row is `{results['command']}` plus its config overrides; values per seed "
+        f"(\"seed {' / seed '.join(map(str, results['seeds']))}\"). Every question of every split follows "
+        f"{results['notes']} pasted atlas sentences (`conversations.with_notes`): "
+        f"{results['prompt_share']:.0%} of the training tokens are prompt. Δ: the variant minus "
+        f"{MASKING_REFERENCE}'s, 95% CI over the {n_test} test conversations × {len(results['seeds'])} "
+        f"seeds (paired bootstrap), the loss over seeds (Student t).", "",
+        *seeds_table(runs, MASKING_REFERENCE, columns)])
+
+
 STORED = {"masking": ("Lesson 01: loss masks across seeds", masking_experiment, masking_tables),
           "finetune": ("Lesson 03: fine-tuning methods across seeds", finetune_experiment, finetune_tables),
+          "echo": ("Lesson 01: loss masks with long, copyable prompts", echo_experiment, echo_tables),
           "run-on": ("Lesson 02: packing with and without an end-of-turn between samples", run_on_experiment,
                      run_on_tables)}
 
@@ -595,7 +681,7 @@ if __name__ == "__main__":
     from .runs import merge_stored
 
     ap = argparse.ArgumentParser(description="lesson experiments, several seeds")
-    ap.add_argument("experiment", choices=["masking", "finetune", "run-on", "hyperparameters", "data-strategy",
+    ap.add_argument("experiment", choices=["masking", "finetune", "echo", "run-on", "hyperparameters", "data-strategy",
                                            "data-sets"])
     ap.add_argument("--out", default="sets", help="data-sets: the folder the training sets are written to")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

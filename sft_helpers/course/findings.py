@@ -1,7 +1,7 @@
 """The README's headline results, generated from the stored experiments (never typed by hand).
 
 `python -m sft_helpers.course.findings` rewrites the block between `<!-- findings:start -->` and
-`<!-- findings:end -->` in README.md from docs/masking.json (lesson 01), docs/finetune.json (lesson 03),
+`<!-- findings:end -->` in README.md from docs/masking.json and docs/echo.json (lesson 01), docs/finetune.json (lesson 03),
 docs/hyperparameters.json (lesson 05) and docs/data_strategy.json (lesson 06); a test checks that the README holds what this module writes, so
 a re-run experiment that changes a number fails the suite until the README is regenerated.
 """
@@ -21,14 +21,25 @@ def lines() -> list[str]:
 
     hp, ds = hyperparameters.load_stored(), data_strategy.load_stored()
     masking, finetune = (experiments.load_stored(name)["runs"] for name in ("masking", "finetune"))
+    echo = experiments.load_stored("echo")
     out = [f"- Lesson 01, what full-sequence loss costs: cloze recall of pre-training facts, "
            f"{compare_sets(masking, 'full', 'completion-only', 'recall')}; exact match on the test split, "
            f"{compare_sets(masking, 'full', 'completion-only')}.",
+           f"- Lesson 01 with long prompts ({echo['notes']} pasted atlas sentences before every question, "
+           f"{echo['prompt_share']:.0%} of the training tokens): exact match, "
+           f"{compare_sets(echo['runs'], 'full', 'completion-only')}; no run copies its prompt.",
            f"- Lesson 03, QLoRA against LoRA on the fp32 base (both with the embeddings trained): exact match, "
            f"{compare_sets(finetune, 'QLoRA + embeddings', 'LoRA + embeddings')}."]
     ratio = hyperparameters.best_rate_ratio(hp["learning rate"])
     out += [f"- Lesson 05: LoRA's best learning rate is {10 ** ratio.delta:.1f}× full fine-tuning's (95% CI "
            f"{10 ** ratio.low:.1f}× to {10 ** ratio.high:.1f}×, {ratio.n_seeds} seeds, the embeddings trained)."]
+    if "learning rate, embeddings apart" in hp:
+        study = hyperparameters.rates_apart(hp)
+        d = study["ratio"]
+        out.append(f"- Lesson 05: the base was pre-trained at {study['pretraining']:g}; its best SFT rate is "
+                   f"{study['pre_over_one']:.2g}× lower, {study['pre_over_body']:.2g}× with the new chat-token "
+                   f"embeddings at their own rate (the body's best over one rate's: {10 ** d.delta:.2g}×, 95% CI "
+                   f"{10 ** d.low:.2g}× to {10 ** d.high:.2g}×, {d.n_seeds} seeds), not the guide's 10-100×.")
     quality = ds["quality"]
     clean, noisy, kept = quality
     out.append(f"- Lesson 06, quality: exact match, {compare_sets(quality, kept, noisy)}; "

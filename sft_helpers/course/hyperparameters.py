@@ -41,6 +41,9 @@ def quarter_decades(low: float, high: float) -> tuple[float, ...]:
 # LoRA trains the embeddings and output head too (`train_embeddings`): without them, adapters on the
 # tiny base stall whatever the rate (lesson 03), and a sweep of runs that learn nothing has no optimum
 LR_GRID = {"full": quarter_decades(-4, -2), "lora": quarter_decades(-3.5, -1.5)}
+# guide §2 (SFT rates 10-100x below pre-training's): the body's rate swept while the new chat-token
+# embeddings (and the tied output head) keep the single-rate sweep's best, at their own rate
+EMBEDDING_LR = 1e-3
 SCHEDULES = {"constant (5% warmup)": dict(schedule="constant_with_warmup"),
              "cosine (5% warmup)": dict(schedule="cosine"),
              "cosine, no warmup": dict(schedule="cosine", warmup=0.0)}
@@ -48,7 +51,10 @@ SCHEDULES = {"constant (5% warmup)": dict(schedule="constant_with_warmup"),
 OVERFIT = dict(n_train=16, steps=-1, epochs=50, samples_per_step=8, schedule="constant_with_warmup", eval_every=6)
 REGULARISATION = {"weight decay 0": dict(weight_decay=0.0), "weight decay 0.01": {},
                   "weight decay 0.1": dict(weight_decay=0.1), "LoRA, dropout 0": dict(method="lora", lr=3e-3),
-                  "LoRA, dropout 0.1": dict(method="lora", lr=3e-3, lora_dropout=0.1)}
+                  "LoRA, dropout 0.1": dict(method="lora", lr=3e-3, lora_dropout=0.1),
+                  # the model's own dropout (Llama: on the attention weights), full fine-tuning
+                  "attention dropout 0.1": dict(attention_dropout=0.1),
+                  "attention dropout 0.3": dict(attention_dropout=0.3)}
 # the epochs study: the whole training split (2,520 conversations, 5% of them planted duplicates)
 # against the same number made of half of them each twice; 8 epochs at a constant rate after a
 # fixed warmup, so the first k epochs are exactly a k-epoch run (tests/test_hyperparameters.py)
@@ -149,7 +155,8 @@ def hp_config(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3,
               schedule: str = "cosine", warmup: float = 0.05, weight_decay: float = 0.01,
               lora_dropout: float = 0.0, train_embeddings: bool = False, max_length: int | None = None,
               eval_every: int | str | None = None, eval_items: int = 60, test_items: int = 60,
-              n_train: int | None = None, duplicate: bool = False, seed: int = 0, **course) -> dict:
+              n_train: int | None = None, duplicate: bool = False, seed: int = 0,
+              embedding_lr: float | None = None, attention_dropout: float | None = None, **course) -> dict:
     """The `sft-train` config of a `run_hp` run with these keywords (capped by the lane's budget):
     `n_train` is `max_train_examples` unless `duplicate` (then the run trains on the first
     `n_train // 2` conversations twice, which no config key says); the `course` keywords
@@ -175,7 +182,8 @@ def hp_config(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3,
                       weight_decay=weight_decay, max_length=max_length or COURSE_MAX_LENGTH, seed=seed,
                       logging_steps=1, eval_steps=eval_every or _start_and_end(steps, epochs),
                       max_eval_examples=max(budget.count(eval_items), budget.count(test_items)),
-                      max_train_examples=None if duplicate else n_train)
+                      max_train_examples=None if duplicate else n_train, embedding_lr=embedding_lr,
+                      attention_dropout=attention_dropout)
 
 
 def _start_and_end(steps: int, epochs: float) -> int | str:
@@ -189,7 +197,8 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
            lora_dropout: float = 0.0, train_embeddings: bool = False, max_length: int | None = None,
            n_train: int | None = None, duplicate: bool = False, eval_every: int | str | None = None, exact_every: int | str | None = None,
            eval_items: int = 60, test_items: int = 60, records: list[dict] | None = None,
-           eval_sets: dict[str, list[dict]] | None = None, seed: int = 0) -> dict:
+           eval_sets: dict[str, list[dict]] | None = None, seed: int = 0,
+           embedding_lr: float | None = None, attention_dropout: float | None = None) -> dict:
     """One fine-tuning run of lesson 05: `model_id` by `method` ("full", or "lora": r=16, alpha 32,
     adapters on every linear layer, with `train_embeddings` the embeddings and output head too) on the training split (its first `n_train` conversations; with
     `duplicate`, its first `n_train // 2` each twice), completion-only labels cut to `max_length`
@@ -197,7 +206,8 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
     `samples_per_step` conversations in two packed rows (`batching="packed"`), or in micro-batches of
     `samples_per_step // grad_accum` conversations accumulated `grad_accum` times, padded
     (`"padded"`) or flattened into one row (`"padding_free"`, the same loss without computing on
-    padding); warmup then `schedule`. The validation loss is logged every `eval_every` steps (and
+    padding); warmup then `schedule`; `embedding_lr`: the embeddings and output head at their own
+    peak rate (the body at `lr`); `attention_dropout`: the model's, while training. The validation loss is logged every `eval_every` steps (and
     at the start and the end); with `exact_every`, the test exact match too (`{"step", "exact"}`
     entries of the history); `"epoch"` for either means at the end of every epoch.
 
@@ -217,7 +227,7 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
                     grad_accum=grad_accum, batching=batching, schedule=schedule, warmup=warmup,
                     weight_decay=weight_decay, lora_dropout=lora_dropout, train_embeddings=train_embeddings,
                     max_length=max_length, eval_every=eval_every, eval_items=eval_items, test_items=test_items, n_train=n_train,
-                    duplicate=duplicate, seed=seed)
+                    duplicate=duplicate, seed=seed, embedding_lr=embedding_lr, attention_dropout=attention_dropout)
     budget = lane(model_id)
     eval_items, test_items = budget.count(eval_items), budget.count(test_items)
     packed = batching == "packed"
@@ -245,19 +255,24 @@ def run_hp(model_id: str = "tiny", *, method: str = "full", lr: float = 1e-3, st
         labelled, _ = build_labels(items, tok, "completion_only")
         sets[name] = {"exact": got["exact_match"], "format_ok": got["format_ok"], "per_task": got["per_task"],
                       "loss": eval_loss(model, tok, labelled), "n": len(items),
-                      **_per_item(got["rows"])}
+                      **item_columns(got["rows"])}
     history = run.history
     return {"history": history, "val_loss": run.val_loss,
             "val_losses": example_losses(model, tok, run.data["validation"]), "exact": scores["exact_match"],
             "format_ok": scores["format_ok"], "stop_rate": scores["stop_rate"],
-            **_per_item(scores["rows"]), "truncated": report.truncated / max(report.kept, 1),
+            **item_columns(scores["rows"]), "truncated": report.truncated / max(report.kept, 1),
             "dropped": len(report.dropped) / run.data["n_records"], "slots_per_epoch": slots,
             "steps": history[-1].get("step", 0), "per_task": scores["per_task"], "sets": sets,
             "n_train": run.data["n_records"], "config": cfg}
 
 
-def _per_item(rows: list[dict]) -> dict[str, list[int]]:
-    """`exact_items` and `format_items` of `chat_eval` rows: 1 or 0 per conversation, in order."""
+def item_columns(rows: list[dict]) -> dict[str, list[int]]:
+    """`exact_items` and `format_items` of `chat_eval` rows: 1 or 0 per conversation, in order, what
+    a stored summary keeps for `compare_sets`.
+
+    >>> item_columns([{"exact": True, "format_ok": True}, {"exact": False, "format_ok": True}])
+    {'exact_items': [1, 0], 'format_items': [1, 1]}
+    """
     from ..evaluate import per_item
 
     return {"exact_items": per_item({"rows": rows}), "format_items": per_item({"rows": rows}, "format_ok")}
@@ -304,13 +319,18 @@ def _summary(run: dict) -> dict:
     out["eval_loss"] = [(h["step"], round(h["eval_loss"], 4)) for h in run["history"] if "eval_loss" in h]
     out["lr"] = [(h["step"], h["learning_rate"]) for h in run["history"] if "learning_rate" in h]
     out["exact_curve"] = [(h["step"], h["exact"]) for h in run["history"] if "exact" in h]
-    out["per_task"] = _rates(run["per_task"])
+    out["per_task"] = float_rates(run["per_task"])
     if run.get("sets"):
-        out["sets"] = {name: {**m, "per_task": _rates(m["per_task"])} for name, m in run["sets"].items()}
+        out["sets"] = {name: {**m, "per_task": float_rates(m["per_task"])} for name, m in run["sets"].items()}
     return out
 
 
-def _rates(per_task: dict) -> dict:
+def float_rates(per_task: dict) -> dict:
+    """`chat_eval`'s rates per task family without the counts: what a stored summary keeps.
+
+    >>> float_rates({"json": {"n": 4, "exact_match": 0.25}})
+    {'json': {'exact_match': 0.25}}
+    """
     return {task: {k: v for k, v in m.items() if isinstance(v, float)} for task, m in per_task.items()}
 
 
@@ -367,10 +387,14 @@ def by_method(results: dict[str, list[dict]]) -> dict[str, dict[str, list[dict]]
 
 
 def fitted_best_lrs(results: dict[str, list[dict]]) -> dict[str, list[float]]:
-    """`fitted_best_lr` of each method ("full", "lora") on each seed of a learning-rate sweep."""
+    """`fitted_best_lr` of each method ("full", "lora") the sweep has, on each of its seeds.
+
+    >>> fitted_best_lrs({"full 0.001": [{"val_loss": 2.0}], "full 0.01": [{"val_loss": 3.0}]})
+    {'full': [0.001]}
+    """
     seeds = range(len(next(iter(results.values()))))
     return {m: [fitted_best_lr({n: r[s] for n, r in runs.items()}) for s in seeds]
-            for m, runs in by_method(results).items()}
+            for m, runs in by_method(results).items() if runs}
 
 
 def best_rate_ratio(results: dict[str, list[dict]]):
@@ -433,6 +457,8 @@ def sweep_plan(lengths: dict[int, int]) -> dict[str, tuple[dict[str, dict], dict
     base = dict(steps=RECIPE["steps"], samples_per_step=RECIPE["samples_per_step"])
     return {
         "learning rate": ({**lr_settings("full"), **lr_settings("lora", train_embeddings=True)}, base),
+        "learning rate, embeddings apart": ({name: {**kw, "embedding_lr": EMBEDDING_LR}
+                                             for name, kw in lr_settings("full").items()}, base),
         "schedule": (SCHEDULES, {**base, "lr": 3e-3}),
         "epochs": (EPOCH_SETS, EPOCHS),
         "epochs, cosine": ({f"{k} epoch{'s' * (k > 1)}": dict(epochs=k) for k in (1, 2, 3)}, EPOCHS_COSINE),
@@ -550,7 +576,21 @@ def guide_vs_tiny(stored: dict) -> str:
     return "\n".join([fmt.format("row", "guide", "tiny base, stored sweeps", "why")] + [fmt.format(*r) for r in rows])
 
 
-def _per_seed(runs: list[dict], key, fmt: str = "{:.3f}") -> str:
+def family_score(run: dict, task: str, key: str = "exact_match") -> float:
+    """One task family's rate in a stored summary (`float_rates`), NaN when the run has none.
+
+    >>> family_score({"per_task": {"json": {"exact_match": 0.5}}}, "json"), family_score({"per_task": {}}, "json")
+    (0.5, nan)
+    """
+    return run["per_task"].get(task, {}).get(key, float("nan"))
+
+
+def seed_values(runs: list[dict], key, fmt: str = "{:.3f}") -> str:
+    """A table cell: `key` (a summary key or a function of a summary) of each seed's run, "a / b / c".
+
+    >>> seed_values([{"val_loss": 1.0}, {"val_loss": 1.25}], "val_loss", "{:.2f}")
+    '1.00 / 1.25'
+    """
     return " / ".join(fmt.format(key(r) if callable(key) else r[key]) for r in runs)
 
 
@@ -657,8 +697,8 @@ def _lr_table(results: dict) -> list[str]:
     config, rows = _configs(results, "learning rate")
     out = ["#### Learning rate (60 steps of 16 conversations)", "", config,
            "| method | LR | response val loss | exact match | config |", "|---|---|---|---|---|"]
-    out += [f"| {name.split()[0]} | {name.split()[1]} | {_per_seed(runs, 'val_loss')} | "
-            f"{_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |" for name, runs in lr.items()]
+    out += [f"| {name.split()[0]} | {name.split()[1]} | {seed_values(runs, 'val_loss')} | "
+            f"{seed_values(runs, 'exact', '{:.0%}')} | {rows[name]} |" for name, runs in lr.items()]
     best = {m: best_lr(runs) for m, runs in by_method(lr).items()}
     fitted = {m: " / ".join(f"{x:.2g}" for x in lrs) for m, lrs in fitted_best_lrs(lr).items()}
     seeds = range(len(next(iter(lr.values()))))
@@ -672,6 +712,74 @@ def _lr_table(results: dict) -> list[str]:
     return out
 
 
+def pretraining_lr(model_id: str = "tiny") -> float:
+    """The peak learning rate the course's base was pre-trained at (its `training_stats.json`).
+
+    >>> pretraining_lr()
+    0.002
+    """
+    from ..paths import data_path
+
+    if model_id != "tiny":
+        raise ValueError(f"only the course's own base records its pre-training rate, not {model_id!r}")
+    return json.loads((data_path("tiny-base") / "training_stats.json").read_text())["lr"]
+
+
+def rates_apart(results: dict) -> dict:
+    """Guide §2 on the tiny base: the pre-training peak rate (`pretraining_lr`) beside the best full
+    fine-tuning rates per seed (`fitted_best_lr`) with one rate for everything (sweep "learning
+    rate") and for the body alone, the embeddings and output head at `EMBEDDING_LR` (sweep "learning
+    rate, embeddings apart"). `ratio`: the body's best over one rate's, paired by seed (a
+    `stats.Difference` of log10 rates: the ratio is `10 ** ratio.delta`); `pre_over_one`,
+    `pre_over_body`: the pre-training rate over each best (geometric mean over seeds); `low`: the
+    response loss at the grid's `lowest` rate with the embeddings apart minus with one rate."""
+    from ..stats import compare_seeds
+
+    body = fitted_best_lrs(results["learning rate, embeddings apart"])["full"]
+    one = fitted_best_lrs(results["learning rate"])["full"]
+    ratio = compare_seeds([math.log10(x) for x in body], [math.log10(x) for x in one],
+                          ("body, embeddings apart", "one rate"))
+    pre = pretraining_lr()
+    lowest = next(iter(results["learning rate, embeddings apart"]))  # the grid's lowest rate, both sweeps
+    low = compare_seeds([r["val_loss"] for r in results["learning rate, embeddings apart"][lowest]],
+                        [r["val_loss"] for r in results["learning rate"][lowest]],
+                        ("embeddings apart", "one rate"))
+    return {"pretraining": pre, "one rate": one, "body": body, "ratio": ratio, "lowest": lowest, "low": low,
+            "pre_over_one": pre / 10 ** _mean_log(one), "pre_over_body": pre / 10 ** _mean_log(body)}
+
+
+def rates_apart_lines(study: dict) -> list[str]:
+    """`rates_apart` in words, one line each (under docs' table and in lesson 05)."""
+    def rates(xs):
+        return " / ".join(f"{x:.2g}" for x in xs)
+    d = study["ratio"]
+    return [f"The base's pre-training peak rate: {study['pretraining']:g}.",
+            f"Best full fine-tuning rate per seed (`fitted_best_lr`), one rate for everything: {rates(study['one rate'])}; "
+            f"the body's, the embeddings and head at {EMBEDDING_LR:g}: {rates(study['body'])}.",
+            f"The body's best over one rate's: {10 ** d.delta:.2g}× (95% CI {10 ** d.low:.2g}× to {10 ** d.high:.2g}×, "
+            f"{d.n_seeds} seeds).",
+            f"Pre-training rate over the best SFT rate: {study['pre_over_one']:.2g}× (one rate), "
+            f"{study['pre_over_body']:.2g}× (the body's).",
+            f"At {study['lowest'].split()[-1]} for the body, the embeddings at {EMBEDDING_LR:g} change the response "
+            f"val loss by {study['low'].brief(2)} ({study['low'].mean_b:.2f} with one rate)."]
+
+
+def _lr_apart_table(results: dict) -> list[str]:
+    sweep = "learning rate, embeddings apart"
+    config, rows = _configs(results, sweep)
+    out = [f"#### The body's learning rate, the embeddings and head at {EMBEDDING_LR:g} (60 steps of 16 "
+           "conversations)", "", config, "| body LR | response val loss | exact match | config |", "|---|---|---|---|"]
+    out += [f"| {name.split()[1]} | {seed_values(runs, 'val_loss')} | {seed_values(runs, 'exact', '{:.0%}')} | "
+            f"{rows[name]} |" for name, runs in results[sweep].items()]
+    if "learning rate" not in results:
+        return out
+    return out + ["", " ".join(rates_apart_lines(rates_apart(results)))]
+
+
+def _mean_log(xs: list[float]) -> float:
+    return sum(math.log10(x) for x in xs) / len(xs)
+
+
 def _schedule_table(results: dict) -> list[str]:
     config, rows = _configs(results, "schedule")
     runs = results["schedule"]
@@ -679,10 +787,10 @@ def _schedule_table(results: dict) -> list[str]:
            "| schedule | biggest loss jump | peak loss, steps 1-10 | mean loss above the warmed-up run's, steps 1-10 "
            "| final training loss | response val loss | exact match | config |", "|---|---|---|---|---|---|---|---|"]
     warm = runs["cosine (5% warmup)"]
-    return out + [f"| {name} | {_per_seed(seeds, biggest_jump, '{:.2f}')} | {_per_seed(seeds, early_peak, '{:.2f}')} | "
+    return out + [f"| {name} | {seed_values(seeds, biggest_jump, '{:.2f}')} | {seed_values(seeds, early_peak, '{:.2f}')} | "
                   f"{' / '.join(f'{v:+.2f}' for v in warmup_excess(seeds, warm))} | "
-                  f"{_per_seed(seeds, lambda r: r['train_loss'][-1][1], '{:.2f}')} | {_per_seed(seeds, 'val_loss')} | "
-                  f"{_per_seed(seeds, 'exact', '{:.0%}')} | {rows[name]} |" for name, seeds in runs.items()] + [
+                  f"{seed_values(seeds, lambda r: r['train_loss'][-1][1], '{:.2f}')} | {seed_values(seeds, 'val_loss')} | "
+                  f"{seed_values(seeds, 'exact', '{:.0%}')} | {rows[name]} |" for name, seeds in runs.items()] + [
         "", *delta_lines(runs, "cosine (5% warmup)", ("val_loss",))]  # exact match: 0% in every run
 
 
@@ -706,38 +814,43 @@ def _epochs_cosine_table(results: dict) -> list[str]:
     out = ["#### Epochs under warmup + cosine (the whole training split; each row its own run)", "", config,
            "| epochs | steps | final training loss | final validation loss | best validation loss (epoch) | "
            "exact match | config |", "|---|---|---|---|---|---|---|"]
-    return out + [f"| {name.split()[0]} | {runs[0]['steps']} | {_per_seed(runs, lambda r: train_loss_by_epoch(r)[-1], '{:.2f}')} | "
-                  f"{_per_seed(runs, lambda r: r['eval_loss'][-1][1], '{:.2f}')} | "
+    return out + [f"| {name.split()[0]} | {runs[0]['steps']} | {seed_values(runs, lambda r: train_loss_by_epoch(r)[-1], '{:.2f}')} | "
+                  f"{seed_values(runs, lambda r: r['eval_loss'][-1][1], '{:.2f}')} | "
                   f"{' / '.join(f'{best_val(r):.2f} ({best_epoch(r)})' for r in runs)} | "
-                  f"{_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |"
+                  f"{seed_values(runs, 'exact', '{:.0%}')} | {rows[name]} |"
                   for name, runs in results["epochs, cosine"].items()] + [
         "", *delta_lines(results["epochs, cosine"], "1 epoch")]
 
 
-def _batch_table(results: dict) -> list[str]:
-    def noise(r: dict) -> float:
-        return loss_noise([{"loss": loss} for _, loss in r["train_loss"]])
+def stored_noise(run: dict) -> float:
+    """`loss_noise` of a stored run summary (its logged `train_loss`)."""
+    return loss_noise([{"loss": loss} for _, loss in run["train_loss"]])
 
+
+def _batch_table(results: dict) -> list[str]:
     out = ["#### Effective batch at equal data (1,024 conversations, one epoch, LR 1e-3; micro-batches "
            "of 8, gradient accumulation)", "", _configs(results, "batch")[0],
            "| effective batch | steps | loss noise (second half) | response val loss | exact match | config |",
            "|---|---|---|---|---|---|"]
     rows = _configs(results, "batch")[1]
-    return out + [f"| {name.split()[-1]} | {runs[0]['steps']} | {_per_seed(runs, noise, '{:.2f}')} | "
-                  f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |"
+    return out + [f"| {name.split()[-1]} | {runs[0]['steps']} | {seed_values(runs, stored_noise, '{:.2f}')} | "
+                  f"{seed_values(runs, 'val_loss')} | {seed_values(runs, 'exact', '{:.0%}')} | {rows[name]} |"
                   for name, runs in results["batch"].items()] + ["", *delta_lines(results["batch"], "effective batch 8")]
 
 
 def _batch_steps_table(results: dict) -> list[str]:
     out = ["#### Effective batch at equal steps (30 optimizer steps, LR 1e-3; micro-batches of 8, gradient "
            "accumulation)", "", _configs(results, "batch, equal steps")[0],
-           "| effective batch | conversations seen | validation loss, steps 0 … 30 (every 5) | response val loss | "
-           "exact match | config |", "|---|---|---|---|---|---|"]
+           "| effective batch | conversations seen | validation loss, steps 0 … 30 (every 5) | training loss noise "
+           "(second half) | response val loss | exact match | config |", "|---|---|---|---|---|---|---|"]
     rows = _configs(results, "batch, equal steps")[1]
+    runs_by_batch = results["batch, equal steps"]
     return out + [f"| {name.split()[-1]} | {30 * int(name.split()[-1]):,} | "
                   f"{' / '.join(' '.join(f'{v:.1f}' for _, v in r['eval_loss']) for r in runs)} | "
-                  f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} | {rows[name]} |"
-                  for name, runs in results["batch, equal steps"].items()]
+                  f"{seed_values(runs, stored_noise, '{:.2f}')} | "
+                  f"{seed_values(runs, 'val_loss')} | {seed_values(runs, 'exact', '{:.0%}')} | {rows[name]} |"
+                  for name, runs in runs_by_batch.items()] + [
+        "", *delta_lines(runs_by_batch, next(iter(runs_by_batch)), ("val_loss",))]  # exact: ~0% in 30 steps
 
 
 def _max_length_table(results: dict) -> list[str]:
@@ -749,8 +862,8 @@ def _max_length_table(results: dict) -> list[str]:
            "stop rate | format | config |", "|---|---|---|---|---|---|---|---|"]
     rows = _configs(results, "max length")[1]
     return out + [f"| {name} | {runs[0]['truncated']:.0%} | {runs[0]['slots_per_epoch']:,} | "
-                  f"{_per_seed(runs, 'val_loss')} | {_per_seed(runs, 'exact', '{:.0%}')} | "
-                  f"{_per_seed(runs, 'stop_rate', '{:.0%}')} | {_per_seed(runs, 'format_ok', '{:.0%}')} | "
+                  f"{seed_values(runs, 'val_loss')} | {seed_values(runs, 'exact', '{:.0%}')} | "
+                  f"{seed_values(runs, 'stop_rate', '{:.0%}')} | {seed_values(runs, 'format_ok', '{:.0%}')} | "
                   f"{rows[name]} |"
                   for name, runs in results["max length"].items()] + [
         "", *delta_lines(results["max length"], "p100: 342 tokens" if "p100: 342 tokens" in results["max length"]
@@ -769,13 +882,14 @@ def _regularisation_table(results: dict) -> list[str]:
                    f"{' / '.join(f'{c[-1][1]:.2f}' for c in curves)} | "
                    f"{' / '.join(f'{c[-1][1] / b[1]:.2f}' for c, b in zip(curves, bests))} | {rows[name]} |")
     reg = results["regularisation"]
-    plain = {n: r for n, r in reg.items() if not n.startswith("LoRA")}
+    plain = {n: r for n, r in reg.items() if not n.startswith("LoRA")}  # full fine-tuning
     lora = {n: r for n, r in reg.items() if n.startswith("LoRA")}
     return out + ["", *delta_lines(plain, "weight decay 0.01", ("val_loss",)),
                   *delta_lines(lora, next(iter(lora)), ("val_loss",))[1:]] if lora else out
 
 
-TABLES = {"learning rate": _lr_table, "schedule": _schedule_table, "epochs": _epochs_table,
+TABLES = {"learning rate": _lr_table, "learning rate, embeddings apart": _lr_apart_table,
+          "schedule": _schedule_table, "epochs": _epochs_table,
           "epochs, cosine": _epochs_cosine_table,
           "batch": _batch_table, "batch, equal steps": _batch_steps_table, "max length": _max_length_table,
           "regularisation": _regularisation_table}
