@@ -144,10 +144,17 @@ def exact_items(replies: list[dict], records: list[dict]) -> list[int]:
 def echoes_prompt(prompt_messages: list[dict], reply: str) -> bool:
     """Whether the reply repeats the last user message (case and punctuation ignored): the
     degeneration completion-only loss is said to prevent."""
-    def norm(t):
-        return " ".join(re.sub(r"[^\w\s]", " ", t.lower()).split())
-    user = next((m["content"] for m in reversed(prompt_messages) if m["role"] == "user"), "")
-    return bool(norm(user)) and norm(user) in norm(reply)
+    user = " ".join(_words(_last_user(prompt_messages)))
+    return bool(user) and user in " ".join(_words(reply))
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words, punctuation dropped: what echo and copy measures compare."""
+    return re.sub(r"[^\w\s]", " ", text.lower()).split()
+
+
+def _last_user(messages: list[dict]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def copies_prompt(prompt_messages: list[dict], reply: str, reference: str = "", words: int = 6) -> bool:
@@ -159,11 +166,8 @@ def copies_prompt(prompt_messages: list[dict], reply: str, reference: str = "", 
     >>> copies_prompt(user, "Notes: Ada is a baker in Rome"), copies_prompt(user, "She lives in Rome.")
     (True, False)
     """
-    def norm(t):
-        return re.sub(r"[^\w\s]", " ", t.lower()).split()
-    user = next((m["content"] for m in reversed(prompt_messages) if m["role"] == "user"), "")
-    said, ref = " ".join(norm(reply)), " ".join(norm(reference))
-    u = norm(user)
+    said, ref = " ".join(_words(reply)), " ".join(_words(reference))
+    u = _words(_last_user(prompt_messages))
     spans = {" ".join(u[i:i + words]) for i in range(len(u) - words + 1)}
     return any(span in said and span not in ref for span in spans)
 

@@ -622,10 +622,9 @@ def prompt_token_share(notes: int = 0) -> float:
     records = load_split("train")
     if notes:
         records = with_notes(records, load_world(), "train", notes)
-    full, _ = build_labels(records, tok, "full")
-    completion, _ = build_labels(records, tok, "completion_only")
+    completion, _ = build_labels(records, tok, "completion_only")  # every token, the prompt's masked
     trained = sum(sum(t != -100 for t in e["labels"]) for e in completion)
-    total = sum(len(e["input_ids"]) for e in full)
+    total = sum(len(e["input_ids"]) for e in completion)
     return 1 - trained / total
 
 
