@@ -212,3 +212,19 @@ def per_item(scores: dict, key: str = "exact", task: str | None = None) -> list[
     ([1, 0], [0])
     """
     return [int(row[key]) for row in scores["rows"] if task is None or row["task"] == task]
+
+
+def per_item_mean(runs: list[dict], key: str = "exact", task: str | None = None) -> list[float]:
+    """Item by item, the mean of several runs' `per_item` scores (the runs scored the same
+    conversations in the same order): one score per item for a group of runs, e.g. the share of two
+    variants that refuse each harmful request.
+
+    >>> a = {"rows": [{"task": "refusal", "exact": True}, {"task": "refusal", "exact": False}]}
+    >>> b = {"rows": [{"task": "refusal", "exact": True}, {"task": "refusal", "exact": True}]}
+    >>> per_item_mean([a, b], task="refusal")
+    [1.0, 0.5]
+    """
+    columns = [per_item(scores, key, task) for scores in runs]
+    if len({len(c) for c in columns}) > 1:
+        raise ValueError(f"per_item_mean needs runs that scored the same items, got {[len(c) for c in columns]}")
+    return [sum(x) / len(columns) for x in zip(*columns)]

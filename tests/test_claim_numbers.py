@@ -113,3 +113,22 @@ def test_every_number_in_the_text_is_printed_by_the_notebook(path):
     missing = unprinted(path)
     assert not missing, (f"{path.name}: {len(missing)} numbers in the text that no cell prints "
                          f"(print them, change the text, or quote the source in QUOTED): {missing}")
+
+
+def docs_section(heading: str) -> str:
+    """The section of docs/experiments.md under `## heading`, up to the next `## ` heading, its dates
+    (2026-12-07) left out."""
+    text = Path(__file__).resolve().parents[1].joinpath("docs", "experiments.md").read_text(encoding="utf-8")
+    start = text.index(f"## {heading}")
+    end = text.find("\n## ", start + 1)
+    return re.sub(r"\d{4}-\d{2}-\d{2}", " ", text[start:end if end > 0 else None])
+
+
+def test_the_docs_table_of_lesson_04_is_printed_by_notebook_04():
+    # lesson 04's runs are live (no stored JSON writes its docs section): every number there must
+    # still be an output of the notebook, or the table has drifted from the lesson
+    nb = json.loads(next(p for p in NOTEBOOKS if p.stem.startswith("04_")).read_text())
+    section, printed = docs_section("Lesson 04"), printed_numbers(nb)
+    assert len(stated_numbers(section)) > 50, "the lesson 04 section lost its table"
+    missing = [w for w, v, d, u in stated_numbers(section) if not is_printed(v, d, u, printed)]
+    assert not missing, f"docs/experiments.md, lesson 04: numbers notebook 04 no longer prints: {missing}"

@@ -169,3 +169,13 @@ def test_copies_prompt_counts_a_copied_stretch_of_the_prompt_but_not_what_the_an
     assert not copies_prompt(user, "Ada Bell lives in Velm.")  # five words: a short answer may share
     assert not copies_prompt(user, "It is a city in Orsk. Tom Reed is 41", "It is a city in Orsk. Tom Reed is 41")
     assert not copies_prompt([{"role": "system", "content": notes}], notes)  # only the user's words
+
+
+def test_per_item_mean_averages_runs_item_by_item_and_refuses_runs_of_other_items():
+    from sft_helpers.evaluate import per_item_mean
+
+    rows = [{"task": "refusal", "exact": e} for e in (True, False, True)]
+    other = [{"task": "refusal", "exact": e} for e in (False, False, True)]
+    assert per_item_mean([{"rows": rows}, {"rows": other}]) == [0.5, 0.0, 1.0]
+    with pytest.raises(ValueError, match="same items"):
+        per_item_mean([{"rows": rows}, {"rows": other[:2]}])

@@ -507,6 +507,16 @@ def without_persona(reply: str, persona: str = "pirate") -> str:
     return reply.strip().removeprefix(opening.strip()).removesuffix(closing.strip()).strip()
 
 
+def persona_exact(replies: list[str | None], answers: list[str], persona: str = "pirate") -> list[int]:
+    """1 for each reply that is its answer once `persona`'s voice is taken off (`without_persona`),
+    else 0; a reply that never stopped (None) is wrong.
+
+    >>> persona_exact(["Arr, matey! They live in Velm.", None, "Velm."], ["They live in Velm."] * 3)
+    [1, 0, 0]
+    """
+    return [int(r is not None and without_persona(r, persona) == a) for r, a in zip(replies, answers, strict=True)]
+
+
 # --- a noisy variant of the training split ------------------------------------------------------
 
 NOISE_KINDS = ("wrong_answer", "broken_format", "truncated")
