@@ -857,6 +857,22 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def close_process_group() -> None:
+    """Leave the data-parallel process group if this process is in one (under torchrun the Trainer's
+    accelerate state starts it): every rank waits for the others, then tears its group down. A
+    process that exits with a gloo group alive can abort at interpreter shutdown ("terminate called
+    without an active exception", pytorch/pytorch#179291). Call it once training is over on every
+    rank, not after an error (a rank still in a collective would wait for ever).
+
+    >>> close_process_group()  # outside torchrun: no group, nothing to do
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def write_run(run: Path, cfg: dict, history: list[dict], model, tokenizer, scores: dict | None) -> list[str]:
     """Write the run folder; returns what was written."""
     import yaml
@@ -1215,7 +1231,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("a config file is required (or --keys / --list)")
     try:
         cfg = load_config(args.config, overrides)
-        return run(cfg, dry_run=args.dry_run, show_masks=args.show_masks)
+        status = run(cfg, dry_run=args.dry_run, show_masks=args.show_masks)
+        close_process_group()  # every rank got here: leave the group before the interpreter exits
+        return status
     except (ConfigError, FileNotFoundError) as e:
         if args.debug:
             traceback.print_exc()

@@ -34,6 +34,7 @@ def worker(batching: str, out: str, rows: str = "") -> None:
     from sft_helpers.collators import PackedCollator
     from sft_helpers.masking import build_labels
     from sft_helpers.packing import pack_examples
+    from sft_helpers.recipe import close_process_group
     from sft_helpers.training import train_sft
 
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -50,6 +51,7 @@ def worker(batching: str, out: str, rows: str = "") -> None:
               grad_accum=WORLD // world, warmup=0, logging_steps=STEPS, seed=0, collator=collator, **steps)
     if int(os.environ.get("RANK", 0)) == 0:
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
+    close_process_group()  # else a rank can abort at exit (SIGABRT, seen once in CI)
 
 
 def _free_port() -> int:

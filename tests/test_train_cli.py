@@ -374,3 +374,18 @@ def test_attention_dropout_reaches_the_model_and_acts_only_in_training():
         assert torch.equal(plain(input_ids=ids).logits, plain(input_ids=ids).logits)
         model.eval()
         assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_sft_train_leaves_the_process_group_it_ran_in(tmp_path):
+    """Under torchrun the Trainer runs inside a process group; `sft-train` destroys it before the
+    process exits (a live gloo group can abort the interpreter's shutdown: SIGABRT, "terminate called
+    without an active exception"). A one-process group stands in for torchrun's."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main([_config(tmp_path, load_split("train")[:8]), "--dry-run"]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
