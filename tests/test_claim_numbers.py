@@ -84,13 +84,18 @@ def is_printed(value: float, decimals: int | None, unit: str, printed: list[tupl
     return False
 
 
+def not_printed(markdown: str, printed: list[tuple[float, bool]], quoted=()) -> list[str]:
+    """Each number `markdown` states that no `printed` number reads as, and that is not `quoted`."""
+    return [written for written, value, decimals, unit in stated_numbers(markdown)
+            if written not in quoted and not is_printed(value, decimals, unit, printed)]
+
+
 def unprinted(path: Path) -> list[str]:
     """'cell N: number' for every number of the notebook's prose that it does not print or quote."""
     nb = json.loads(path.read_text())
     printed, quoted = printed_numbers(nb), QUOTED.get(path.stem, {})
     return [f"cell {i}: {written}" for i, cell in enumerate(nb["cells"]) if cell["cell_type"] == "markdown"
-            for written, value, decimals, unit in stated_numbers("".join(cell["source"]))
-            if written not in quoted and not is_printed(value, decimals, unit, printed)]
+            for written in not_printed("".join(cell["source"]), printed, quoted)]
 
 
 def test_stated_numbers_are_read_as_written():
@@ -130,5 +135,5 @@ def test_the_docs_table_of_lesson_04_is_printed_by_notebook_04():
     nb = json.loads(next(p for p in NOTEBOOKS if p.stem.startswith("04_")).read_text())
     section, printed = docs_section("Lesson 04"), printed_numbers(nb)
     assert len(stated_numbers(section)) > 50, "the lesson 04 section lost its table"
-    missing = [w for w, v, d, u in stated_numbers(section) if not is_printed(v, d, u, printed)]
+    missing = not_printed(section, printed)
     assert not missing, f"docs/experiments.md, lesson 04: numbers notebook 04 no longer prints: {missing}"
